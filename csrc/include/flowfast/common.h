@@ -1,0 +1,93 @@
+// flowfast kernel core: the framework-agnostic vocabulary shared by every kernel family.
+// No torch types here: kernels see plain pointers, sizes, strides and (for CUDA) a stream
+// handle owned by the caller. Python (flowfast/_arrays.py) builds TensorViews from tensors.
+#pragma once
+
+#include <cstdint>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+#if defined(__CUDACC__)
+#define FF_HD __host__ __device__ __forceinline__
+#else
+#define FF_HD inline
+#endif
+
+namespace ff {
+
+// Codes are part of the Python<->C++ contract (flowfast/_arrays.py mirrors them).
+enum class DType : int32_t { Float32 = 0, Float64 = 1, Int64 = 2, Int32 = 3, Float16 = 4, BFloat16 = 5 };
+enum class DeviceType : int32_t { CPU = 0, CUDA = 1 };
+
+constexpr int kMaxDims = 4;
+
+// A strided view of memory someone else owns. Strides are in elements, not bytes.
+struct TensorView {
+  void* data = nullptr;
+  DType dtype = DType::Float32;
+  DeviceType device = DeviceType::CPU;
+  int32_t device_index = 0;
+  int32_t ndim = 0;
+  int64_t shape[kMaxDims] = {0, 0, 0, 0};
+  int64_t strides[kMaxDims] = {0, 0, 0, 0};
+
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int i = 0; i < ndim; ++i) n *= shape[i];
+    return n;
+  }
+};
+
+// Thrown by FF_CHECK; the binding maps it to Python's ValueError.
+class Error : public std::runtime_error {
+ public:
+  explicit Error(const std::string& what) : std::runtime_error(what) {}
+};
+
+namespace detail {
+inline void append(std::ostringstream&) {}
+template <typename T, typename... Rest>
+void append(std::ostringstream& os, const T& first, const Rest&... rest) {
+  os << first;
+  append(os, rest...);
+}
+template <typename... Args>
+[[noreturn]] void fail(const char* cond, const char* file, int line, const Args&... args) {
+  std::ostringstream os;
+  append(os, args...);
+  os << " [check '" << cond << "' failed at " << file << ":" << line << "]";
+  throw Error(os.str());
+}
+}  // namespace detail
+
+#define FF_CHECK(cond, ...)                                              \
+  do {                                                                   \
+    if (!(cond)) ::ff::detail::fail(#cond, __FILE__, __LINE__, __VA_ARGS__); \
+  } while (0)
+
+inline const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::Float32: return "float32";
+    case DType::Float64: return "float64";
+    case DType::Int64: return "int64";
+    case DType::Int32: return "int32";
+    case DType::Float16: return "float16";
+    case DType::BFloat16: return "bfloat16";
+  }
+  return "unknown";
+}
+
+}  // namespace ff
+
+// FF_DISPATCH_FLOATING(dtype, scalar_t, [&] { kernel<scalar_t>(...); })
+// Instantiates the body for float and double; any other dtype is a clear error.
+#define FF_DISPATCH_FLOATING(DTYPE, SCALAR, NAME, ...)                              \
+  [&] {                                                                             \
+    switch (DTYPE) {                                                                \
+      case ::ff::DType::Float32: { using SCALAR = float; return __VA_ARGS__(); }    \
+      case ::ff::DType::Float64: { using SCALAR = double; return __VA_ARGS__(); }   \
+      default:                                                                      \
+        FF_CHECK(false, NAME, ": expected float32 or float64, got ", ::ff::dtype_name(DTYPE)); \
+    }                                                                               \
+  }()

@@ -1,0 +1,51 @@
+"""Framework adapter: turns torch tensors into the plain descriptors flowfast._C accepts.
+
+Every kernel runs on the caller's current CUDA stream (passed as an integer handle), so torch's
+caching allocator can reuse memory stream-ordered without record_stream. C++ never allocates
+device memory: outputs and workspaces are torch tensors allocated here.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_DTYPE_CODES = {
+    torch.float32: 0,
+    torch.float64: 1,
+    torch.int64: 2,
+    torch.int32: 3,
+    torch.float16: 4,
+    torch.bfloat16: 5,
+}
+_DEVICE_CODES = {"cpu": 0, "cuda": 1}
+
+
+def device_code(device: torch.device) -> int:
+    try:
+        return _DEVICE_CODES[device.type]
+    except KeyError:
+        raise ValueError(f"flowfast kernels run on CPU or CUDA, got device {device}") from None
+
+
+def describe(t: torch.Tensor) -> tuple:
+    """(data_ptr, dtype_code, device_type, device_index, shape, strides) for flowfast._C."""
+    return (
+        t.data_ptr(),
+        _DTYPE_CODES[t.dtype],
+        device_code(t.device),
+        t.device.index or 0,
+        tuple(t.shape),
+        tuple(t.stride()),
+    )
+
+
+def stream_handle(device: torch.device) -> int:
+    """The cudaStream_t of torch's current stream on `device` (0 on CPU)."""
+    if device.type != "cuda":
+        return 0
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+def workspace(nbytes: int, device: torch.device) -> torch.Tensor:
+    """Scratch memory from torch's allocator (freed when the tensor goes)."""
+    return torch.empty(max(int(nbytes), 1), dtype=torch.uint8, device=device)

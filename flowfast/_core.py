@@ -1,0 +1,67 @@
+"""Input validation shared by every public function: one message style, naming the argument."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+def to_tensor(name: str, x: Any) -> tuple[torch.Tensor, bool]:
+    """Accept a torch tensor or a numpy array; returns (tensor, was_numpy)."""
+    if isinstance(x, torch.Tensor):
+        return x, False
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind not in "fiub":
+            raise TypeError(f"{name} must be a numeric array, got numpy dtype {x.dtype}")
+        return torch.from_numpy(np.ascontiguousarray(x)), True
+    raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
+
+
+def check_float(name: str, t: torch.Tensor, allowed: tuple = FLOAT_DTYPES) -> None:
+    if t.dtype not in allowed:
+        names = " or ".join(str(d).replace("torch.", "") for d in allowed)
+        raise TypeError(f"{name} must be {names}, got {str(t.dtype).replace('torch.', '')}")
+
+
+def check_ndim(name: str, t: torch.Tensor, allowed: tuple[int, ...], layout: str) -> None:
+    if t.dim() not in allowed:
+        raise ValueError(f"{name} must be {layout}, got shape {tuple(t.shape)}")
+
+
+def check_nonempty(name: str, t: torch.Tensor) -> None:
+    if t.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); every dimension must be >= 1")
+
+
+def check_finite(name: str, t: torch.Tensor) -> None:
+    """Raise on NaN/Inf. On CUDA this reads one flag back to the host (a synchronization)."""
+    if not bool(torch.isfinite(t).all()):
+        n_bad = int((~torch.isfinite(t)).sum())
+        raise ValueError(f"{name} contains {n_bad} NaN/Inf value(s); all entries must be finite")
+
+
+def check_same_device(**tensors: torch.Tensor) -> torch.device:
+    items = list(tensors.items())
+    device = items[0][1].device
+    for name, t in items[1:]:
+        if t.device != device:
+            raise ValueError(
+                f"{items[0][0]} is on {device} but {name} is on {t.device}; put them on one device"
+            )
+    return device
+
+
+def check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value

@@ -1,0 +1,5 @@
+"""torch.library custom ops over flowfast._C, one module per kernel family (mirrors csrc/)."""
+
+from flowfast.ops import assignment
+
+__all__ = ["assignment"]

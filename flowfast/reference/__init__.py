@@ -1,0 +1,5 @@
+"""Pure-torch references: the tests' oracle and the ``backend="torch"`` path. Slow but obvious."""
+
+from flowfast.reference import assignment
+
+__all__ = ["assignment"]

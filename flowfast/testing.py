@@ -1,0 +1,38 @@
+"""Test helpers shared by the test suite and downstream users: devices, dtypes, tolerances."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flowfast._backend import cuda_available
+
+FLOAT_DTYPES = (torch.float32, torch.float64)
+GRAD_DTYPES = (torch.float64,)
+
+#: Relative tolerance on an optimal objective value, per dtype (issue #3's contract).
+OBJECTIVE_RTOL = {torch.float32: 1e-5, torch.float64: 1e-9}
+
+
+def devices() -> list:
+    """pytest params: "cpu" always, "cuda" (marked ``cuda``) always listed so skips are visible."""
+    return ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+def available_devices() -> list[str]:
+    return ["cpu"] + (["cuda"] if cuda_available() else [])
+
+
+def assert_close_rel_to_ref(actual: torch.Tensor, reference64: torch.Tensor, reference_lowp: torch.Tensor,
+                            factor: float = 2.0, atol: float = 0.0) -> None:
+    """Low-precision check: |actual - ref64| <= factor * |ref_lowp - ref64| + atol, elementwise max.
+
+    The kernel may be as wrong as the reference computed in the same low precision, times `factor`.
+    """
+    ref = reference64.to(torch.float64)
+    err = (actual.to(torch.float64) - ref).abs().max().item()
+    ref_err = (reference_lowp.to(torch.float64) - ref).abs().max().item()
+    if err > factor * ref_err + atol:
+        raise AssertionError(
+            f"kernel error {err:.3e} exceeds {factor} x reference error {ref_err:.3e} (+ atol {atol:.1e})"
+        )

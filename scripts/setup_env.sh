@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Creates (or reuses) the project venv and installs what the build and tests need.
+# torch: reuse an importable one (e.g. the preinstalled CUDA torch on an offline GPU machine),
+# else install the pinned CPU wheel torch==2.13.0 (never an unpinned torch: that is a multi-GB
+# CUDA download).
+set -euo pipefail
+BASE_PY=${1:-python3}
+VENV=${2:-.venv}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$BASE_PY" -m venv --system-site-packages "$VENV"
+  # If the base interpreter is itself a venv, --system-site-packages does not reach its packages;
+  # a .pth file does (this is how the GPU machine's preinstalled torch becomes visible).
+  parent_site=$("$BASE_PY" -c 'import sys, sysconfig; print(sysconfig.get_paths()["purelib"] if sys.prefix != sys.base_prefix else "")')
+  if [ -n "$parent_site" ]; then
+    "$VENV/bin/python" -c 'import sysconfig, sys; open(sysconfig.get_paths()["purelib"] + "/_flowfast_parent_env.pth", "w").write(sys.argv[1] + "\n")' "$parent_site"
+  fi
+fi
+PY="$VENV/bin/python"
+pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
+
+if ! "$PY" -c 'import torch' 2>/dev/null; then
+  pip_install "torch==2.13.0"
+fi
+
+missing=()
+for spec in pybind11:pybind11 scikit_build_core:scikit-build-core numpy:numpy scipy:scipy \
+            pytest:pytest hypothesis:hypothesis; do
+  mod=${spec%%:*}; pkg=${spec#*:}
+  "$PY" -c "import $mod" 2>/dev/null || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then pip_install "${missing[@]}"; fi
+
+# Peers for benchmarks and cross-checks; optional (the GPU machine is offline).
+for spec in ot:pot lap:lap; do
+  mod=${spec%%:*}; pkg=${spec#*:}
+  "$PY" -c "import $mod" 2>/dev/null || pip_install "$pkg" || echo "note: optional peer '$pkg' not installed"
+done
+"$PY" -c "import sys, torch; print('flowfast env: python', sys.version.split()[0], 'torch', torch.__version__)"
