@@ -41,6 +41,7 @@ class SapSolver {
   void solve(int64_t* col_for_row) {
     ws_.reset(n_, m_);
     greedy_row_reduction();
+    if (n_ == m_ && m_ > 1) augmenting_row_reduction();
     for (int64_t row = 0; row < n_; ++row) {
       if (ws_.col4row[row] < 0) augment_from(row);
     }
@@ -68,6 +69,80 @@ class SapSolver {
       if (ws_.row4col[best_j] < 0) {
         ws_.row4col[best_j] = i;
         ws_.col4row[i] = best_j;
+      }
+    }
+  }
+
+  // Jonker-Volgenant's augmenting row reduction (square problems only): each free row takes its
+  // best column at the price of lowering that column's potential to the row's second-best value,
+  // which evicts the previous owner. Cheap O(m) steps that leave few rows for Dijkstra. Afterwards
+  // every assigned row is tight at its minimum reduced cost, so u is recomputed from v. Not used
+  // when n < m: it moves free columns off potential 0, which would break optimality there.
+  void augmenting_row_reduction() {
+    auto& u = ws_.u;
+    auto& v = ws_.v;
+    auto& col4row = ws_.col4row;
+    auto& row4col = ws_.row4col;
+    std::vector<int64_t> free_rows, next_free;
+    for (int64_t i = 0; i < n_; ++i) {
+      if (col4row[i] < 0) free_rows.push_back(i);
+    }
+    int64_t budget = 8 * n_ + 64;  // bounds float-rounding ping-pong; leftovers go to Dijkstra
+    for (int pass = 0; pass < 2 && !free_rows.empty(); ++pass) {
+      next_free.clear();
+      size_t k = 0;
+      while (k < free_rows.size()) {
+        const int64_t i = free_rows[k++];
+        if (--budget < 0) {
+          next_free.push_back(i);
+          continue;
+        }
+        const T* row = cost_ + i * row_stride_;
+        double u1 = std::numeric_limits<double>::infinity(), u2 = u1;
+        int64_t j1 = 0, j2 = 0;
+        for (int64_t j = 0; j < m_; ++j) {
+          const double h = sign_ * static_cast<double>(row[j]) - v[j];
+          if (h < u2) {
+            if (h < u1) {
+              u2 = u1;
+              j2 = j1;
+              u1 = h;
+              j1 = j;
+            } else {
+              u2 = h;
+              j2 = j;
+            }
+          }
+        }
+        int64_t evicted = row4col[j1];
+        const bool lowered = u1 < u2;
+        if (lowered) {
+          v[j1] -= u2 - u1;
+        } else if (evicted >= 0) {
+          j1 = j2;
+          evicted = row4col[j2];
+        }
+        row4col[j1] = i;
+        col4row[i] = j1;
+        if (evicted >= 0) {
+          col4row[evicted] = -1;
+          if (lowered) {
+            free_rows[--k] = evicted;  // retry it at once: its old column just got dearer
+          } else {
+            next_free.push_back(evicted);
+          }
+        }
+      }
+      free_rows.swap(next_free);
+    }
+    for (int64_t i = 0; i < n_; ++i) {
+      const T* row = cost_ + i * row_stride_;
+      if (col4row[i] >= 0) {
+        u[i] = sign_ * static_cast<double>(row[col4row[i]]) - v[col4row[i]];
+      } else {
+        double best = std::numeric_limits<double>::infinity();
+        for (int64_t j = 0; j < m_; ++j) best = std::min(best, sign_ * static_cast<double>(row[j]) - v[j]);
+        u[i] = best;
       }
     }
   }

@@ -1,0 +1,43 @@
+// CUDA helpers shared by every family's .cu file: error checks, the device guard, and warp/block
+// reductions. Host-side code here never allocates device memory (the caller's framework does).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "flowfast/common.h"
+
+#define FF_CUDA_CHECK(expr)                                                             \
+  do {                                                                                  \
+    cudaError_t ff_err_ = (expr);                                                       \
+    FF_CHECK(ff_err_ == cudaSuccess, "CUDA error: ", cudaGetErrorString(ff_err_), " (", \
+             #expr, ")");                                                               \
+  } while (0)
+
+namespace ff {
+namespace cuda {
+
+constexpr int kWarp = 32;
+
+// Makes `device` current for the scope of one kernel call and restores the caller's device.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    FF_CUDA_CHECK(cudaGetDevice(&previous_));
+    if (previous_ != device) FF_CUDA_CHECK(cudaSetDevice(device));
+  }
+  ~DeviceGuard() { cudaSetDevice(previous_); }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = 0;
+};
+
+inline cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
+
+inline int64_t align_up(int64_t bytes, int64_t alignment = 256) {
+  return (bytes + alignment - 1) / alignment * alignment;
+}
+
+}  // namespace cuda
+}  // namespace ff
