@@ -31,8 +31,8 @@ for spec in pybind11:pybind11 scikit_build_core:scikit-build-core numpy:numpy sc
 done
 if [ ${#missing[@]} -gt 0 ]; then pip_install "${missing[@]}"; fi
 
-# Peers for benchmarks and cross-checks; optional (the GPU machine is offline).
-for spec in ot:pot lap:lap; do
+# Peers for benchmarks and cross-checks, matplotlib for the demo plot; optional (the GPU machine is offline).
+for spec in ot:pot lap:lap matplotlib:matplotlib; do
   mod=${spec%%:*}; pkg=${spec#*:}
   "$PY" -c "import $mod" 2>/dev/null || pip_install "$pkg" || echo "note: optional peer '$pkg' not installed"
 done

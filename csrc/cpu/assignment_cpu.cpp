@@ -7,6 +7,10 @@
 #include <limits>
 #include <vector>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "flowfast/assignment.h"
 
 namespace ff {
@@ -14,23 +18,122 @@ namespace {
 
 // Scratch for one problem; reused across the problems a thread solves.
 struct SapWorkspace {
-  std::vector<double> u, v, shortest;
-  std::vector<int64_t> col4row, row4col, path, remaining, visited_rows;
-  std::vector<char> row_visited;
+  std::vector<double> u, v, shortest, v_masked, settled_label;
+  std::vector<int64_t> col4row, row4col, path, settled_cols, visited_rows;
 
   void reset(int64_t n, int64_t m) {
     u.assign(n, 0.0);
     v.assign(m, 0.0);
     shortest.assign(m, 0.0);
+    v_masked.assign(m, 0.0);
+    settled_label.assign(m, 0.0);
     col4row.assign(n, -1);
     row4col.assign(m, -1);
     path.assign(m, -1);
-    remaining.assign(m, 0);
+    settled_cols.clear();
+    settled_cols.reserve(m);
     visited_rows.clear();
     visited_rows.reserve(n);
-    row_visited.assign(n, 0);
   }
 };
+
+// One Dijkstra step over a cost row: relabel label[j] = min(label[j], base + sign*c_j - v_j),
+// recording the row in path[j] where it improved, and return the smallest label. The AVX2
+// version is chosen at run time; both compute the same expression in the same order.
+template <typename T>
+double scan_row_scalar(const T* row, double sign, double base, const double* v, double* label, int64_t* path,
+                       int64_t i, int64_t m) {
+  double lowest = std::numeric_limits<double>::infinity();
+  for (int64_t j = 0; j < m; ++j) {
+    const double r = (base + sign * static_cast<double>(row[j])) - v[j];
+    const double old = label[j];
+    const bool improves = r < old;
+    const double l = improves ? r : old;
+    label[j] = l;
+    path[j] = improves ? i : path[j];
+    lowest = l < lowest ? l : lowest;
+  }
+  return lowest;
+}
+
+// First column whose label equals `lowest`, preferring a free one (it ends the search).
+inline int64_t find_label_scalar(const double* label, double lowest, const int64_t* row4col, int64_t from,
+                                 int64_t m, int64_t first) {
+  for (int64_t j = from; j < m; ++j) {
+    if (label[j] == lowest) {
+      if (row4col[j] < 0) return j;
+      if (first < 0) first = j;
+    }
+  }
+  return first;
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define FF_HAVE_AVX2_PATH 1
+__attribute__((target("avx2"))) inline __m256d load4(const double* p) { return _mm256_loadu_pd(p); }
+__attribute__((target("avx2"))) inline __m256d load4(const float* p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
+
+template <typename T>
+__attribute__((target("avx2"))) double scan_row_avx2(const T* row, double sign, double base, const double* v,
+                                                     double* label, int64_t* path, int64_t i, int64_t m) {
+  const __m256d vbase = _mm256_set1_pd(base), vsign = _mm256_set1_pd(sign);
+  const __m256d vrow = _mm256_castsi256_pd(_mm256_set1_epi64x(i));
+  __m256d vlow = _mm256_set1_pd(std::numeric_limits<double>::infinity());
+  int64_t j = 0;
+  for (; j + 4 <= m; j += 4) {
+    const __m256d r = _mm256_sub_pd(_mm256_add_pd(vbase, _mm256_mul_pd(vsign, load4(row + j))), _mm256_loadu_pd(v + j));
+    const __m256d old = _mm256_loadu_pd(label + j);
+    const __m256d improves = _mm256_cmp_pd(r, old, _CMP_LT_OQ);
+    const __m256d l = _mm256_blendv_pd(old, r, improves);
+    _mm256_storeu_pd(label + j, l);
+    double* path_j = reinterpret_cast<double*>(path + j);
+    _mm256_storeu_pd(path_j, _mm256_blendv_pd(_mm256_loadu_pd(path_j), vrow, improves));
+    vlow = _mm256_min_pd(vlow, l);
+  }
+  alignas(32) double lanes[4];
+  _mm256_store_pd(lanes, vlow);
+  double lowest = std::min(std::min(lanes[0], lanes[1]), std::min(lanes[2], lanes[3]));
+  const double tail = scan_row_scalar(row + j, sign, base, v + j, label + j, path + j, i, m - j);
+  return std::min(lowest, tail);
+}
+
+__attribute__((target("avx2"))) inline int64_t find_label_avx2(const double* label, double lowest,
+                                                               const int64_t* row4col, int64_t m) {
+  const __m256d target = _mm256_set1_pd(lowest);
+  int64_t first = -1, j = 0;
+  for (; j + 4 <= m; j += 4) {
+    int mask = _mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(label + j), target, _CMP_EQ_OQ));
+    while (mask) {
+      const int lane = __builtin_ctz(mask);
+      mask &= mask - 1;
+      if (row4col[j + lane] < 0) return j + lane;
+      if (first < 0) first = j + lane;
+    }
+  }
+  return find_label_scalar(label, lowest, row4col, j, m, first);
+}
+
+inline bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2");
+  return has;
+}
+#endif
+
+template <typename T>
+double scan_row(const T* row, double sign, double base, const double* v, double* label, int64_t* path, int64_t i,
+                int64_t m) {
+#if defined(FF_HAVE_AVX2_PATH)
+  if (cpu_has_avx2()) return scan_row_avx2(row, sign, base, v, label, path, i, m);
+#endif
+  return scan_row_scalar(row, sign, base, v, label, path, i, m);
+}
+
+inline int64_t find_label(const double* label, double lowest, const int64_t* row4col, int64_t m) {
+#if defined(FF_HAVE_AVX2_PATH)
+  if (cpu_has_avx2()) return find_label_avx2(label, lowest, row4col, m);
+#endif
+  return find_label_scalar(label, lowest, row4col, 0, m, -1);
+}
 
 template <typename T>
 class SapSolver {
@@ -148,51 +251,37 @@ class SapSolver {
   }
 
   // Dijkstra from the free row `start` over reduced costs c_ij - u_i - v_j until it reaches a
-  // free column, then update the potentials and flip the path.
+  // free column, then update the potentials and flip the path. Dense layout: every step scans
+  // all m columns with SIMD; a settled column is masked by label = +inf and v_masked = -inf, so
+  // its reduced cost is +inf and it can never be relabelled or chosen again.
   void augment_from(int64_t start) {
     auto& u = ws_.u;
     auto& v = ws_.v;
-    auto& shortest = ws_.shortest;
-    auto& path = ws_.path;
-    auto& remaining = ws_.remaining;
+    auto& label = ws_.shortest;
+    auto& v_masked = ws_.v_masked;
+    auto& settled_label = ws_.settled_label;
+    auto& settled = ws_.settled_cols;
     const double inf = std::numeric_limits<double>::infinity();
 
-    int64_t n_remaining = m_;
-    for (int64_t j = 0; j < m_; ++j) {
-      remaining[j] = j;
-      shortest[j] = inf;
-    }
-    for (int64_t r : ws_.visited_rows) ws_.row_visited[r] = 0;
+    std::copy(v.begin(), v.end(), v_masked.begin());
+    std::fill(label.begin(), label.end(), inf);
+    settled.clear();
     ws_.visited_rows.clear();
 
     double min_val = 0.0;
     int64_t i = start;
     int64_t sink = -1;
     while (sink < 0) {
-      ws_.row_visited[i] = 1;
       ws_.visited_rows.push_back(i);
-      const T* row = cost_ + i * row_stride_;
-      const double base = min_val - u[i];
-      double lowest = inf;
-      int64_t lowest_pos = -1;
-      for (int64_t pos = 0; pos < n_remaining; ++pos) {
-        const int64_t j = remaining[pos];
-        const double r = base + sign_ * static_cast<double>(row[j]) - v[j];
-        if (r < shortest[j]) {
-          path[j] = i;
-          shortest[j] = r;
-        }
-        // Ties prefer a free column: it ends the search one step earlier.
-        if (shortest[j] < lowest || (shortest[j] == lowest && ws_.row4col[j] < 0)) {
-          lowest = shortest[j];
-          lowest_pos = pos;
-        }
-      }
-      FF_CHECK(lowest_pos >= 0 && std::isfinite(lowest),
-               "linear_assignment: no feasible augmenting path (non-finite costs?)");
+      const double lowest = scan_row<T>(cost_ + i * row_stride_, sign_, min_val - u[i], v_masked.data(),
+                                        label.data(), ws_.path.data(), i, m_);
+      FF_CHECK(std::isfinite(lowest), "linear_assignment: no feasible augmenting path (non-finite costs?)");
+      const int64_t j = find_label(label.data(), lowest, ws_.row4col.data(), m_);
       min_val = lowest;
-      const int64_t j = remaining[lowest_pos];
-      std::swap(remaining[lowest_pos], remaining[--n_remaining]);  // settled columns collect at the tail
+      settled_label[j] = lowest;
+      settled.push_back(j);
+      label[j] = inf;
+      v_masked[j] = -inf;
       if (ws_.row4col[j] < 0) {
         sink = j;
       } else {
@@ -200,19 +289,16 @@ class SapSolver {
       }
     }
 
-    // Potentials: columns settled by Dijkstra (no longer in `remaining`) move by their slack.
     u[start] += min_val;
-    for (int64_t r : ws_.visited_rows) {
-      if (r != start) u[r] += min_val - shortest[ws_.col4row[r]];
+    for (size_t k = 1; k < ws_.visited_rows.size(); ++k) {
+      const int64_t r = ws_.visited_rows[k];
+      u[r] += min_val - settled_label[ws_.col4row[r]];
     }
-    for (int64_t pos = n_remaining; pos < m_; ++pos) {
-      const int64_t j = remaining[pos];
-      v[j] -= min_val - shortest[j];
-    }
+    for (int64_t j : settled) v[j] -= min_val - settled_label[j];
 
     int64_t j = sink;
     while (true) {
-      const int64_t r = path[j];
+      const int64_t r = ws_.path[j];
       ws_.row4col[j] = r;
       std::swap(ws_.col4row[r], j);
       if (r == start) break;

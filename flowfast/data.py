@@ -1,0 +1,50 @@
+"""2D toy distributions as plain functions ``sample(n, generator=None, device=None) -> (n, 2)``.
+
+Conventions follow torchcfm so published W2 numbers are comparable: ``eight_gaussians`` puts
+8 modes on a circle of radius 5 with per-coordinate std sqrt(sqrt(0.1)) (torchcfm passes
+sqrt(var) as the covariance), ``moons`` is sklearn-style two moons (noise 0.2) scaled by 3 minus 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _check_n(n: int) -> int:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    return n
+
+
+def gaussian(n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """Standard normal source, (n, 2)."""
+    return torch.randn(_check_n(n), 2, generator=generator, device=device)
+
+
+def eight_gaussians(n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """8 Gaussian modes on a circle of radius 5, (n, 2)."""
+    n = _check_n(n)
+    angles = torch.arange(8, dtype=torch.float32) * (2 * math.pi / 8)
+    centers = 5.0 * torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
+    which = torch.randint(0, 8, (n,), generator=generator)
+    noise = torch.randn(n, 2, generator=generator) * math.sqrt(math.sqrt(0.1))
+    return (centers[which] + noise).to(device)
+
+
+def moons(n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """Two interleaved half circles with Gaussian noise 0.2, scaled by 3 and shifted by -1, (n, 2)."""
+    n = _check_n(n)
+    n_outer = n // 2
+    n_inner = n - n_outer
+    t_outer = torch.rand(n_outer, generator=generator) * math.pi
+    t_inner = torch.rand(n_inner, generator=generator) * math.pi
+    outer = torch.stack([torch.cos(t_outer), torch.sin(t_outer)], dim=1)
+    inner = torch.stack([1 - torch.cos(t_inner), 1 - torch.sin(t_inner) - 0.5], dim=1)
+    x = torch.cat([outer, inner]) + 0.2 * torch.randn(n, 2, generator=generator)
+    x = x[torch.randperm(n, generator=generator)]
+    return (x * 3 - 1).to(device)
+
+
+SAMPLERS = {"gaussian": gaussian, "8gaussians": eight_gaussians, "moons": moons}
