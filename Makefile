@@ -24,6 +24,7 @@ test: build
 
 demo: build
 	$(PY) -m flowfast demo
+	$(PY) benchmarks/bench_assignment.py --quick
 
 bench: build
 	$(PY) benchmarks/run_all.py

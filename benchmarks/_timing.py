@@ -10,6 +10,7 @@ get many repeats, big ones few, and every case has a cap on the total time it ma
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import importlib.metadata as _metadata
 import json
 import math
@@ -145,6 +146,19 @@ def _version(dist: str) -> str:
         return NOT_INSTALLED
 
 
+def _extension_fingerprint() -> dict | None:
+    """Which compiled flowfast._C was timed (file, sha256 prefix, mtime): tells rebuilds apart."""
+    try:
+        from flowfast import _C
+
+        path = Path(_C.__file__)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        mtime = _dt.datetime.fromtimestamp(path.stat().st_mtime, _dt.timezone.utc).replace(microsecond=0)
+        return {"file": path.name, "sha256_12": digest, "mtime_utc": mtime.isoformat()}
+    except (ImportError, OSError, AttributeError, TypeError):
+        return None
+
+
 def environment(device: str | torch.device = "cpu") -> dict:
     """Where a benchmark ran: device, threads, library versions, flowfast build, date (UTC)."""
     dev = torch.device(device)
@@ -160,9 +174,11 @@ def environment(device: str | torch.device = "cpu") -> dict:
 
         build = flowfast.build_info()
         ff_version = flowfast.__version__
+        ext = _extension_fingerprint()
     except ImportError as exc:  # report, don't crash: the bench scripts check flowfast themselves
         build = {"error": str(exc)}
         ff_version = NOT_INSTALLED
+        ext = None
     now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)
     return {
         "device": str(dev),
@@ -172,6 +188,8 @@ def environment(device: str | torch.device = "cpu") -> dict:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
+        # Other processes on the machine skew timings (multi-threaded torch ops most): record it.
+        "loadavg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         **extra,
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -179,6 +197,7 @@ def environment(device: str | torch.device = "cpu") -> dict:
         "versions": {key: _version(dist) for key, dist in PEERS.items()},
         "flowfast": ff_version,
         "flowfast_build": build,
+        "flowfast_extension": ext,
         "date_utc": now.isoformat(),
         "argv": list(sys.argv),
     }
@@ -232,9 +251,11 @@ def _env_header(env: dict) -> str:
     lines = [
         f"- device: `{env.get('device')}` — {env.get('device_name')}"
         + (f" (compute capability {env['cuda_capability']}, CUDA {env.get('torch_cuda')})" if "cuda_capability" in env else ""),
-        f"- host: {env.get('cpu_model')}, {threads}, OMP_NUM_THREADS={env.get('omp_num_threads')}",
+        f"- host: {env.get('cpu_model')}, {threads}, OMP_NUM_THREADS={env.get('omp_num_threads')}, "
+        f"load average {env.get('loadavg_1m')} at start, {env.get('loadavg_1m_end')} at end",
         f"- python {env.get('python')}, torch {env.get('torch')}, {versions}",
-        f"- flowfast {env.get('flowfast')} ({build_s})",
+        f"- flowfast {env.get('flowfast')} ({build_s}; extension sha256 "
+        f"{(env.get('flowfast_extension') or {}).get('sha256_12', '?')})",
         f"- date (UTC): {env.get('date_utc')}",
     ]
     return "\n".join(lines)
@@ -268,6 +289,8 @@ def write_results(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if hasattr(os, "getloadavg"):
+        env = {**env, "loadavg_1m_end": round(os.getloadavg()[0], 2)}
     date = str(env.get("date_utc", ""))[:10] or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")
     stem = f"{family}-{env.get('device_slug', 'unknown')}-{date}"
     notes = list(notes)

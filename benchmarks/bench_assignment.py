@@ -399,11 +399,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sizes", type=int, nargs="+", help=f"override the n grid (default {list(SIZES)})")
     p.add_argument("--dims", type=int, nargs="+", help=f"override the d grid (default {list(DIMS)})")
     p.add_argument("--batch", type=int, default=None, help=f"B of the batched case (n={BATCH_N}; default 32; 0 = none)")
-    p.add_argument("--quick", action="store_true", help="smoke run: n in {128, 256}, d=2, batched B=8")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: n in {128, 256}, d=2, batched B=8; files named assignment-quick-*")
     p.add_argument("--pot-max-n", type=int, default=None, help="skip POT emd above this n (default: never)")
     p.add_argument("--torchcfm-max-n", type=int, default=None, help="skip torchcfm above this n (default: never)")
     p.add_argument("--min-time", type=float, default=None, help="seconds of timed repeats per method and case")
     p.add_argument("--max-time", type=float, default=None, help="cap on timed seconds per method and case")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads(N) first (default: torch's default; recorded in the results)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="results directory")
     args = p.parse_args(argv)
     if args.quick:
@@ -422,6 +425,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cuda_ok = flowfast.cuda_available()
     if args.device == "cuda" and not cuda_ok:
         print("bench_assignment: --device cuda but flowfast.cuda_available() is False "
@@ -453,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
             raws.append(raw)
             print(f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
         _timing.write_results(
-            FAMILY, rows, env, args.out,
+            FAMILY + ("-quick" if args.quick else ""), rows, env, args.out,
             notes=global_notes(runner, device),
             extra={"raw": raws, "args": vars(args)},
             title=f"assignment — flowfast vs scipy / lapjv / POT / torchcfm on {env['device_name']} ({device})",

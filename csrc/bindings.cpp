@@ -7,6 +7,7 @@
 #include <string>
 
 #include "flowfast/assignment.h"
+#include "flowfast/sinkhorn.h"
 
 #if defined(FLOWFAST_WITH_CUDA)
 #include <cuda_runtime_api.h>
@@ -33,6 +34,24 @@ ff::TensorView to_view(const py::tuple& t) {
     v.strides[i] = strides[i];
   }
   return v;
+}
+
+// None -> an empty view (kernels treat a null data pointer as "output not requested").
+ff::TensorView to_view_or_empty(const py::object& o) {
+  if (o.is_none()) return ff::TensorView{};
+  return to_view(o.cast<py::tuple>());
+}
+
+ff::SinkhornProblem to_problem(const py::tuple& t) {
+  FF_CHECK(t.size() == 6, "internal: sinkhorn problem descriptor must have 6 fields");
+  ff::SinkhornProblem pr;
+  pr.geometry = static_cast<ff::SinkhornGeometry>(t[0].cast<int32_t>());
+  pr.cost = to_view_or_empty(t[1]);
+  pr.x = to_view_or_empty(t[2]);
+  pr.y = to_view_or_empty(t[3]);
+  pr.log_a = to_view(t[4].cast<py::tuple>());
+  pr.log_b = to_view(t[5].cast<py::tuple>());
+  return pr;
 }
 
 bool cuda_runtime_available() {
@@ -96,4 +115,67 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("cost"), py::arg("out"), py::arg("maximize"), py::arg("workspace") = 0,
       py::arg("workspace_bytes") = 0, py::arg("stream") = 0);
+
+  // Sinkhorn: `problem` = (geometry, cost|None, x|None, y|None, log_a, log_b).
+  m.def("sinkhorn_workspace_bytes", [](int32_t device, int64_t B, int64_t n, int64_t mm) {
+    return ff::sinkhorn_workspace_bytes(static_cast<ff::DeviceType>(device), B, n, mm);
+  });
+  m.def(
+      "sinkhorn_solve",
+      [](const py::tuple& problem, const py::tuple& f, const py::tuple& g, const py::tuple& n_iter,
+         const py::tuple& marginal_error, double eps, double eps_start, double eps_decay, double reg_m,
+         int64_t max_iter, int64_t check_every, double tol, uintptr_t workspace, int64_t workspace_bytes,
+         uintptr_t stream) {
+        ff::SinkhornParams p;
+        p.problem = to_problem(problem);
+        p.f = to_view(f);
+        p.g = to_view(g);
+        p.n_iter = to_view(n_iter);
+        p.marginal_error = to_view(marginal_error);
+        p.eps = eps;
+        p.eps_start = eps_start;
+        p.eps_decay = eps_decay;
+        p.reg_m = reg_m;
+        p.max_iter = max_iter;
+        p.check_every = check_every;
+        p.tol = tol;
+        p.workspace = reinterpret_cast<void*>(workspace);
+        p.workspace_bytes = workspace_bytes;
+        p.stream = reinterpret_cast<void*>(stream);
+        py::gil_scoped_release release;
+        ff::sinkhorn_solve(p);
+      });
+  m.def(
+      "sinkhorn_plan",
+      [](const py::tuple& problem, const py::tuple& f, const py::tuple& g, double eps, const py::object& plan,
+         const py::object& row_mass, const py::object& col_mass, const py::object& transport_cost,
+         const py::object& plan_y, const py::object& plan_t_x, uintptr_t stream) {
+        ff::SinkhornPlanParams p;
+        p.problem = to_problem(problem);
+        p.f = to_view(f);
+        p.g = to_view(g);
+        p.eps = eps;
+        p.plan = to_view_or_empty(plan);
+        p.row_mass = to_view_or_empty(row_mass);
+        p.col_mass = to_view_or_empty(col_mass);
+        p.transport_cost = to_view_or_empty(transport_cost);
+        p.plan_y = to_view_or_empty(plan_y);
+        p.plan_t_x = to_view_or_empty(plan_t_x);
+        p.stream = reinterpret_cast<void*>(stream);
+        py::gil_scoped_release release;
+        ff::sinkhorn_plan(p);
+      });
+  m.def("sinkhorn_sample", [](const py::tuple& problem, const py::tuple& g, double eps, uint64_t seed, uint64_t offset,
+                              const py::tuple& cols, uintptr_t stream) {
+    ff::SinkhornSampleParams p;
+    p.problem = to_problem(problem);
+    p.g = to_view(g);
+    p.eps = eps;
+    p.seed = seed;
+    p.offset = offset;
+    p.cols = to_view(cols);
+    p.stream = reinterpret_cast<void*>(stream);
+    py::gil_scoped_release release;
+    ff::sinkhorn_sample(p);
+  });
 }

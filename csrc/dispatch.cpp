@@ -1,7 +1,10 @@
 // The one dispatch point per kernel family: validate what the kernels assume, then route to the
 // CPU or CUDA implementation. Python validates first with friendlier messages; these checks are
 // the last line of defence for callers that use flowfast._C directly (numpy, cupy, ...).
+#include <cmath>
+
 #include "flowfast/assignment.h"
+#include "flowfast/sinkhorn.h"
 
 namespace ff {
 namespace {
@@ -18,7 +21,147 @@ void check_view(const TensorView& t, const char* what, int ndim) {
            "(rebuild with nvcc on PATH, or FLOWFAST_CUDA=ON to make a missing nvcc an error)");
 }
 
+void check_shape(const TensorView& t, const char* what, std::initializer_list<int64_t> shape) {
+  check_view(t, what, static_cast<int>(shape.size()));
+  int k = 0;
+  for (int64_t s : shape) {
+    FF_CHECK(t.shape[k] == s, what, ": dim ", k, " has size ", t.shape[k], ", expected ", s);
+    ++k;
+  }
+}
+
+void check_float_like(const TensorView& t, const TensorView& like, const char* what) {
+  FF_CHECK(t.dtype == like.dtype, what, ": dtype ", dtype_name(t.dtype), " differs from the problem's ",
+           dtype_name(like.dtype));
+  FF_CHECK(t.device == like.device && t.device_index == like.device_index, what, ": on a different device");
+}
+
+// Validates a Sinkhorn problem; returns the view whose dtype/device every other tensor must match.
+const TensorView& check_problem(const SinkhornProblem& pr) {
+  const bool dense = pr.geometry == SinkhornGeometry::Dense;
+  FF_CHECK(dense || pr.geometry == SinkhornGeometry::SqEuclidean, "sinkhorn: unknown geometry");
+  const TensorView& ref = dense ? pr.cost : pr.x;
+  if (dense) {
+    check_view(pr.cost, "sinkhorn: cost", 3);
+  } else {
+    check_view(pr.x, "sinkhorn: x", 3);
+    check_view(pr.y, "sinkhorn: y", 3);
+    FF_CHECK(pr.y.shape[0] == pr.x.shape[0] && pr.y.shape[2] == pr.x.shape[2],
+             "sinkhorn: x (B, n, d) and y (B, m, d) must share B and d");
+    FF_CHECK(pr.x.strides[2] == 1 && pr.y.strides[2] == 1, "sinkhorn: x and y need unit stride in the feature dim");
+    check_float_like(pr.y, ref, "sinkhorn: y");
+  }
+  FF_CHECK(ref.dtype == DType::Float32 || ref.dtype == DType::Float64, "sinkhorn: expected float32 or float64, got ",
+           dtype_name(ref.dtype));
+  const int64_t B = pr.batch(), n = pr.rows(), m = pr.cols();
+  FF_CHECK(B > 0 && n > 0 && m > 0, "sinkhorn: empty problem");
+  check_shape(pr.log_a, "sinkhorn: log_a", {B, n});
+  check_shape(pr.log_b, "sinkhorn: log_b", {B, m});
+  check_float_like(pr.log_a, ref, "sinkhorn: log_a");
+  check_float_like(pr.log_b, ref, "sinkhorn: log_b");
+  return ref;
+}
+
+void check_potentials(const SinkhornProblem& pr, const TensorView& ref, const TensorView& f, const TensorView& g) {
+  if (f.data) {
+    check_shape(f, "sinkhorn: f", {pr.batch(), pr.rows()});
+    check_float_like(f, ref, "sinkhorn: f");
+  }
+  check_shape(g, "sinkhorn: g", {pr.batch(), pr.cols()});
+  check_float_like(g, ref, "sinkhorn: g");
+}
+
+bool on_cuda(const TensorView& ref, const char* family) {
+  if (ref.device == DeviceType::CPU) return false;
+#if defined(FLOWFAST_WITH_CUDA)
+  return true;
+#else
+  no_cuda(family);
+#endif
+}
+
 }  // namespace
+
+int64_t sinkhorn_workspace_bytes(DeviceType device, int64_t B, int64_t n, int64_t m) {
+  if (device == DeviceType::CPU) return 0;
+#if defined(FLOWFAST_WITH_CUDA)
+  return sinkhorn_cuda_workspace_bytes(B, n, m);
+#else
+  (void)B, (void)n, (void)m;
+  no_cuda("sinkhorn");
+#endif
+}
+
+void sinkhorn_solve(const SinkhornParams& p) {
+  const TensorView& ref = check_problem(p.problem);
+  FF_CHECK(p.f.data != nullptr, "sinkhorn: f is required");
+  check_potentials(p.problem, ref, p.f, p.g);
+  check_shape(p.n_iter, "sinkhorn: n_iter", {p.problem.batch()});
+  FF_CHECK(p.n_iter.dtype == DType::Int64, "sinkhorn: n_iter must be int64");
+  check_shape(p.marginal_error, "sinkhorn: marginal_error", {p.problem.batch()});
+  check_float_like(p.marginal_error, ref, "sinkhorn: marginal_error");
+  FF_CHECK(std::isfinite(p.eps) && p.eps > 0, "sinkhorn: eps must be finite and > 0, got ", p.eps);
+  FF_CHECK(std::isfinite(p.eps_start) && p.eps_start > 0, "sinkhorn: eps_start must be finite and > 0");
+  FF_CHECK(p.eps_decay > 0 && p.eps_decay <= 1, "sinkhorn: eps_decay must be in (0, 1], got ", p.eps_decay);
+  FF_CHECK(p.max_iter >= 0, "sinkhorn: max_iter must be >= 0");
+  FF_CHECK(p.check_every >= 1, "sinkhorn: check_every must be >= 1");
+  FF_CHECK(p.tol >= 0, "sinkhorn: tol must be >= 0");
+  if (on_cuda(ref, "sinkhorn")) {
+#if defined(FLOWFAST_WITH_CUDA)
+    FF_CHECK(p.workspace_bytes >= sinkhorn_cuda_workspace_bytes(p.problem.batch(), p.problem.rows(), p.problem.cols()),
+             "sinkhorn: CUDA workspace too small");
+    sinkhorn_solve_cuda(p);
+#endif
+    return;
+  }
+  sinkhorn_solve_cpu(p);
+}
+
+void sinkhorn_plan(const SinkhornPlanParams& p) {
+  const SinkhornProblem& pr = p.problem;
+  const TensorView& ref = check_problem(pr);
+  FF_CHECK(p.f.data != nullptr, "sinkhorn: f is required");
+  check_potentials(pr, ref, p.f, p.g);
+  FF_CHECK(std::isfinite(p.eps) && p.eps > 0, "sinkhorn: eps must be finite and > 0");
+  const int64_t B = pr.batch(), n = pr.rows(), m = pr.cols(), d = pr.dim();
+  if (p.plan.data) check_shape(p.plan, "sinkhorn: plan", {B, n, m}), check_float_like(p.plan, ref, "sinkhorn: plan");
+  if (p.row_mass.data) check_shape(p.row_mass, "sinkhorn: row_mass", {B, n}), check_float_like(p.row_mass, ref, "row_mass");
+  if (p.col_mass.data) check_shape(p.col_mass, "sinkhorn: col_mass", {B, m}), check_float_like(p.col_mass, ref, "col_mass");
+  if (p.transport_cost.data) {
+    check_shape(p.transport_cost, "sinkhorn: transport_cost", {B});
+    check_float_like(p.transport_cost, ref, "sinkhorn: transport_cost");
+  }
+  FF_CHECK(!(p.plan_y.data || p.plan_t_x.data) || pr.geometry == SinkhornGeometry::SqEuclidean,
+           "sinkhorn: plan_y / plan_t_x need point clouds (x, y)");
+  if (p.plan_y.data) check_shape(p.plan_y, "sinkhorn: plan_y", {B, n, d}), check_float_like(p.plan_y, ref, "plan_y");
+  if (p.plan_t_x.data) {
+    check_shape(p.plan_t_x, "sinkhorn: plan_t_x", {B, m, d});
+    check_float_like(p.plan_t_x, ref, "sinkhorn: plan_t_x");
+  }
+  if (on_cuda(ref, "sinkhorn")) {
+#if defined(FLOWFAST_WITH_CUDA)
+    sinkhorn_plan_cuda(p);
+#endif
+    return;
+  }
+  sinkhorn_plan_cpu(p);
+}
+
+void sinkhorn_sample(const SinkhornSampleParams& p) {
+  const SinkhornProblem& pr = p.problem;
+  const TensorView& ref = check_problem(pr);
+  check_potentials(pr, ref, TensorView{}, p.g);
+  FF_CHECK(std::isfinite(p.eps) && p.eps > 0, "sinkhorn: eps must be finite and > 0");
+  check_shape(p.cols, "sinkhorn: sampled columns", {pr.batch(), pr.rows()});
+  FF_CHECK(p.cols.dtype == DType::Int64, "sinkhorn: sampled columns must be int64");
+  if (on_cuda(ref, "sinkhorn")) {
+#if defined(FLOWFAST_WITH_CUDA)
+    sinkhorn_sample_cuda(p);
+#endif
+    return;
+  }
+  sinkhorn_sample_cpu(p);
+}
 
 int64_t assignment_workspace_bytes(DeviceType device, int64_t B, int64_t n, int64_t m) {
   if (device == DeviceType::CPU) return 0;

@@ -4,7 +4,7 @@ Conventions: x0 = source/noise at t=0, x1 = data at t=1.
 """
 
 from flowfast._backend import build_info, cuda_available
-from flowfast.couplings import linear_assignment, linear_sum_assignment, ot_pairing
+from flowfast.couplings import SinkhornResult, linear_assignment, linear_sum_assignment, ot_pairing, sinkhorn
 
 __version__ = "0.1.0"
 
@@ -15,4 +15,6 @@ __all__ = [
     "linear_assignment",
     "linear_sum_assignment",
     "ot_pairing",
+    "sinkhorn",
+    "SinkhornResult",
 ]

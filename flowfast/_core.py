@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,11 @@ def to_tensor(name: str, x: Any) -> tuple[torch.Tensor, bool]:
     if isinstance(x, np.ndarray):
         if x.dtype.kind not in "fiub":
             raise TypeError(f"{name} must be a numeric array, got numpy dtype {x.dtype}")
-        return torch.from_numpy(np.ascontiguousarray(x)), True
+        if not x.dtype.isnative:
+            x = x.astype(x.dtype.newbyteorder("="))
+        if not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x)
+        return torch.from_numpy(x), True
     raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
 
 
@@ -39,9 +44,24 @@ def check_nonempty(name: str, t: torch.Tensor) -> None:
 
 def check_finite(name: str, t: torch.Tensor) -> None:
     """Raise on NaN/Inf. On CUDA this reads one flag back to the host (a synchronization)."""
+    t = t.detach()
     if not bool(torch.isfinite(t).all()):
         n_bad = int((~torch.isfinite(t)).sum())
         raise ValueError(f"{name} contains {n_bad} NaN/Inf value(s); all entries must be finite")
+
+
+def check_magnitude(name: str, t: torch.Tensor, limit: float) -> None:
+    """Raise on NaN/Inf or |t| > limit with one reduction (one host read on CUDA)."""
+    peak = float(t.detach().abs().amax()) if t.numel() else 0.0
+    if not math.isfinite(peak):
+        check_finite(name, t)
+    if peak > limit:
+        raise ValueError(f"{name} has entries up to {peak:.3g} in magnitude; at most {limit:.0e} is supported (rescale it)")
+
+
+def check_device_supported(name: str, t: torch.Tensor) -> None:
+    if t.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{name} is on device '{t.device}'; flowfast runs on CPU or CUDA tensors")
 
 
 def check_same_device(**tensors: torch.Tensor) -> torch.device:

@@ -1,4 +1,4 @@
-"""Shared pytest configuration: exact float32 matmuls, CUDA auto-skip, device/dtype fixtures, seeding."""
+"""Shared pytest setup: exact float32 matmuls, CUDA auto-skip, device/dtype fixtures, seeding."""
 
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ def pytest_collection_modifyitems(config, items):
         why = "no CUDA device visible to torch (torch.cuda.is_available() is False)"
     else:
         why = "flowfast's CUDA runtime probe failed (flowfast._C.cuda_runtime_available() is False)"
-    skip_cuda = pytest.mark.skip(reason=f"cuda test skipped: flowfast.cuda_available() is False: {why}")
+    skip_cuda = pytest.mark.skip(
+        reason=f"cuda test skipped: flowfast.cuda_available() is False: {why}"
+    )
     for item in items:
         if item.get_closest_marker("cuda") is not None:
             item.add_marker(skip_cuda)

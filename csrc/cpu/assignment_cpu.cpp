@@ -330,6 +330,15 @@ void solve_batch(const AssignmentParams& p) {
 #endif
     for (int64_t b = 0; b < B; ++b) {
       try {
+        // The CPU can afford this O(nm) scan (the solve is O(n^2 m)); direct _C callers get an
+        // error instead of an arbitrary answer. CUDA callers are checked in Python.
+        const T* problem = base + b * cv.strides[0];
+        for (int64_t i = 0; i < n; ++i) {
+          for (int64_t j = 0; j < m; ++j) {
+            FF_CHECK(std::isfinite(static_cast<double>(problem[i * cv.strides[1] + j])),
+                     "linear_assignment: cost contains NaN/Inf (problem ", b, ")");
+          }
+        }
         SapSolver<T> solver(base + b * cv.strides[0], n, m, cv.strides[1], p.maximize, ws);
         solver.solve(out + b * n);
       } catch (const std::exception& e) {

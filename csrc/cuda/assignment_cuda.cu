@@ -2,7 +2,8 @@
 // PER PROBLEM (grid = B), so many small problems fill the GPU in one launch.
 //
 // Per problem:
-//   1. (square problems, n >= kAuctionMinN) a warm start by forward auction with eps-scaling:
+//   1. (square problems, n >= kAuctionMinN) a warm start by forward auction with eps-scaling
+//      on costs normalized to [0, 1]:
 //      warps bid for rows in parallel, a 64-bit atomicMax on (price bits, row) per column settles
 //      conflicts, and the warp that outbids a row adopts it. Prices are float32; the auction only
 //      produces column potentials, never the answer.
@@ -11,6 +12,7 @@
 //      row still free. Thread t owns columns t, t + BLOCK, ...; each Dijkstra step is one scan
 //      plus one block argmin. Correctness only needs feasible potentials (reduced costs >= 0,
 //      assigned edges tight), which steps 1-2 provide; the final matching is optimal.
+// Greedy ties go to the smallest row (atomicMin), so results do not depend on warp timing there.
 // Rectangular problems (n < m) skip step 1: optimality then also needs every free column at the
 // same potential, which holds with v = 0 and shortest-path updates (same argument as the CPU).
 //
@@ -103,21 +105,17 @@ __device__ __forceinline__ Candidate warp_argmin(Candidate c) {
   return c;
 }
 
-// Every thread gets the block's best candidate. `scratch` has BLOCK/32 + 1 slots.
+// Every thread gets the block's best candidate. `scratch` has 2 * BLOCK/32 slots; `parity` alternates per call so one barrier suffices: a slot
+// half is rewritten only after the next call's barrier, which every reader of it has passed.
 template <int BLOCK>
-__device__ Candidate block_argmin(Candidate c, Candidate* scratch) {
+__device__ Candidate block_argmin(Candidate c, Candidate* scratch, int parity) {
   const int lane = threadIdx.x % cuda::kWarp, warp = threadIdx.x / cuda::kWarp;
   constexpr int kWarps = BLOCK / cuda::kWarp;
+  Candidate* buf = scratch + parity * kWarps;
   c = warp_argmin(c);
-  if (lane == 0) scratch[warp] = c;
+  if (lane == 0) buf[warp] = c;
   __syncthreads();
-  if (warp == 0) {
-    Candidate d = lane < kWarps ? scratch[lane] : no_candidate();
-    d = warp_argmin(d);
-    if (lane == 0) scratch[kWarps] = d;
-  }
-  __syncthreads();
-  return scratch[kWarps];
+  return warp_argmin(lane < kWarps ? buf[lane] : no_candidate());
 }
 
 template <typename T>
@@ -137,8 +135,9 @@ __device__ __forceinline__ unsigned long long make_bid(float price, uint32_t row
   return (static_cast<unsigned long long>(__float_as_uint(price)) << 32) | row;
 }
 
-// Forward auction on benefits -c with eps-scaling. Leaves v = -price (feasible for step 2) or
-// v = 0 if the bid budget ran out (then step 3 does all the work, still exactly).
+// Forward auction on benefits -(c - min c) / range with eps-scaling, so prices are O(1) and float32
+// resolves them whatever the cost offset. Leaves v = -price * range: any finite v is a valid warm
+// start because step 2 recomputes u, also when the bid budget ran out.
 template <typename T, int BLOCK>
 __device__ void auction_warm_start(const CostRows<T>& cost, int n, int m, const Slices& s) {
   __shared__ float range_scratch[2 * (BLOCK / cuda::kWarp)];
@@ -150,10 +149,12 @@ __device__ void auction_warm_start(const CostRows<T>& cost, int n, int m, const 
 
   // Cost range (min, max) over the whole matrix sets the eps schedule.
   float lo = FLT_MAX, hi = -FLT_MAX;
-  for (int64_t k = threadIdx.x; k < static_cast<int64_t>(n) * m; k += BLOCK) {
-    const float c = static_cast<float>(cost(static_cast<int>(k / m), static_cast<int>(k % m)));
-    lo = fminf(lo, c);
-    hi = fmaxf(hi, c);
+  for (int i = warp; i < n; i += kWarps) {
+    for (int j = lane; j < m; j += cuda::kWarp) {
+      const float c = static_cast<float>(cost(i, j));
+      lo = fminf(lo, c);
+      hi = fmaxf(hi, c);
+    }
   }
   for (int offset = cuda::kWarp / 2; offset > 0; offset >>= 1) {
     lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, offset));
@@ -176,13 +177,14 @@ __device__ void auction_warm_start(const CostRows<T>& cost, int n, int m, const 
     hi = fmaxf(hi, range_scratch[kWarps + w]);
   }
   const float range = hi - lo;
+  const double lo_d = lo, inv_range = 1.0 / static_cast<double>(range);
   const unsigned long long budget = static_cast<unsigned long long>(kBidsPerRow) * n + 4096;
 
   if (range > 0.0f && isfinite(range)) {
-    const float final_eps = range * kFinalEpsRel;
-    for (float eps = range / 4.0f;; eps /= kEpsScaling) {
+    const float final_eps = kFinalEpsRel;  // prices are in units of `range`
+    for (float eps = 0.25f;; eps /= kEpsScaling) {
       // New phase: keep prices, drop owners, every row bids again.
-      for (int j = threadIdx.x; j < m; j += BLOCK) s.bids[j] = make_bid(price_of(s.bids[j]), kNoOwner);
+      for (int j = threadIdx.x; j < m; j += BLOCK) s.bids[j] = make_bid(price_of(__ldcg(&s.bids[j])), kNoOwner);
       if (threadIdx.x == 0) queue_head = 0;
       __syncthreads();
 
@@ -195,7 +197,7 @@ __device__ void auction_warm_start(const CostRows<T>& cost, int n, int m, const 
         float best = -FLT_MAX, second = -FLT_MAX;
         int best_j = 0;
         for (int j = lane; j < m; j += cuda::kWarp) {
-          const float value = -static_cast<float>(cost(row, j)) - price_of(__ldcg(&s.bids[j]));
+          const float value = -static_cast<float>((cost(row, j) - lo_d) * inv_range) - price_of(__ldcg(&s.bids[j]));
           if (value > best) {
             second = best;
             best = value;
@@ -243,7 +245,9 @@ __device__ void auction_warm_start(const CostRows<T>& cost, int n, int m, const 
     }
   }
   for (int j = threadIdx.x; j < m; j += BLOCK) {
-    s.v[j] = aborted ? 0.0 : -static_cast<double>(price_of(s.bids[j]));
+    // Any finite v is a valid warm start (step 2 recomputes u), so keep prices even after an abort.
+    const double scale = (range > 0.0f && isfinite(range)) ? static_cast<double>(range) : 0.0;
+    s.v[j] = -static_cast<double>(price_of(__ldcg(&s.bids[j]))) * scale;
   }
   __syncthreads();
 }
@@ -262,8 +266,17 @@ __device__ void greedy_tight_assignment(const CostRows<T>& cost, int n, int m, c
     c = warp_argmin(c);
     if (lane == 0) {
       s.u[i] = c.value;
-      s.col4row[i] = (atomicCAS(&s.row4col[c.index], -1, i) == -1) ? c.index : -1;
+      s.col4row[i] = c.index;
+      atomicMin(&s.row4col[c.index], i);  // smallest row wins, as in the CPU's sequential greedy
     }
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < n; i += BLOCK) {
+    if (s.row4col[s.col4row[i]] != i) s.col4row[i] = -1;
+  }
+  __syncthreads();
+  for (int j = threadIdx.x; j < m; j += BLOCK) {
+    if (s.row4col[j] == INT_MAX) s.row4col[j] = -1;
   }
   __syncthreads();
 }
@@ -296,8 +309,8 @@ __device__ void augment_from(const CostRows<T>& cost, int start, int m, const Sl
       const Candidate o{sj, j, s.row4col[j] < 0 ? 1 : 0};
       if (better(o, c)) c = o;
     }
-    c = block_argmin<BLOCK>(c, scratch);
-    if (c.index == INT_MAX || !isfinite(c.value)) return;  // unreachable with finite costs
+    c = block_argmin<BLOCK>(c, scratch, n_visited & 1);
+    if (c.index == INT_MAX || !isfinite(c.value)) return;  // unreachable: |cost| <= 1e250 is checked in Python
     min_val = c.value;
     if (c.index % BLOCK == static_cast<int>(threadIdx.x)) s.settled[c.index] = 1;  // owner thread
     if (c.is_free) {
@@ -335,13 +348,13 @@ template <typename T, int BLOCK>
 __global__ void __launch_bounds__(BLOCK)
     assignment_kernel(const T* __restrict__ cost_base, int64_t batch_stride, int64_t row_stride, int n, int m,
                       double sign, char* workspace, int64_t bytes_per_problem, int64_t* __restrict__ out) {
-  __shared__ Candidate scratch[BLOCK / cuda::kWarp + 1];
+  __shared__ Candidate scratch[2 * (BLOCK / cuda::kWarp)];
   const int b = blockIdx.x;
   const Slices s = carve(workspace + b * bytes_per_problem, n, m);
   const CostRows<T> cost{cost_base + b * batch_stride, row_stride, sign};
 
   for (int j = threadIdx.x; j < m; j += BLOCK) {
-    s.row4col[j] = -1;
+    s.row4col[j] = INT_MAX;  // "unclaimed" until greedy_tight_assignment turns it into -1
     s.v[j] = 0.0;
   }
   __syncthreads();

@@ -9,7 +9,8 @@ import torch
 
 from flowfast import ops, reference
 from flowfast._backend import cuda_available
-from flowfast._core import check_bool, check_choice, check_same_device, check_float, check_ndim, to_tensor
+from flowfast._core import (check_bool, check_choice, check_device_supported, check_finite, check_float, check_ndim,
+                            check_nonempty, check_same_device, to_tensor)
 
 BACKENDS = ("auto", "cpu", "cuda", "torch")
 COSTS = ("sqeuclidean", "euclidean")
@@ -54,8 +55,10 @@ def linear_assignment(cost: Any, maximize: bool = False, *, backend: str = "auto
     t, was_numpy = to_tensor("cost", cost)
     maximize = check_bool("maximize", maximize)
     check_choice("backend", backend, BACKENDS)
+    check_device_supported("cost", t)
     check_float("cost", t)
     check_ndim("cost", t, (2, 3), "(n, m) or (B, n, m)")
+    check_nonempty("cost", t)
     batched = t.dim() == 3
     t3 = t if batched else t.unsqueeze(0)
     ops.assignment.validate_cost(t3)
@@ -140,6 +143,9 @@ def ot_pairing(x0: torch.Tensor, x1: torch.Tensor, cost: str = "sqeuclidean") ->
         raise TypeError(f"x0 and x1 must have the same dtype, got {x0.dtype} and {x1.dtype}")
     if x0.numel() == 0:
         raise ValueError(f"x0 is empty (shape {tuple(x0.shape)})")
+    check_device_supported("x0", x0)
+    check_finite("x0", x0)
+    check_finite("x1", x1)
     a = x0.reshape(x0.shape[0], -1) if x0.dim() > 1 else x0.unsqueeze(-1)
     b = x1.reshape(x1.shape[0], -1) if x1.dim() > 1 else x1.unsqueeze(-1)
     with torch.no_grad():

@@ -1,5 +1,5 @@
 """torch.library custom ops over flowfast._C, one module per kernel family (mirrors csrc/)."""
 
-from flowfast.ops import assignment
+from flowfast.ops import assignment, sinkhorn
 
-__all__ = ["assignment"]
+__all__ = ["assignment", "sinkhorn"]

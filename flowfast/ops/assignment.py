@@ -10,15 +10,18 @@ import torch
 
 from flowfast import _arrays
 from flowfast._backend import _C
-from flowfast._core import check_finite, check_float, check_ndim, check_nonempty
+from flowfast._core import check_device_supported, check_float, check_magnitude, check_ndim, check_nonempty
 
 # Kernels index columns with 32-bit integers; larger problems would not fit in memory anyway
 # (an exact O(n^2 m) solve at this size would take days).
 MAX_SIDE = 1 << 24
+# Potentials and path lengths are sums of a few costs in float64: keep them far from overflow.
+MAX_ABS_COST = 1e250
 
 
 def validate_cost(cost: torch.Tensor, name: str = "cost") -> None:
-    """Checks a (B, n, m) cost batch: float32/float64, 1 <= n <= m, finite."""
+    """Checks a (B, n, m) cost batch: float32/float64, 1 <= n <= m, finite, |cost| <= 1e250."""
+    check_device_supported(name, cost)
     check_float(name, cost)
     check_ndim(name, cost, (3,), "(B, n, m) (or (n, m) in the public API)")
     check_nonempty(name, cost)
@@ -30,7 +33,7 @@ def validate_cost(cost: torch.Tensor, name: str = "cost") -> None:
         )
     if m > MAX_SIDE:
         raise ValueError(f"{name} has m={m} columns; at most {MAX_SIDE} are supported")
-    check_finite(name, cost)
+    check_magnitude(name, cost, MAX_ABS_COST)
 
 
 @torch.library.custom_op("flowfast::linear_assignment", mutates_args=())

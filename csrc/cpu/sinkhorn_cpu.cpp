@@ -1,0 +1,302 @@
+// CPU twin of csrc/cuda/sinkhorn_cuda.cu: log-domain Sinkhorn, plan reductions and Gumbel-max
+// sampling, for a dense cost or the on-the-fly squared-Euclidean cost. Problems of a batch are
+// solved one after the other, each update parallel (OpenMP) over rows or column blocks.
+// Everything is computed in double, whatever the input dtype.
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+#include <vector>
+
+#include "flowfast/philox.h"
+#include "flowfast/sinkhorn.h"
+#include "flowfast/sinkhorn_math.h"
+
+namespace ff {
+namespace {
+
+constexpr int64_t kColumnBlock = 64;  // columns whose accumulators one thread streams rows into
+
+// Cost access for one problem of the batch. kDense: a strided (n, m) matrix; otherwise rows of x
+// and y (unit stride in the feature dim) and C_ij = ||x_i - y_j||^2 computed on the fly.
+template <typename T, bool kDense>
+struct CostView {
+  const T* cost = nullptr;
+  int64_t cost_row = 0, cost_col = 0;
+  const T* x = nullptr;
+  const T* y = nullptr;
+  int64_t x_row = 0, y_row = 0, d = 0;
+
+  double operator()(int64_t i, int64_t j) const {
+    if constexpr (kDense) {
+      return static_cast<double>(cost[i * cost_row + j * cost_col]);
+    } else {
+      const T* xi = x + i * x_row;
+      const T* yj = y + j * y_row;
+      double s = 0.0;
+      for (int64_t k = 0; k < d; ++k) {
+        const double diff = static_cast<double>(xi[k]) - static_cast<double>(yj[k]);
+        s += diff * diff;
+      }
+      return s;
+    }
+  }
+};
+
+template <typename T, bool kDense>
+CostView<T, kDense> bind(const SinkhornProblem& pr, int64_t b) {
+  CostView<T, kDense> v;
+  if constexpr (kDense) {
+    v.cost = static_cast<const T*>(pr.cost.data) + b * pr.cost.strides[0];
+    v.cost_row = pr.cost.strides[1];
+    v.cost_col = pr.cost.strides[2];
+  } else {
+    v.x = static_cast<const T*>(pr.x.data) + b * pr.x.strides[0];
+    v.y = static_cast<const T*>(pr.y.data) + b * pr.y.strides[0];
+    v.x_row = pr.x.strides[1];
+    v.y_row = pr.y.strides[1];
+    v.d = pr.x.shape[2];
+  }
+  return v;
+}
+
+// Reads row b of a (B, k) view into doubles.
+template <typename T>
+void load_row(const TensorView& t, int64_t b, std::vector<double>& out) {
+  const T* p = static_cast<const T*>(t.data) + b * t.strides[0];
+  out.resize(t.shape[1]);
+  for (int64_t k = 0; k < t.shape[1]; ++k) out[k] = static_cast<double>(p[k * t.strides[1]]);
+}
+
+template <typename T>
+void store_row(const TensorView& t, int64_t b, const std::vector<double>& in) {
+  T* p = static_cast<T*>(t.data) + b * t.strides[0];
+  for (int64_t k = 0; k < t.shape[1]; ++k) p[k * t.strides[1]] = static_cast<T>(in[k]);
+}
+
+// lse_out_j = LSE_i((f_i - C_ij)/eps + log_a_i), streaming rows through column blocks.
+template <typename T, bool kDense>
+void column_lse(const CostView<T, kDense>& C, int64_t n, int64_t m, const double* f, const double* log_a,
+                double eps, double* lse_out) {
+#if defined(FLOWFAST_WITH_OPENMP)
+#pragma omp parallel for schedule(static) if (n * m > 16384)
+#endif
+  for (int64_t j0 = 0; j0 < m; j0 += kColumnBlock) {
+    const int64_t j1 = std::min(m, j0 + kColumnBlock);
+    LseAcc<double> acc[kColumnBlock];
+    for (int64_t j = j0; j < j1; ++j) acc[j - j0] = lse_empty<double>();
+    for (int64_t i = 0; i < n; ++i) {
+      const double fi = f[i], lai = log_a[i];
+      for (int64_t j = j0; j < j1; ++j) acc[j - j0] = lse_push(acc[j - j0], (fi - C(i, j)) / eps + lai);
+    }
+    for (int64_t j = j0; j < j1; ++j) lse_out[j] = lse_value(acc[j - j0]);
+  }
+}
+
+// lse_out_i = LSE_j((g_j - C_ij)/eps + log_b_j).
+template <typename T, bool kDense>
+void row_lse(const CostView<T, kDense>& C, int64_t n, int64_t m, const double* g, const double* log_b, double eps,
+             double* lse_out) {
+#if defined(FLOWFAST_WITH_OPENMP)
+#pragma omp parallel for schedule(static) if (n * m > 16384)
+#endif
+  for (int64_t i = 0; i < n; ++i) {
+    LseAcc<double> acc = lse_empty<double>();
+    for (int64_t j = 0; j < m; ++j) acc = lse_push(acc, (g[j] - C(i, j)) / eps + log_b[j]);
+    lse_out[i] = lse_value(acc);
+  }
+}
+
+double l1_mass_error(const std::vector<double>& potential, const std::vector<double>& log_w,
+                     const std::vector<double>& lse, double eps) {
+  double err = 0.0;
+  for (size_t k = 0; k < potential.size(); ++k) {
+    err += std::fabs(std::exp(potential[k] / eps + log_w[k] + lse[k]) - std::exp(log_w[k]));
+  }
+  return err;
+}
+
+template <typename T, bool kDense>
+void solve_one(const SinkhornParams& p, int64_t b) {
+  const SinkhornProblem& pr = p.problem;
+  const int64_t n = pr.rows(), m = pr.cols();
+  const auto C = bind<T, kDense>(pr, b);
+  std::vector<double> f, g, log_a, log_b, lse_rows(n), lse_cols(m);
+  load_row<T>(p.f, b, f);
+  load_row<T>(p.g, b, g);
+  load_row<T>(pr.log_a, b, log_a);
+  load_row<T>(pr.log_b, b, log_b);
+  const bool balanced = !(p.reg_m > 0.0);
+
+  int64_t iter = 0;
+  while (iter < p.max_iter) {
+    const double eps = eps_at(iter, p.eps_start, p.eps_decay, p.eps);
+    const double lam = unbalanced_factor(eps, p.reg_m);
+    const bool check = eps == p.eps && ((iter + 1) % p.check_every == 0);
+    double change = 0.0;
+
+    column_lse(C, n, m, f.data(), log_a.data(), eps, lse_cols.data());
+    // Before g moves, lse_cols gives the column marginals of the current plan: a free test.
+    const double err_before = (check && balanced) ? l1_mass_error(g, log_b, lse_cols, eps) : 0.0;
+    for (int64_t j = 0; j < m; ++j) {
+      const double gj = potential_from_lse(lse_cols[j], eps, lam);
+      change = std::max(change, std::fabs(gj - g[j]));
+      g[j] = gj;
+    }
+    row_lse(C, n, m, g.data(), log_b.data(), eps, lse_rows.data());
+    for (int64_t i = 0; i < n; ++i) {
+      const double fi = potential_from_lse(lse_rows[i], eps, lam);
+      change = std::max(change, std::fabs(fi - f[i]));
+      f[i] = fi;
+    }
+    ++iter;
+    if (check && (balanced ? err_before <= p.tol : change / eps <= p.tol)) break;
+  }
+
+  // Report the error of what is returned: columns (and rows, if unbalanced) of the final plan.
+  column_lse(C, n, m, f.data(), log_a.data(), p.eps, lse_cols.data());
+  double err = l1_mass_error(g, log_b, lse_cols, p.eps);
+  if (!balanced) {
+    row_lse(C, n, m, g.data(), log_b.data(), p.eps, lse_rows.data());
+    err += l1_mass_error(f, log_a, lse_rows, p.eps);
+  }
+  store_row<T>(p.f, b, f);
+  store_row<T>(p.g, b, g);
+  static_cast<int64_t*>(p.n_iter.data)[b * p.n_iter.strides[0]] = iter;
+  static_cast<T*>(p.marginal_error.data)[b * p.marginal_error.strides[0]] = static_cast<T>(err);
+}
+
+template <typename T, bool kDense>
+void plan_one(const SinkhornPlanParams& p, int64_t b) {
+  const SinkhornProblem& pr = p.problem;
+  const int64_t n = pr.rows(), m = pr.cols(), d = pr.dim();
+  const auto C = bind<T, kDense>(pr, b);
+  std::vector<double> f, g, log_a, log_b;
+  load_row<T>(p.f, b, f);
+  load_row<T>(p.g, b, g);
+  load_row<T>(pr.log_a, b, log_a);
+  load_row<T>(pr.log_b, b, log_b);
+  const double eps = p.eps;
+  auto entry = [&](int64_t i, int64_t j, double c) { return std::exp(log_plan(f[i], g[j], c, eps, log_a[i], log_b[j])); };
+
+  // Row-side outputs: rows in parallel.
+  double total_cost = 0.0;
+#if defined(FLOWFAST_WITH_OPENMP)
+#pragma omp parallel for schedule(static) reduction(+ : total_cost) if (n * m > 16384)
+#endif
+  for (int64_t i = 0; i < n; ++i) {
+    double mass = 0.0;
+    std::vector<double> acc(p.plan_y.data ? d : 0, 0.0);
+    for (int64_t j = 0; j < m; ++j) {
+      const double c = C(i, j);
+      const double pij = entry(i, j, c);
+      mass += pij;
+      total_cost += pij * c;
+      if (p.plan.data) {
+        static_cast<T*>(p.plan.data)[b * p.plan.strides[0] + i * p.plan.strides[1] + j * p.plan.strides[2]] =
+            static_cast<T>(pij);
+      }
+      if (p.plan_y.data) {
+        const T* yj = C.y + j * C.y_row;
+        for (int64_t k = 0; k < d; ++k) acc[k] += pij * static_cast<double>(yj[k]);
+      }
+    }
+    if (p.row_mass.data) {
+      static_cast<T*>(p.row_mass.data)[b * p.row_mass.strides[0] + i * p.row_mass.strides[1]] = static_cast<T>(mass);
+    }
+    if (p.plan_y.data) {
+      T* out = static_cast<T*>(p.plan_y.data) + b * p.plan_y.strides[0] + i * p.plan_y.strides[1];
+      for (int64_t k = 0; k < d; ++k) out[k * p.plan_y.strides[2]] = static_cast<T>(acc[k]);
+    }
+  }
+  if (p.transport_cost.data) {
+    static_cast<T*>(p.transport_cost.data)[b * p.transport_cost.strides[0]] = static_cast<T>(total_cost);
+  }
+
+  // Column-side outputs: column blocks in parallel, streaming rows.
+  if (p.col_mass.data || p.plan_t_x.data) {
+#if defined(FLOWFAST_WITH_OPENMP)
+#pragma omp parallel for schedule(static) if (n * m > 16384)
+#endif
+    for (int64_t j0 = 0; j0 < m; j0 += kColumnBlock) {
+      const int64_t j1 = std::min(m, j0 + kColumnBlock);
+      std::vector<double> mass(j1 - j0, 0.0), acc(p.plan_t_x.data ? (j1 - j0) * d : 0, 0.0);
+      for (int64_t i = 0; i < n; ++i) {
+        for (int64_t j = j0; j < j1; ++j) {
+          const double pij = entry(i, j, C(i, j));
+          mass[j - j0] += pij;
+          if (p.plan_t_x.data) {
+            const T* xi = C.x + i * C.x_row;
+            for (int64_t k = 0; k < d; ++k) acc[(j - j0) * d + k] += pij * static_cast<double>(xi[k]);
+          }
+        }
+      }
+      for (int64_t j = j0; j < j1; ++j) {
+        if (p.col_mass.data) {
+          static_cast<T*>(p.col_mass.data)[b * p.col_mass.strides[0] + j * p.col_mass.strides[1]] =
+              static_cast<T>(mass[j - j0]);
+        }
+        if (p.plan_t_x.data) {
+          T* out = static_cast<T*>(p.plan_t_x.data) + b * p.plan_t_x.strides[0] + j * p.plan_t_x.strides[1];
+          for (int64_t k = 0; k < d; ++k) out[k * p.plan_t_x.strides[2]] = static_cast<T>(acc[(j - j0) * d + k]);
+        }
+      }
+    }
+  }
+}
+
+template <typename T, bool kDense>
+void sample_one(const SinkhornSampleParams& p, int64_t b) {
+  const SinkhornProblem& pr = p.problem;
+  const int64_t n = pr.rows(), m = pr.cols();
+  const auto C = bind<T, kDense>(pr, b);
+  std::vector<double> g, log_b;
+  load_row<T>(p.g, b, g);
+  load_row<T>(pr.log_b, b, log_b);
+  int64_t* out = static_cast<int64_t*>(p.cols.data) + b * p.cols.strides[0];
+#if defined(FLOWFAST_WITH_OPENMP)
+#pragma omp parallel for schedule(static) if (n * m > 16384)
+#endif
+  for (int64_t i = 0; i < n; ++i) {
+    double best = -INFINITY;
+    int64_t best_j = 0;
+    const uint64_t row_counter = static_cast<uint64_t>(b * n + i) * static_cast<uint64_t>(m);
+    for (int64_t j = 0; j < m; ++j) {
+      const double score = (g[j] - C(i, j)) / p.eps + log_b[j] + gumbel(p.seed, p.offset, row_counter + j);
+      if (score > best) {
+        best = score;
+        best_j = j;
+      }
+    }
+    out[i * p.cols.strides[1]] = best_j;
+  }
+}
+
+// Runs body(scalar_tag, dense_tag, b) for every problem with the dtype and geometry resolved.
+template <typename Params, typename Body>
+void for_each_problem(const Params& p, DType dtype, Body&& body) {
+  FF_DISPATCH_FLOATING(dtype, scalar_t, "sinkhorn", [&] {
+    for (int64_t b = 0; b < p.problem.batch(); ++b) {
+      if (p.problem.geometry == SinkhornGeometry::Dense) {
+        body(scalar_t{}, std::true_type{}, b);
+      } else {
+        body(scalar_t{}, std::false_type{}, b);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void sinkhorn_solve_cpu(const SinkhornParams& p) {
+  for_each_problem(p, p.f.dtype, [&](auto t, auto dense, int64_t b) { solve_one<decltype(t), dense.value>(p, b); });
+}
+
+void sinkhorn_plan_cpu(const SinkhornPlanParams& p) {
+  for_each_problem(p, p.f.dtype, [&](auto t, auto dense, int64_t b) { plan_one<decltype(t), dense.value>(p, b); });
+}
+
+void sinkhorn_sample_cpu(const SinkhornSampleParams& p) {
+  for_each_problem(p, p.g.dtype, [&](auto t, auto dense, int64_t b) { sample_one<decltype(t), dense.value>(p, b); });
+}
+
+}  // namespace ff

@@ -1,0 +1,218 @@
+"""Custom ops over the `sinkhorn` kernel family (twin of csrc/include/flowfast/sinkhorn.h).
+
+A problem is either a dense cost ``(B, n, m)`` or point clouds ``x (B, n, d)``, ``y (B, m, d)`` with
+``C_ij = ||x_i - y_j||^2`` computed inside the kernels; ``log_a (B, n)``, ``log_b (B, m)`` are log
+marginal weights. Exactly one of ``cost`` / ``(x, y)`` is given. Inputs reaching these ops are
+already validated by :mod:`flowfast.couplings.sinkhorn`.
+
+Ops:
+    ``flowfast::sinkhorn_solve``   potentials (f, g), iterations and marginal error; not differentiable.
+    ``flowfast::sinkhorn_stats``   plan row/column masses and transport cost sum_ij P_ij C_ij.
+    ``flowfast::sinkhorn_plan``    the dense plan (B, n, m).
+    ``flowfast::sinkhorn_value``   the regularized OT value, differentiable in cost / x / y by the
+                                   envelope theorem (potentials held fixed: dValue/dC = P).
+    ``flowfast::sinkhorn_sample``  one column per row by Gumbel-max, without forming the plan.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from flowfast import _arrays
+from flowfast._backend import _C
+
+DENSE, SQEUCLIDEAN = 0, 1
+
+
+def _problem(cost, x, y, log_a, log_b) -> tuple:
+    if cost is not None:
+        return (DENSE, _arrays.describe(cost), None, None, _arrays.describe(log_a), _arrays.describe(log_b))
+    return (SQEUCLIDEAN, None, _arrays.describe(x), _arrays.describe(y), _arrays.describe(log_a),
+            _arrays.describe(log_b))
+
+
+def _reference_tensor(cost, x) -> torch.Tensor:
+    return cost if cost is not None else x
+
+
+def _sizes(cost, x, y) -> tuple[int, int, int, int]:
+    if cost is not None:
+        B, n, m = cost.shape
+        return B, n, m, 0
+    return x.shape[0], x.shape[1], y.shape[1], x.shape[2]
+
+
+def _prepare(cost, x, y):
+    """Unit stride in the last dim, which the kernels assume."""
+    if cost is not None and cost.stride(-1) != 1:
+        cost = cost.contiguous()
+    if x is not None and x.stride(-1) != 1:
+        x = x.contiguous()
+    if y is not None and y.stride(-1) != 1:
+        y = y.contiguous()
+    return cost, x, y
+
+
+@torch.library.custom_op("flowfast::sinkhorn_solve", mutates_args=())
+def sinkhorn_solve(cost: Optional[torch.Tensor], x: Optional[torch.Tensor], y: Optional[torch.Tensor],
+                   log_a: torch.Tensor, log_b: torch.Tensor, f_init: torch.Tensor, g_init: torch.Tensor,
+                   eps: float, eps_start: float, eps_decay: float, reg_m: float, max_iter: int,
+                   check_every: int, tol: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    cost, x, y = _prepare(cost, x, y)
+    ref = _reference_tensor(cost, x)
+    B, n, m, _ = _sizes(cost, x, y)
+    f = f_init.clone().contiguous()
+    g = g_init.clone().contiguous()
+    n_iter = torch.zeros(B, dtype=torch.int64, device=ref.device)
+    err = torch.zeros(B, dtype=ref.dtype, device=ref.device)
+    nbytes = _C.sinkhorn_workspace_bytes(_arrays.device_code(ref.device), B, n, m)
+    scratch = _arrays.workspace(nbytes, ref.device)
+    _C.sinkhorn_solve(_problem(cost, x, y, log_a, log_b), _arrays.describe(f), _arrays.describe(g),
+                      _arrays.describe(n_iter), _arrays.describe(err), float(eps), float(eps_start),
+                      float(eps_decay), float(reg_m), int(max_iter), int(check_every), float(tol),
+                      scratch.data_ptr(), nbytes, _arrays.stream_handle(ref.device))
+    return f, g, n_iter, err
+
+
+@sinkhorn_solve.register_fake
+def _(cost, x, y, log_a, log_b, f_init, g_init, eps, eps_start, eps_decay, reg_m, max_iter, check_every, tol):
+    ref = _reference_tensor(cost, x)
+    B = ref.shape[0]
+    return (torch.empty_like(f_init), torch.empty_like(g_init), ref.new_empty(B, dtype=torch.int64),
+            ref.new_empty(B))
+
+
+def _plan_call(cost, x, y, log_a, log_b, f, g, eps, *, plan=None, row_mass=None, col_mass=None,
+               transport_cost=None, plan_y=None, plan_t_x=None) -> None:
+    describe = lambda t: None if t is None else _arrays.describe(t)  # noqa: E731
+    ref = _reference_tensor(cost, x)
+    _C.sinkhorn_plan(_problem(cost, x, y, log_a, log_b), _arrays.describe(f.contiguous()),
+                     _arrays.describe(g.contiguous()), float(eps), describe(plan), describe(row_mass),
+                     describe(col_mass), describe(transport_cost), describe(plan_y), describe(plan_t_x),
+                     _arrays.stream_handle(ref.device))
+
+
+@torch.library.custom_op("flowfast::sinkhorn_stats", mutates_args=())
+def sinkhorn_stats(cost: Optional[torch.Tensor], x: Optional[torch.Tensor], y: Optional[torch.Tensor],
+                   log_a: torch.Tensor, log_b: torch.Tensor, f: torch.Tensor, g: torch.Tensor,
+                   eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    cost, x, y = _prepare(cost, x, y)
+    ref = _reference_tensor(cost, x)
+    B, n, m, _ = _sizes(cost, x, y)
+    row_mass = ref.new_empty(B, n)
+    col_mass = ref.new_empty(B, m)
+    transport = ref.new_empty(B)
+    _plan_call(cost, x, y, log_a, log_b, f, g, eps, row_mass=row_mass, col_mass=col_mass,
+               transport_cost=transport)
+    return row_mass, col_mass, transport
+
+
+@sinkhorn_stats.register_fake
+def _(cost, x, y, log_a, log_b, f, g, eps):
+    ref = _reference_tensor(cost, x)
+    B, n, m, _ = _sizes(cost, x, y)
+    return ref.new_empty(B, n), ref.new_empty(B, m), ref.new_empty(B)
+
+
+@torch.library.custom_op("flowfast::sinkhorn_plan", mutates_args=())
+def sinkhorn_plan(cost: Optional[torch.Tensor], x: Optional[torch.Tensor], y: Optional[torch.Tensor],
+                  log_a: torch.Tensor, log_b: torch.Tensor, f: torch.Tensor, g: torch.Tensor,
+                  eps: float) -> torch.Tensor:
+    cost, x, y = _prepare(cost, x, y)
+    ref = _reference_tensor(cost, x)
+    B, n, m, _ = _sizes(cost, x, y)
+    plan = ref.new_empty(B, n, m)
+    _plan_call(cost, x, y, log_a, log_b, f, g, eps, plan=plan)
+    return plan
+
+
+@sinkhorn_plan.register_fake
+def _(cost, x, y, log_a, log_b, f, g, eps):
+    ref = _reference_tensor(cost, x)
+    B, n, m, _ = _sizes(cost, x, y)
+    return ref.new_empty(B, n, m)
+
+
+def _kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Generalized KL(p | q) summed over the last dim, p >= 0, q > 0."""
+    return torch.xlogy(p, p / q).sum(-1) - p.sum(-1) + q.sum(-1)
+
+
+def value_from_stats(row_mass, col_mass, transport, f, g, log_a, log_b, eps: float, reg_m: float):
+    r"""Primal regularized OT value of the plan of (f, g), from its masses:
+
+    .. math:: \langle P, C\rangle + \varepsilon\,\mathrm{KL}(P \mid a \otimes b)
+              [+ \rho\,(\mathrm{KL}(P1 \mid a) + \mathrm{KL}(P^\top 1 \mid b))]
+
+    using :math:`\sum P \log\frac{P}{ab} = (\sum_i f_i r_i + \sum_j g_j c_j - \langle P, C\rangle)/\varepsilon`.
+    """
+    a, b = log_a.exp(), log_b.exp()
+    value = ((f * row_mass).sum(-1) + (g * col_mass).sum(-1)
+             - eps * row_mass.sum(-1) + eps * a.sum(-1) * b.sum(-1))
+    if reg_m > 0:
+        value = value + reg_m * (_kl(row_mass, a) + _kl(col_mass, b))
+    return value
+
+
+@torch.library.custom_op("flowfast::sinkhorn_value", mutates_args=())
+def sinkhorn_value(cost: Optional[torch.Tensor], x: Optional[torch.Tensor], y: Optional[torch.Tensor],
+                   log_a: torch.Tensor, log_b: torch.Tensor, f: torch.Tensor, g: torch.Tensor, eps: float,
+                   reg_m: float) -> torch.Tensor:
+    row_mass, col_mass, transport = sinkhorn_stats(cost, x, y, log_a, log_b, f, g, eps)
+    return value_from_stats(row_mass, col_mass, transport, f, g, log_a, log_b, eps, reg_m)
+
+
+@sinkhorn_value.register_fake
+def _(cost, x, y, log_a, log_b, f, g, eps, reg_m):
+    return _reference_tensor(cost, x).new_empty(_reference_tensor(cost, x).shape[0])
+
+
+def _value_setup(ctx, inputs, output):
+    cost, x, y, log_a, log_b, f, g, eps, reg_m = inputs
+    ctx.save_for_backward(cost, x, y, log_a, log_b, f, g)
+    ctx.eps = eps
+
+
+def _value_backward(ctx, grad_value):
+    cost, x, y, log_a, log_b, f, g = ctx.saved_tensors
+    eps = ctx.eps
+    grad_cost = grad_x = grad_y = None
+    if cost is not None and ctx.needs_input_grad[0]:
+        grad_cost = grad_value[:, None, None] * sinkhorn_plan(cost, None, None, log_a, log_b, f, g, eps)
+    if x is not None and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
+        xc, yc = x.contiguous(), y.contiguous()
+        B, n, m, d = _sizes(None, xc, yc)
+        row_mass, col_mass = xc.new_empty(B, n), xc.new_empty(B, m)
+        plan_y, plan_t_x = xc.new_empty(B, n, d), xc.new_empty(B, m, d)
+        _plan_call(None, xc, yc, log_a, log_b, f, g, eps, row_mass=row_mass, col_mass=col_mass,
+                   plan_y=plan_y, plan_t_x=plan_t_x)
+        scale = 2.0 * grad_value[:, None, None]
+        if ctx.needs_input_grad[1]:
+            grad_x = scale * (row_mass[..., None] * xc - plan_y)
+        if ctx.needs_input_grad[2]:
+            grad_y = scale * (col_mass[..., None] * yc - plan_t_x)
+    return grad_cost, grad_x, grad_y, None, None, None, None, None, None
+
+
+torch.library.register_autograd("flowfast::sinkhorn_value", _value_backward, setup_context=_value_setup)
+
+
+@torch.library.custom_op("flowfast::sinkhorn_sample", mutates_args=())
+def sinkhorn_sample(cost: Optional[torch.Tensor], x: Optional[torch.Tensor], y: Optional[torch.Tensor],
+                    log_a: torch.Tensor, log_b: torch.Tensor, g: torch.Tensor, eps: float, seed: int,
+                    offset: int) -> torch.Tensor:
+    cost, x, y = _prepare(cost, x, y)
+    ref = _reference_tensor(cost, x)
+    B, n, _, _ = _sizes(cost, x, y)
+    cols = torch.empty(B, n, dtype=torch.int64, device=ref.device)
+    _C.sinkhorn_sample(_problem(cost, x, y, log_a, log_b), _arrays.describe(g.contiguous()), float(eps),
+                       int(seed), int(offset), _arrays.describe(cols), _arrays.stream_handle(ref.device))
+    return cols
+
+
+@sinkhorn_sample.register_fake
+def _(cost, x, y, log_a, log_b, g, eps, seed, offset):
+    ref = _reference_tensor(cost, x)
+    return ref.new_empty(ref.shape[0], ref.shape[1], dtype=torch.int64)
