@@ -79,13 +79,40 @@ class SinkhornResult:
             out = fn(cost, x, y, log_a, log_b, f, g, self.eps)
         return self._squeeze(out.to(f.dtype))
 
-    def sample(self, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def marginals(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row and column masses of the plan, ``(B, n)`` and ``(B, m)``, without forming it."""
+        cost, x, y, log_a, log_b, f, g = self._inputs
+        fn = reference.sinkhorn.stats if self._backend == "torch" else ops.sinkhorn.sinkhorn_stats
+        with torch.no_grad():
+            row_mass, col_mass, _ = fn(cost, x, y, log_a, log_b, f, g, self.eps)
+        return self._squeeze(row_mass.to(f.dtype)), self._squeeze(col_mass.to(f.dtype))
+
+    def sample(self, generator: Optional[torch.Generator] = None,
+               rows: Optional[torch.Tensor] = None) -> torch.Tensor:
         r"""One column per row, :math:`j \sim P(\cdot \mid i) \propto b_j \exp((g_j - C_{ij})/\varepsilon)`,
-        by Gumbel-max on the device without forming the plan. ``(B, n)`` int64. Deterministic for a
-        given ``generator`` state (it draws the Philox seed and offset)."""
+        by Gumbel-max on the device without forming the plan.
+
+        Args:
+            generator: draws the Philox (seed, offset); the same generator state gives the same samples.
+            rows: optional ``(k,)`` int64 row indices (repeats allowed) to sample for, instead of
+                every row; applied to every problem of a batch.
+
+        Returns:
+            ``(B, n)`` (or ``(B, k)``) int64 column indices.
+        """
         generator = generator if generator is not None else self._generator
         seed, offset = draw_seed(generator)
         cost, x, y, log_a, log_b, _, g = self._inputs
+        if rows is not None:
+            if not isinstance(rows, torch.Tensor) or rows.dtype != torch.int64 or rows.dim() != 1:
+                raise TypeError("rows must be a 1-D int64 tensor of row indices")
+            n = log_a.shape[1]
+            if rows.numel() == 0 or bool((rows < 0).any()) or bool((rows >= n).any()):
+                raise ValueError(f"rows must be non-empty indices in [0, {n})")
+            rows = rows.to(log_a.device)
+            cost = None if cost is None else cost[:, rows]
+            x = None if x is None else x[:, rows]
+            log_a = log_a[:, rows]
         fn = reference.sinkhorn.sample if self._backend == "torch" else ops.sinkhorn.sinkhorn_sample
         return self._squeeze(fn(cost, x, y, log_a, log_b, g, self.eps, seed, offset))
 

@@ -1,0 +1,117 @@
+"""Minibatch couplings for flow matching: re-pair a source batch x0 with a data batch x1.
+
+``pair`` is the one entry point: ``method="exact"`` (linear assignment), ``"sinkhorn"`` (entropic
+OT) or ``"unbalanced"`` (KL-relaxed marginals). ``replace=False`` (default) returns a permutation:
+every sample is used exactly once. ``replace=True`` reproduces torchcfm's ``OTPlanSampler``
+semantics (n pairs drawn with replacement from the plan), for comparison and compatibility.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from flowfast._core import check_choice, check_finite, check_float, check_same_device
+from flowfast.couplings.assignment import linear_assignment, pairwise_cost
+from flowfast.couplings.sinkhorn import sinkhorn
+
+METHODS = ("exact", "sinkhorn", "unbalanced")
+
+
+def _check_batches(x0, x1, same_size: bool) -> None:
+    for name, x in (("x0", x0), ("x1", x1)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        check_float(name, x)
+        if x.dim() < 1 or x.shape[0] == 0 or x.numel() == 0:
+            raise ValueError(f"{name} must be a non-empty (n, *shape) batch, got shape {tuple(x.shape)}")
+    check_same_device(x0=x0, x1=x1)
+    if x0.dtype != x1.dtype:
+        raise TypeError(f"x0 and x1 must share a dtype, got {x0.dtype} and {x1.dtype}")
+    if x0.shape[1:] != x1.shape[1:]:
+        raise ValueError(f"x0 and x1 must have the same sample shape, got {tuple(x0.shape)} and {tuple(x1.shape)}")
+    if same_size and x0.shape[0] != x1.shape[0]:
+        raise ValueError(f"a permutation needs as many x0 as x1 samples, got {x0.shape[0]} and {x1.shape[0]}")
+    check_finite("x0", x0)
+    check_finite("x1", x1)
+
+
+def flat(x: torch.Tensor) -> torch.Tensor:
+    """(n, *shape) -> (n, prod(shape)); 1-D batches become (n, 1)."""
+    return x.reshape(x.shape[0], -1) if x.dim() > 1 else x.unsqueeze(-1)
+
+
+def entropic_coupling(x0: torch.Tensor, x1: torch.Tensor, reg: float, reg_m: Optional[float],
+                      max_iter: int = 1000, tol: float = 1e-6):
+    """Sinkhorn between two batches with eps = reg * max squared distance (online cost, no n x m matrix
+    beyond the max). Returns the SinkhornResult on point clouds (n, D) / (m, D)."""
+    a, b = flat(x0.detach()), flat(x1.detach())
+    scale = float(pairwise_cost(a, b).amax())
+    eps = reg * scale if scale > 0 else reg
+    return sinkhorn(x=a, y=b, eps=eps, reg_m=reg_m, max_iter=max_iter, tol=tol)
+
+
+def pair_indices(x0: torch.Tensor, x1: torch.Tensor, method: str = "exact", reg: float = 0.05,
+                 reg_m: float = 1.0, replace: bool = False, generator: Optional[torch.Generator] = None,
+                 max_iter: int = 1000, tol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """The index pairs (i, j) of :func:`pair` (same arguments), each ``(n,)`` int64 on x0's device."""
+    check_choice("method", method, METHODS)
+    if not isinstance(replace, bool):
+        raise TypeError(f"replace must be a bool, got {type(replace).__name__}")
+    if isinstance(reg, bool) or not isinstance(reg, (int, float)) or not reg > 0:
+        raise ValueError(f"reg must be a number > 0, got {reg!r}")
+    _check_batches(x0, x1, same_size=not replace)
+    n, device = x0.shape[0], x0.device
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+
+    if method == "exact":
+        sigma = linear_assignment(pairwise_cost(flat(x0.detach()), flat(x1.detach())))
+        if not replace:
+            return torch.arange(n, device=device), sigma
+        rows = torch.randint(0, n, (n,), generator=generator, device=gen_device).to(device)
+        return rows, sigma[rows]
+
+    result = entropic_coupling(x0, x1, reg, reg_m if method == "unbalanced" else None, max_iter, tol)
+    if replace:
+        # Joint sampling P(i, j) = r_i P(j | i): rows by their plan mass, then Gumbel-max per row.
+        row_mass, _ = result.marginals()
+        rows = torch.multinomial(row_mass.clamp_min(0).double().to(gen_device), n, replacement=True,
+                                 generator=generator).to(device)
+        return rows, result.sample(generator, rows=rows)
+    # Unique pairs: a permutation drawn by Gumbel perturb-and-MAP of the entropic plan, i.e. the
+    # assignment maximizing sum_i [log P_{i sigma(i)} + G_{i sigma(i)}] with G ~ Gumbel(0, 1) iid.
+    C = pairwise_cost(flat(x0.detach()), flat(x1.detach()))
+    uniform = torch.rand(C.shape, generator=generator, device=gen_device, dtype=torch.float64).to(device)
+    gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-300)))
+    scores = (C.double() - result.g.double()[None, :]) / result.eps - gumbel
+    return torch.arange(n, device=device), linear_assignment(scores)
+
+
+def pair(x0: torch.Tensor, x1: torch.Tensor, method: str = "exact", reg: float = 0.05, reg_m: float = 1.0,
+         replace: bool = False, generator: Optional[torch.Generator] = None, max_iter: int = 1000,
+         tol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    r"""Couple a source batch with a data batch; returns ``(x0[i], x1[j], (i, j))``.
+
+    Args:
+        x0: ``(n, *shape)`` source samples (noise, t=0). x1: ``(m, *shape)`` data samples (t=1),
+            ``m == n`` unless ``replace=True``. Same dtype and device.
+        method: ``"exact"``: minibatch OT by exact linear assignment on squared distances.
+            ``"sinkhorn"``: entropic OT with :math:`\varepsilon = \text{reg} \cdot \max_{ij} \|x_0^i - x_1^j\|^2`
+            (relative to the MAX cost, i.e. torchcfm's ``normalize_cost=True`` convention, so a
+            ``reg`` carries over between datasets). ``"unbalanced"``: the same with KL-relaxed
+            marginals of weight ``reg_m`` (absolute, like POT's).
+        replace: False (default): a permutation, every sample used once. exact: the optimal
+            permutation; sinkhorn/unbalanced: a permutation sampled by Gumbel perturb-and-MAP of the
+            entropic plan (the assignment maximizing :math:`\sum_i \log P_{i\sigma(i)} + G_{i\sigma(i)}`,
+            G iid Gumbel; needs the n x n cost). True: n pairs drawn with replacement from the plan,
+            as torchcfm's ``sample_plan`` does (rows by their mass, then the column by Gumbel-max on
+            the device without forming the plan); about 37% of pairs then repeat.
+        generator: torch.Generator for every random draw (reproducible pairs).
+        max_iter, tol: Sinkhorn stopping rule (see :func:`flowfast.sinkhorn`).
+
+    Returns:
+        ``(x0_paired, x1_paired, (i, j))`` with ``x0_paired = x0[i]``, ``x1_paired = x1[j]``.
+    """
+    rows, cols = pair_indices(x0, x1, method, reg, reg_m, replace, generator, max_iter, tol)
+    return x0[rows], x1[cols], (rows, cols)
