@@ -38,7 +38,7 @@ constexpr int64_t kTargetThreads = 64 * 1024;
 int64_t split_count(int64_t B, int64_t outputs, int64_t reduced) {
   const int64_t want = (kTargetThreads + B * outputs - 1) / (B * outputs);
   const int64_t most = std::max<int64_t>(1, (reduced + 255) / 256);
-  return std::max<int64_t>(1, std::min(want, most));
+  return std::max<int64_t>(1, std::min(std::min(want, most), int64_t{1024}));
 }
 
 struct Stats {  // per problem, in the workspace
@@ -435,7 +435,12 @@ __global__ void plan_rows(DevCost<T, kDense> C, const T* f, const T* g, const T*
   const int64_t i = blockIdx.x, b = blockIdx.y;
   const T fi = f[b * n + i], lai = log_a[b * n + i];
   T my_mass = 0, my_cost = 0;
-  T acc[4] = {0, 0, 0, 0};  // features threadIdx.x + k * blockDim.x, k < 4, when d <= 4 * kThreads
+  // Each thread owns features threadIdx.x, threadIdx.x + kThreads, ... of weighted_keys[b, i, :]
+  // and accumulates into them in place: no other thread writes those entries.
+  T* out = weighted_keys ? weighted_keys + b * out_batch + i * out_row : nullptr;
+  if (out) {
+    for (int64_t c = threadIdx.x; c < d; c += kThreads) out[c] = 0;
+  }
   for (int64_t j0 = 0; j0 < m; j0 += kThreads) {
     const int64_t j = j0 + threadIdx.x;
     T w = 0;
@@ -445,24 +450,16 @@ __global__ void plan_rows(DevCost<T, kDense> C, const T* f, const T* g, const T*
       my_mass += w;
       my_cost += w * c;
     }
-    if (weighted_keys) {
-      __syncthreads();
+    if (out) {
+      __syncthreads();  // previous chunk's weights fully consumed
       weights[threadIdx.x] = w;
       __syncthreads();
       const int64_t count = (m - j0 < kThreads) ? (m - j0) : kThreads;
-      for (int k = 0; k < 4; ++k) {
-        const int64_t c = threadIdx.x + static_cast<int64_t>(k) * kThreads;
-        if (c >= d) break;
+      for (int64_t c = threadIdx.x; c < d; c += kThreads) {
         T s = 0;
         for (int64_t t = 0; t < count; ++t) s += weights[t] * keys[b * key_batch + (j0 + t) * key_row + c];
-        acc[k] += s;
+        out[c] += s;
       }
-    }
-  }
-  if (weighted_keys) {
-    for (int k = 0; k < 4; ++k) {
-      const int64_t c = threadIdx.x + static_cast<int64_t>(k) * kThreads;
-      if (c < d) weighted_keys[b * out_batch + i * out_row + c] = acc[k];
     }
   }
   for (int offset = cuda::kWarp / 2; offset > 0; offset >>= 1) {
@@ -533,8 +530,6 @@ void plan_impl(const SinkhornPlanParams& p) {
   const SinkhornProblem& pr = p.problem;
   cudaStream_t stream = cuda::as_stream(p.stream);
   const int64_t B = pr.batch(), n = pr.rows(), m = pr.cols(), d = pr.dim();
-  FF_CHECK(d <= 4 * kThreads || !(p.plan_y.data || p.plan_t_x.data),
-           "sinkhorn: plan-weighted features support d <= ", 4 * kThreads, " on CUDA, got d=", d);
   const T* f = static_cast<const T*>(p.f.data);
   const T* g = static_cast<const T*>(p.g.data);
   const T* la = static_cast<const T*>(pr.log_a.data);
@@ -592,6 +587,11 @@ void with_types(const Params& p, DType dtype, Body&& body) {
   });
 }
 
+// Grid y/z dimensions carry the batch and the split count.
+void check_launchable(const SinkhornProblem& pr) {
+  FF_CHECK(pr.batch() <= 65535, "sinkhorn: at most 65535 problems per CUDA call, got B=", pr.batch());
+}
+
 }  // namespace
 
 int64_t sinkhorn_cuda_workspace_bytes(int64_t B, int64_t n, int64_t m) {
@@ -602,6 +602,7 @@ int64_t sinkhorn_cuda_workspace_bytes(int64_t B, int64_t n, int64_t m) {
 }
 
 void sinkhorn_solve_cuda(const SinkhornParams& p) {
+  check_launchable(p.problem);
   cuda::DeviceGuard guard(p.f.device_index);
   with_types(p, p.f.dtype, [&](auto t, auto dense) {
     using T = decltype(t);
@@ -613,6 +614,7 @@ void sinkhorn_solve_cuda(const SinkhornParams& p) {
 }
 
 void sinkhorn_plan_cuda(const SinkhornPlanParams& p) {
+  check_launchable(p.problem);
   cuda::DeviceGuard guard(p.f.device_index);
   with_types(p, p.f.dtype, [&](auto t, auto dense) { plan_impl<decltype(t), decltype(dense)::value>(p); });
 }
