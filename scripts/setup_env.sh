@@ -36,4 +36,8 @@ for spec in ot:pot lap:lap matplotlib:matplotlib; do
   mod=${spec%%:*}; pkg=${spec#*:}
   "$PY" -c "import $mod" 2>/dev/null || pip_install "$pkg" || echo "note: optional peer '$pkg' not installed"
 done
+# torchcfm is the OT-CFM anchor; its declared deps (torchdyn, ...) are not needed for its
+# optimal_transport module, and resolving them could pull another torch: install it alone.
+"$PY" -c "import torchcfm.optimal_transport" 2>/dev/null || pip_install --no-deps "torchcfm==1.0.7" \
+  || echo "note: optional peer 'torchcfm' not installed"
 "$PY" -c "import sys, torch; print('flowfast env: python', sys.version.split()[0], 'torch', torch.__version__)"
