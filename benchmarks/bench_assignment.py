@@ -458,7 +458,8 @@ def main(argv: list[str] | None = None) -> int:
             raws.append(raw)
             print(f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
         _timing.write_results(
-            FAMILY + ("-quick" if args.quick else ""), rows, env, args.out,
+            FAMILY + ("-quick" if args.quick else "") + (f"-threads{args.threads}" if args.threads else ""),
+            rows, env, args.out,
             notes=global_notes(runner, device),
             extra={"raw": raws, "args": vars(args)},
             title=f"assignment — flowfast vs scipy / lapjv / POT / torchcfm on {env['device_name']} ({device})",

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from numbers import Real
+from numbers import Integral, Real
 from typing import Optional
 
+import numpy as np
 import torch
 
 from flowfast import ops, reference
-from flowfast._core import (check_choice, check_finite, check_float, check_ndim, check_nonempty,
-                            check_same_device)
+from flowfast._core import (check_bool, check_choice, check_device_supported, check_finite, check_float,
+                            check_ndim, check_nonempty, check_same_device)
 
 BACKENDS = ("auto", "cpu", "cuda", "torch")
+MAX_INT = 2**62
+# Smallest eps / cost-range the potentials of each dtype resolve: below it the plan's exponent
+# (f_i + g_j - C_ij) / eps carries more rounding error than it can absorb and may overflow.
+MIN_RELATIVE_EPS = {torch.float32: 1e-6, torch.float64: 1e-14}
 EPS_DECAY = 0.5  # eps halves every iteration from eps_start down to eps (GeomLoss-style annealing)
 
 
@@ -31,11 +36,18 @@ def _positive_float(name: str, value, allow_none: bool = False) -> Optional[floa
 
 
 def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    value = int(value)
+    if not minimum <= value <= MAX_INT:
+        raise ValueError(f"{name} must be in [{minimum}, 2**62], got {value}")
     return value
+
+
+def check_generator(generator) -> Optional[torch.Generator]:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    return generator
 
 
 @dataclass
@@ -69,6 +81,7 @@ class SinkhornResult:
     _generator: Optional[torch.Generator] = None
 
     def _squeeze(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.to(self.f.device)
         return t if self._batched else t[0]
 
     def plan(self) -> torch.Tensor:
@@ -100,7 +113,7 @@ class SinkhornResult:
         Returns:
             ``(B, n)`` (or ``(B, k)``) int64 column indices.
         """
-        generator = generator if generator is not None else self._generator
+        generator = check_generator(generator) if generator is not None else self._generator
         seed, offset = draw_seed(generator)
         cost, x, y, log_a, log_b, _, g = self._inputs
         if rows is not None:
@@ -187,16 +200,19 @@ def sinkhorn(cost: Optional[torch.Tensor] = None, *, x: Optional[torch.Tensor] =
     reg_m = _positive_float("reg_m", reg_m, allow_none=True)
     max_iter = _check_int("max_iter", max_iter, 1)
     check_every = _check_int("check_every", check_every, 1)
-    if isinstance(tol, bool) or not isinstance(tol, Real) or not (math.isfinite(tol) and tol >= 0):
+    if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, Real):
+        raise TypeError(f"tol must be a number, got {type(tol).__name__}")
+    if not (math.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
-    if not isinstance(eps_scaling, bool):
-        raise TypeError(f"eps_scaling must be a bool, got {type(eps_scaling).__name__}")
+    eps_scaling = check_bool("eps_scaling", eps_scaling)
+    generator = check_generator(generator)
 
     if (cost is None) == (x is None and y is None):
         raise ValueError("give either cost=(B?, n, m) or point clouds x=(B?, n, d), y=(B?, m, d), not both or neither")
     if cost is not None:
         if not isinstance(cost, torch.Tensor):
             raise TypeError(f"cost must be a torch.Tensor, got {type(cost).__name__}")
+        check_device_supported("cost", cost)
         check_float("cost", cost)
         check_ndim("cost", cost, (2, 3), "(n, m) or (B, n, m)")
         check_nonempty("cost", cost)
@@ -211,6 +227,7 @@ def sinkhorn(cost: Optional[torch.Tensor] = None, *, x: Optional[torch.Tensor] =
         for name, t in (("x", x), ("y", y)):
             if not isinstance(t, torch.Tensor):
                 raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            check_device_supported(name, t)
             check_float(name, t)
             check_ndim(name, t, (2, 3), "(n, d) or (B, n, d)")
             check_nonempty(name, t)
@@ -233,14 +250,20 @@ def sinkhorn(cost: Optional[torch.Tensor] = None, *, x: Optional[torch.Tensor] =
         if not torch.allclose(mass_a, mass_b, rtol=1e-5, atol=0.0):
             raise ValueError("balanced Sinkhorn needs a.sum() == b.sum() for every problem; pass reg_m for unbalanced OT")
 
-    if eps_scaling:
-        if cost is not None:
-            eps_start = float((cost.amax() - cost.amin()).detach())
-        else:
-            eps_start = reference.sinkhorn.sq_diameter(x.detach(), y.detach())
-        eps_start = max(eps_start, eps)
+    # The cost scale sets eps_start and the smallest eps this dtype resolves.
+    if cost is not None:
+        scale, what = float((cost.detach().amax() - cost.detach().amin()).double()), "cost"
     else:
-        eps_start = eps
+        scale, what = reference.sinkhorn.sq_diameter(x.detach(), y.detach()), "x and y"
+    finfo = torch.finfo(ref.dtype)
+    if not math.isfinite(scale) or scale > finfo.max / 16:
+        raise ValueError(f"the range of {what} overflows {ref.dtype} ({scale:.3g}); rescale the inputs")
+    if eps < MIN_RELATIVE_EPS[ref.dtype] * scale or eps < finfo.tiny:
+        raise ValueError(f"eps={eps:.3g} is too small for {ref.dtype} with a cost range of {scale:.3g} "
+                         f"(at least {MIN_RELATIVE_EPS[ref.dtype]:.0e} x range); use float64 or a larger eps")
+    if eps > finfo.max / 16:
+        raise ValueError(f"eps={eps:.3g} overflows {ref.dtype}")
+    eps_start = max(scale, eps) if eps_scaling else eps
     reg = reg_m if reg_m is not None else 0.0
 
     if backend == "cuda" and ref.device.type != "cuda":

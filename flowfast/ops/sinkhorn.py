@@ -9,6 +9,7 @@ Ops:
     ``flowfast::sinkhorn_solve``   potentials (f, g), iterations and marginal error; not differentiable.
     ``flowfast::sinkhorn_stats``   plan row/column masses and transport cost sum_ij P_ij C_ij.
     ``flowfast::sinkhorn_plan``    the dense plan (B, n, m).
+    ``flowfast::sinkhorn_plan_features``  point clouds: masses and plan-weighted features (gradients).
     ``flowfast::sinkhorn_value``   the regularized OT value, differentiable in cost / x / y by the
                                    envelope theorem (potentials held fixed: dValue/dC = P).
     ``flowfast::sinkhorn_sample``  one column per row by Gumbel-max, without forming the plan.
@@ -141,19 +142,39 @@ def _kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 def value_from_stats(row_mass, col_mass, transport, f, g, log_a, log_b, eps: float, reg_m: float):
-    r"""Primal regularized OT value of the plan of (f, g), from its masses:
+    r"""Regularized OT value of the plan of (f, g), from its masses (same formulas as
+    :func:`flowfast.reference.sinkhorn.value`).
 
-    .. math:: \langle P, C\rangle + \varepsilon\,\mathrm{KL}(P \mid a \otimes b)
-              [+ \rho\,(\mathrm{KL}(P1 \mid a) + \mathrm{KL}(P^\top 1 \mid b))]
-
-    using :math:`\sum P \log\frac{P}{ab} = (\sum_i f_i r_i + \sum_j g_j c_j - \langle P, C\rangle)/\varepsilon`.
+    Balanced: the dual objective :math:`\sum_i f_i a_i + \sum_j g_j b_j - \varepsilon \sum P + \varepsilon (\sum a)(\sum b)`.
+    Unbalanced: the primal :math:`\langle P, C\rangle + \varepsilon KL(P|ab) + \rho (KL(P1|a) + KL(P^\top 1|b))`
+    via :math:`\sum P \log\frac{P}{ab} = (\sum_i f_i r_i + \sum_j g_j c_j - \langle P, C\rangle)/\varepsilon`.
     """
     a, b = log_a.exp(), log_b.exp()
-    value = ((f * row_mass).sum(-1) + (g * col_mass).sum(-1)
-             - eps * row_mass.sum(-1) + eps * a.sum(-1) * b.sum(-1))
-    if reg_m > 0:
-        value = value + reg_m * (_kl(row_mass, a) + _kl(col_mass, b))
-    return value
+    total_ab = eps * a.sum(-1) * b.sum(-1)
+    if not reg_m > 0:
+        return (f * a).sum(-1) + (g * b).sum(-1) - eps * row_mass.sum(-1) + total_ab
+    value = (f * row_mass).sum(-1) + (g * col_mass).sum(-1) - eps * row_mass.sum(-1) + total_ab
+    return value + reg_m * (_kl(row_mass, a) + _kl(col_mass, b))
+
+
+@torch.library.custom_op("flowfast::sinkhorn_plan_features", mutates_args=())
+def sinkhorn_plan_features(x: torch.Tensor, y: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor,
+                           f: torch.Tensor, g: torch.Tensor,
+                           eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Point clouds: (row_mass (B, n), col_mass (B, m), sum_j P_ij y_j (B, n, d), sum_i P_ij x_i (B, m, d))."""
+    _, x, y = _prepare(None, x, y)
+    B, n, m, d = _sizes(None, x, y)
+    row_mass, col_mass = x.new_empty(B, n), x.new_empty(B, m)
+    plan_y, plan_t_x = x.new_empty(B, n, d), x.new_empty(B, m, d)
+    _plan_call(None, x, y, log_a, log_b, f, g, eps, row_mass=row_mass, col_mass=col_mass, plan_y=plan_y,
+               plan_t_x=plan_t_x)
+    return row_mass, col_mass, plan_y, plan_t_x
+
+
+@sinkhorn_plan_features.register_fake
+def _(x, y, log_a, log_b, f, g, eps):
+    B, n, m, d = _sizes(None, x, y)
+    return x.new_empty(B, n), x.new_empty(B, m), x.new_empty(B, n, d), x.new_empty(B, m, d)
 
 
 @torch.library.custom_op("flowfast::sinkhorn_value", mutates_args=())
@@ -182,17 +203,12 @@ def _value_backward(ctx, grad_value):
     if cost is not None and ctx.needs_input_grad[0]:
         grad_cost = grad_value[:, None, None] * sinkhorn_plan(cost, None, None, log_a, log_b, f, g, eps)
     if x is not None and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
-        xc, yc = x.contiguous(), y.contiguous()
-        B, n, m, d = _sizes(None, xc, yc)
-        row_mass, col_mass = xc.new_empty(B, n), xc.new_empty(B, m)
-        plan_y, plan_t_x = xc.new_empty(B, n, d), xc.new_empty(B, m, d)
-        _plan_call(None, xc, yc, log_a, log_b, f, g, eps, row_mass=row_mass, col_mass=col_mass,
-                   plan_y=plan_y, plan_t_x=plan_t_x)
+        row_mass, col_mass, plan_y, plan_t_x = sinkhorn_plan_features(x, y, log_a, log_b, f, g, eps)
         scale = 2.0 * grad_value[:, None, None]
         if ctx.needs_input_grad[1]:
-            grad_x = scale * (row_mass[..., None] * xc - plan_y)
+            grad_x = scale * (row_mass[..., None] * x - plan_y)
         if ctx.needs_input_grad[2]:
-            grad_y = scale * (col_mass[..., None] * yc - plan_t_x)
+            grad_y = scale * (col_mass[..., None] * y - plan_t_x)
     return grad_cost, grad_x, grad_y, None, None, None, None, None, None
 
 

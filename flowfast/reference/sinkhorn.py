@@ -80,20 +80,25 @@ def stats(cost, x, y, log_a, log_b, f, g, eps):
 
 
 def value(cost, x, y, log_a, log_b, f, g, eps, reg_m):
-    """Differentiable primal value: <P, C> + eps KL(P | ab) [+ reg_m (KL(P1|a) + KL(P^T1|b))],
-    with P recomputed from the fixed potentials (autograd through C gives the envelope gradient
-    only at convergence, which is where the tests compare)."""
+    """Differentiable regularized OT value with the potentials held fixed.
+
+    Balanced: the dual objective sum_i f_i a_i + sum_j g_j b_j - eps sum_ij P_ij + eps (sum a)(sum b),
+    whose gradient in C is exactly the plan (envelope theorem). Unbalanced: the primal
+    <P, C> + eps KL(P | ab) + reg_m (KL(P1 | a) + KL(P^T 1 | b)), whose gradient in C is the plan at
+    the optimum (there f_i = -reg_m log(r_i / a_i) cancels the extra terms).
+    """
     C = dense_cost(cost, x, y)
     la, lb = log_a.double(), log_b.double()
-    log_p = (f.double()[:, :, None] + g.double()[:, None, :] - C) / eps + la[:, :, None] + lb[:, None, :]
+    f64, g64 = f.double(), g.double()
+    log_p = (f64[:, :, None] + g64[:, None, :] - C) / eps + la[:, :, None] + lb[:, None, :]
     P = log_p.exp()
+    a, b_ = la.exp(), lb.exp()
+    if not reg_m > 0:
+        return (f64 * a).sum(1) + (g64 * b_).sum(1) - eps * P.sum((1, 2)) + eps * a.sum(1) * b_.sum(1)
     ab = (la[:, :, None] + lb[:, None, :]).exp()
     val = (P * C).sum((1, 2)) + eps * (P * (log_p - la[:, :, None] - lb[:, None, :]) - P + ab).sum((1, 2))
-    if reg_m > 0:
-        a, b_ = la.exp(), lb.exp()
-        r, c = P.sum(2), P.sum(1)
-        val = val + reg_m * ((torch.xlogy(r, r / a) - r + a).sum(1) + (torch.xlogy(c, c / b_) - c + b_).sum(1))
-    return val
+    r, c = P.sum(2), P.sum(1)
+    return val + reg_m * ((torch.xlogy(r, r / a) - r + a).sum(1) + (torch.xlogy(c, c / b_) - c + b_).sum(1))
 
 
 # --- Philox4x32-10, vectorized over int64 tensors holding uint32 values ---------------------------
