@@ -168,3 +168,43 @@ def test_wasserstein_matches_pot():
     assert abs(wasserstein(x0, x1) - np.sqrt(ot.emd2(w, w, M))) < 1e-9
     assert abs(wasserstein(x0, x1[:40]) - np.sqrt(ot.emd2(w, np.full(40, 1 / 40), M[:, :40], numItermax=int(1e7)))) < 1e-9
     assert wasserstein(x0, x1, method="sinkhorn", reg=0.5) > 0
+
+
+@pytest.mark.parametrize("method", ["exact", "sinkhorn"])
+def test_pair_within_labels_never_crosses_labels(method):
+    from flowfast.couplings import pair_with_labels
+
+    x0, x1 = _clouds(n=60)
+    y0 = torch.arange(60) % 3
+    y1 = torch.arange(60).flip(0) % 3
+    a, b, l0, l1 = pair_with_labels(x0, x1, y0, y1, method=method, within_labels=True,
+                                    generator=torch.Generator().manual_seed(0))
+    assert torch.equal(l0, l1)
+    assert sorted(map(tuple, b.tolist())) == sorted(map(tuple, x1.tolist()))
+    if method == "exact":
+        # exact OT inside each label: per-label totals equal the per-label optimum
+        for c in range(3):
+            total = float(_sq_cost(a[l0 == c], b[l1 == c]).sum())
+            assert abs(total - _optimal_total(x0[y0 == c], x1[y1 == c])) < 1e-9 * total
+    # without the constraint, labels are just carried along
+    a, b, l0, l1 = pair_with_labels(x0, x1, y0, y1, method=method)
+    torch.testing.assert_close(a, x0[torch.cdist(a, x0).argmin(1)])
+    assert torch.equal(l1, y1[torch.cdist(b, x1).argmin(1)])
+
+
+def test_pair_trajectory_chains_permutations():
+    from flowfast.couplings import pair_trajectory
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(40, 4, 2, generator=g, dtype=torch.float64)
+    for method in ("exact", "sinkhorn"):
+        traj = pair_trajectory(X, method=method, generator=g)
+        assert traj.shape == X.shape
+        for t in range(4):  # every time point is a permutation of the original samples
+            assert sorted(map(tuple, traj[:, t].tolist())) == sorted(map(tuple, X[:, t].tolist()))
+    traj = pair_trajectory(X, method="exact")
+    for t in range(3):  # each step is the exact OT map between consecutive times
+        cols = flowfast.linear_assignment(torch.cdist(traj[:, t], X[:, t + 1]) ** 2)
+        torch.testing.assert_close(traj[:, t + 1], X[cols, t + 1])
+    with pytest.raises(ValueError, match="X"):
+        pair_trajectory(torch.randn(3))

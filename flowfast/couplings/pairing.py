@@ -52,6 +52,31 @@ def entropic_coupling(x0: torch.Tensor, x1: torch.Tensor, reg: float, reg_m: Opt
     return sinkhorn(x=a, y=b, eps=eps, reg_m=reg_m, max_iter=max_iter, tol=tol)
 
 
+def _generator_device(generator: Optional[torch.Generator]) -> torch.device:
+    return generator.device if generator is not None else torch.device("cpu")
+
+
+def _random_rows(n: int, generator: Optional[torch.Generator], device: torch.device) -> torch.Tensor:
+    """n row indices drawn uniformly with replacement (torchcfm's sampling of an exact plan)."""
+    return torch.randint(0, n, (n,), generator=generator, device=_generator_device(generator)).to(device)
+
+
+def _sample_entropic(result, cost: Optional[torch.Tensor], n: int, replace: bool,
+                     generator: Optional[torch.Generator], device: torch.device):
+    """Index pairs from a solved entropic plan. replace=True: rows by their plan mass, columns by
+    the Gumbel-max kernel (no plan formed). replace=False: a permutation by Gumbel perturb-and-MAP,
+    the assignment maximizing sum_i log P_{i sigma(i)} + G_{i sigma(i)}, on the dense `cost`."""
+    if replace:
+        row_mass, _ = result.marginals()
+        rows = torch.multinomial(row_mass.clamp_min(0).double().to(_generator_device(generator)), n,
+                                 replacement=True, generator=generator).to(device)
+        return rows, result.sample(generator, rows=rows)
+    uniform = torch.rand(cost.shape, generator=generator, device=_generator_device(generator), dtype=torch.float64)
+    minus_gumbel = torch.log(-torch.log(uniform.clamp_min(1e-300))).to(cost.device)
+    scores = (cost.double() - result.g.double()[None, :]) / result.eps + minus_gumbel
+    return torch.arange(n, device=device), linear_assignment(scores)
+
+
 def pair_indices(x0: torch.Tensor, x1: torch.Tensor, method: str = "exact", reg: float = 0.05,
                  reg_m: float = 1.0, replace: bool = False, generator: Optional[torch.Generator] = None,
                  max_iter: int = 1000, tol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,29 +88,15 @@ def pair_indices(x0: torch.Tensor, x1: torch.Tensor, method: str = "exact", reg:
         raise ValueError(f"reg must be a number > 0, got {reg!r}")
     _check_batches(x0, x1, same_size=not replace)
     n, device = x0.shape[0], x0.device
-    gen_device = generator.device if generator is not None else torch.device("cpu")
-
     if method == "exact":
         sigma = linear_assignment(pairwise_cost(flat(x0.detach()), flat(x1.detach())))
         if not replace:
             return torch.arange(n, device=device), sigma
-        rows = torch.randint(0, n, (n,), generator=generator, device=gen_device).to(device)
+        rows = _random_rows(n, generator, device)
         return rows, sigma[rows]
-
     result = entropic_coupling(x0, x1, reg, reg_m if method == "unbalanced" else None, max_iter, tol)
-    if replace:
-        # Joint sampling P(i, j) = r_i P(j | i): rows by their plan mass, then Gumbel-max per row.
-        row_mass, _ = result.marginals()
-        rows = torch.multinomial(row_mass.clamp_min(0).double().to(gen_device), n, replacement=True,
-                                 generator=generator).to(device)
-        return rows, result.sample(generator, rows=rows)
-    # Unique pairs: a permutation drawn by Gumbel perturb-and-MAP of the entropic plan, i.e. the
-    # assignment maximizing sum_i [log P_{i sigma(i)} + G_{i sigma(i)}] with G ~ Gumbel(0, 1) iid.
-    C = pairwise_cost(flat(x0.detach()), flat(x1.detach()))
-    uniform = torch.rand(C.shape, generator=generator, device=gen_device, dtype=torch.float64).to(device)
-    gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-300)))
-    scores = (C.double() - result.g.double()[None, :]) / result.eps - gumbel
-    return torch.arange(n, device=device), linear_assignment(scores)
+    cost = None if replace else pairwise_cost(flat(x0.detach()), flat(x1.detach()))
+    return _sample_entropic(result, cost, n, replace, generator, device)
 
 
 def pair(x0: torch.Tensor, x1: torch.Tensor, method: str = "exact", reg: float = 0.05, reg_m: float = 1.0,
@@ -115,3 +126,67 @@ def pair(x0: torch.Tensor, x1: torch.Tensor, method: str = "exact", reg: float =
     """
     rows, cols = pair_indices(x0, x1, method, reg, reg_m, replace, generator, max_iter, tol)
     return x0[rows], x1[cols], (rows, cols)
+
+
+def pair_with_labels(x0: torch.Tensor, x1: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor,
+                     method: str = "exact", reg: float = 0.05, reg_m: float = 1.0, replace: bool = False,
+                     within_labels: bool = False, generator: Optional[torch.Generator] = None):
+    r""":func:`pair` that carries labels along: returns ``(x0[i], x1[j], y0[i], y1[j])``.
+
+    Args:
+        y0, y1: ``(n,)`` / ``(m,)`` labels (any dtype) of x0 and x1, on their device.
+        within_labels: couple only samples with equal labels (conditional OT for class-conditional
+            models): pairs across labels get a cost penalty larger than any within-label total, so
+            the coupling is exact OT within each label whenever every label has as many x0 as x1
+            samples, and otherwise uses the fewest cross-label pairs. Needs the dense n x m cost.
+        Other arguments as in :func:`pair`.
+    """
+    for name, y, x in (("y0", y0, x0), ("y1", y1, x1)):
+        if not isinstance(y, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(y).__name__}")
+        if y.dim() < 1 or y.shape[0] != x.shape[0]:
+            raise ValueError(f"{name} must have one label per sample ({x.shape[0]},), got {tuple(y.shape)}")
+    if not within_labels:
+        rows, cols = pair_indices(x0, x1, method, reg, reg_m, replace, generator)
+        return x0[rows], x1[cols], y0[rows], y1[cols]
+    check_choice("method", method, METHODS)
+    _check_batches(x0, x1, same_size=not replace)
+    C = pairwise_cost(flat(x0.detach()), flat(x1.detach())).double()
+    mismatch = y0.reshape(y0.shape[0], -1)[:, None, :] != y1.reshape(y1.shape[0], -1)[None, :, :]
+    mismatch = mismatch.any(-1).to(device=C.device)
+    penalty = float(C.max()) * C.shape[0] + 1.0
+    penalized = C + penalty * mismatch
+    if method == "exact":
+        sigma = linear_assignment(penalized)
+        rows = _random_rows(x0.shape[0], generator, x0.device) if replace else torch.arange(x0.shape[0], device=x0.device)
+        cols = sigma[rows]
+    else:
+        # eps relative to the within-label cost scale; the penalty makes cross-label entries vanish.
+        scale = float(C.max())
+        result = sinkhorn(penalized, eps=reg * scale if scale > 0 else reg,
+                          reg_m=reg_m if method == "unbalanced" else None)
+        rows, cols = _sample_entropic(result, penalized, x0.shape[0], replace, generator, x0.device)
+    return x0[rows], x1[cols], y0[rows], y1[cols]
+
+
+def pair_trajectory(X: torch.Tensor, method: str = "exact", reg: float = 0.05, reg_m: float = 1.0,
+                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Chain couplings across time points (torchcfm's ``sample_trajectory``, duplicate-free).
+
+    Args:
+        X: ``(batch, times, *dims)`` samples of each time point (rows of one time are unrelated to
+            rows of another).
+        method, reg, reg_m, generator: as in :func:`pair`; every step is a permutation.
+
+    Returns:
+        ``(batch, times, *dims)``: row k is one trajectory, X[k, 0] -> its partner at time 1 -> ...
+    """
+    if not isinstance(X, torch.Tensor) or X.dim() < 2 or X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"X must be a non-empty (batch, times, *dims) tensor, got {getattr(X, 'shape', X)}")
+    index = torch.arange(X.shape[0], device=X.device)
+    out = [X[:, 0]]
+    for t in range(X.shape[1] - 1):
+        _, cols = pair_indices(X[index, t], X[:, t + 1], method, reg, reg_m, False, generator)
+        index = cols
+        out.append(X[index, t + 1])
+    return torch.stack(out, dim=1)
