@@ -2,6 +2,7 @@
 // CPU or CUDA implementation. Python validates first with friendlier messages; these checks are
 // the last line of defence for callers that use flowfast._C directly (numpy, cupy, ...).
 #include <cmath>
+#include <utility>
 
 #include "flowfast/assignment.h"
 #include "flowfast/sinkhorn.h"
@@ -50,6 +51,7 @@ const TensorView& check_problem(const SinkhornProblem& pr) {
              "sinkhorn: x (B, n, d) and y (B, m, d) must share B and d");
     FF_CHECK(pr.x.strides[2] == 1 && pr.y.strides[2] == 1, "sinkhorn: x and y need unit stride in the feature dim");
     check_float_like(pr.y, ref, "sinkhorn: y");
+    FF_CHECK(pr.x.shape[2] >= 1, "sinkhorn: point clouds need d >= 1 features");
   }
   FF_CHECK(ref.dtype == DType::Float32 || ref.dtype == DType::Float64, "sinkhorn: expected float32 or float64, got ",
            dtype_name(ref.dtype));
@@ -69,6 +71,31 @@ void check_potentials(const SinkhornProblem& pr, const TensorView& ref, const Te
   }
   check_shape(g, "sinkhorn: g", {pr.batch(), pr.cols()});
   check_float_like(g, ref, "sinkhorn: g");
+}
+
+// The CUDA kernels index (B, k) vectors as b * k + i and the last dim of plan_y / plan_t_x with
+// unit stride; the CPU kernels honour any strides.
+void check_packed(const TensorView& t, const char* what) {
+  if (!t.data) return;
+  bool ok = true;
+  int64_t expect = 1;
+  for (int i = t.ndim - 1; i >= 0; --i) {
+    if (t.shape[i] > 1 && t.strides[i] != expect) ok = false;
+    expect *= t.shape[i];
+  }
+  FF_CHECK(ok, what, ": must be contiguous for the CUDA kernels");
+}
+
+void check_last_unit(const TensorView& t, const char* what) {
+  FF_CHECK(!t.data || t.shape[t.ndim - 1] <= 1 || t.strides[t.ndim - 1] == 1, what,
+           ": needs unit stride in its last dim for the CUDA kernels");
+}
+
+// float32 kernels run eps in float: it must neither flush to 0 nor overflow to inf.
+void check_eps_range(DType dtype, double eps, const char* what) {
+  if (dtype == DType::Float32) {
+    FF_CHECK(eps >= 1e-30 && eps <= 1e30, what, " = ", eps, " is outside what float32 kernels can use");
+  }
 }
 
 bool on_cuda(const TensorView& ref, const char* family) {
@@ -110,6 +137,13 @@ void sinkhorn_solve(const SinkhornParams& p) {
 #if defined(FLOWFAST_WITH_CUDA)
     FF_CHECK(p.workspace_bytes >= sinkhorn_cuda_workspace_bytes(p.problem.batch(), p.problem.rows(), p.problem.cols()),
              "sinkhorn: CUDA workspace too small");
+    for (auto [t, what] : {std::pair{&p.f, "sinkhorn: f"}, {&p.g, "sinkhorn: g"}, {&p.problem.log_a, "sinkhorn: log_a"},
+                           {&p.problem.log_b, "sinkhorn: log_b"}, {&p.n_iter, "sinkhorn: n_iter"},
+                           {&p.marginal_error, "sinkhorn: marginal_error"}}) {
+      check_packed(*t, what);
+    }
+    check_eps_range(ref.dtype, p.eps, "sinkhorn: eps");
+    check_eps_range(ref.dtype, p.eps_start, "sinkhorn: eps_start");
     sinkhorn_solve_cuda(p);
 #endif
     return;
@@ -140,6 +174,14 @@ void sinkhorn_plan(const SinkhornPlanParams& p) {
   }
   if (on_cuda(ref, "sinkhorn")) {
 #if defined(FLOWFAST_WITH_CUDA)
+    for (auto [t, what] : {std::pair{&p.f, "sinkhorn: f"}, {&p.g, "sinkhorn: g"}, {&pr.log_a, "sinkhorn: log_a"},
+                           {&pr.log_b, "sinkhorn: log_b"}, {&p.row_mass, "sinkhorn: row_mass"},
+                           {&p.col_mass, "sinkhorn: col_mass"}, {&p.transport_cost, "sinkhorn: transport_cost"}}) {
+      check_packed(*t, what);
+    }
+    check_last_unit(p.plan_y, "sinkhorn: plan_y");
+    check_last_unit(p.plan_t_x, "sinkhorn: plan_t_x");
+    check_eps_range(ref.dtype, p.eps, "sinkhorn: eps");
     sinkhorn_plan_cuda(p);
 #endif
     return;
@@ -156,6 +198,8 @@ void sinkhorn_sample(const SinkhornSampleParams& p) {
   FF_CHECK(p.cols.dtype == DType::Int64, "sinkhorn: sampled columns must be int64");
   if (on_cuda(ref, "sinkhorn")) {
 #if defined(FLOWFAST_WITH_CUDA)
+    check_packed(p.g, "sinkhorn: g");
+    check_packed(pr.log_b, "sinkhorn: log_b");
     sinkhorn_sample_cuda(p);
 #endif
     return;

@@ -89,6 +89,23 @@ struct DevCost {
       return s;
     }
   }
+
+  // The CPU twin's cost: double accumulation, no FMA contraction (host x86-64 builds have none),
+  // so Gumbel-max draws see bit-identical scores on both backends.
+  __device__ __forceinline__ double exact(int64_t b, int64_t i, int64_t j) const {
+    if constexpr (kDense) {
+      return static_cast<double>(cost[b * batch_stride + i * row_stride + j * col_stride]);
+    } else {
+      const T* pi = p + b * p_batch + i * p_row;
+      const T* qj = q + b * q_batch + j * q_row;
+      double s = 0.0;
+      for (int64_t k = 0; k < d; ++k) {
+        const double diff = static_cast<double>(pi[k]) - static_cast<double>(qj[k]);
+        s = __dadd_rn(s, __dmul_rn(diff, diff));
+      }
+      return s;
+    }
+  }
 };
 
 template <typename T, bool kDense>
@@ -167,6 +184,7 @@ __global__ void __launch_bounds__(kTileQueries)
                    const Stats* stats, T* partial) {
   __shared__ T keys[kTileKeys][kTileDims + 1];
   __shared__ T key_bias[kTileKeys];
+  __shared__ T key_lw[kTileKeys];
   const int64_t b = blockIdx.z, split = blockIdx.y;
   if (!stats[b].active) return;  // uniform per block
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kTileQueries + threadIdx.x;
@@ -176,19 +194,23 @@ __global__ void __launch_bounds__(kTileQueries)
 
   LseAcc<T> acc = lse_empty<T>();
   for (int64_t j0 = k0; j0 < k1; j0 += kTileKeys) {
+    // Per-key terms of this tile, loaded whatever d is (d == 0 runs no feature chunk). The
+    // barrier also orders the previous tile's reads of key_bias / key_lw / keys before these writes.
+    __syncthreads();
+    if (threadIdx.x < kTileKeys) {
+      const int64_t j = j0 + threadIdx.x;
+      key_bias[threadIdx.x] = j < k1 ? h[b * M + j] : T(0);
+      key_lw[threadIdx.x] = j < k1 ? log_w[b * M + j] : T(0);
+    }
     T dist[kTileKeys];
 #pragma unroll
     for (int t = 0; t < kTileKeys; ++t) dist[t] = 0;
     for (int64_t c0 = 0; c0 < d; c0 += kTileDims) {
-      __syncthreads();  // previous chunk fully consumed
+      if (c0 > 0) __syncthreads();  // previous chunk fully consumed
       for (int e = threadIdx.x; e < kTileKeys * kTileDims; e += kTileQueries) {
         const int t = e / kTileDims, k = e % kTileDims;
         const int64_t j = j0 + t, c = c0 + k;
         keys[t][k] = (j < k1 && c < d) ? q[b * q_batch + j * q_row + c] : T(0);
-      }
-      if (c0 == 0 && threadIdx.x < kTileKeys) {
-        const int64_t j = j0 + threadIdx.x;
-        key_bias[threadIdx.x] = j < k1 ? h[b * M + j] : T(0);
       }
       __syncthreads();
       T query[kTileDims];
@@ -205,9 +227,10 @@ __global__ void __launch_bounds__(kTileQueries)
         dist[t] += s;
       }
     }
+    if (d == 0) __syncthreads();  // uniform: makes key_bias / key_lw visible when no chunk ran
+#pragma unroll
     for (int t = 0; t < kTileKeys; ++t) {
-      const int64_t j = j0 + t;
-      if (j < k1) acc = lse_push(acc, (key_bias[t] - dist[t]) / eps + log_w[b * M + j]);
+      if (j0 + t < k1) acc = lse_push(acc, (key_bias[t] - dist[t]) / eps + key_lw[t]);
     }
   }
   const int64_t B = gridDim.z;
@@ -497,7 +520,7 @@ __global__ void plan_dense(DevCost<T, kDense> C, const T* f, const T* g, const T
 
 // One warp per row: argmax_j (g_j - C_ij)/eps + log_b_j + Gumbel(seed, offset, (b n + i) m + j).
 template <typename T, bool kDense>
-__global__ void sample_rows(DevCost<T, kDense> C, const T* g, const T* log_b, int64_t B, int64_t n, int64_t m, T eps,
+__global__ void sample_rows(DevCost<T, kDense> C, const T* g, const T* log_b, int64_t B, int64_t n, int64_t m, double eps,
                             uint64_t seed, uint64_t offset, int64_t* cols, int64_t cols_batch, int64_t cols_row) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / cuda::kWarp) + threadIdx.x / cuda::kWarp;
   const int lane = threadIdx.x % cuda::kWarp;
@@ -506,7 +529,7 @@ __global__ void sample_rows(DevCost<T, kDense> C, const T* g, const T* log_b, in
   double best = -INFINITY;
   int64_t best_j = 0;
   for (int64_t j = lane; j < m; j += cuda::kWarp) {
-    const double score = (static_cast<double>(g[b * m + j]) - static_cast<double>(C(b, i, j))) / eps +
+    const double score = (static_cast<double>(g[b * m + j]) - C.exact(b, i, j)) / eps +
                          static_cast<double>(log_b[b * m + j]) +
                          gumbel(seed, offset, static_cast<uint64_t>(row) * static_cast<uint64_t>(m) + j);
     if (score > best) {
@@ -571,7 +594,7 @@ void sample_impl(const SinkhornSampleParams& p) {
   const int64_t blocks = (B * n + warps - 1) / warps;
   sample_rows<T, kDense><<<static_cast<unsigned>(blocks), kThreads, 0, cuda::as_stream(p.stream)>>>(
       make_cost<T, kDense>(pr, false), static_cast<const T*>(p.g.data), static_cast<const T*>(pr.log_b.data), B, n, m,
-      static_cast<T>(p.eps), p.seed, p.offset, static_cast<int64_t*>(p.cols.data), p.cols.strides[0],
+      p.eps, p.seed, p.offset, static_cast<int64_t*>(p.cols.data), p.cols.strides[0],
       p.cols.strides[1]);
   FF_CUDA_CHECK(cudaGetLastError());
 }

@@ -284,10 +284,12 @@ def sinkhorn(cost: Optional[torch.Tensor] = None, *, x: Optional[torch.Tensor] =
         solver = impl.solve if impl is not None else ops.sinkhorn.sinkhorn_solve
         f, g, n_iter, err = solver(det(cost_d), det(x_d), det(y_d), la_d, lb_d, f0, g0, eps, eps_start, EPS_DECAY,
                                    reg, max_iter, check_every, float(tol))
-        stats = impl.stats if impl is not None else ops.sinkhorn.sinkhorn_stats
-        _, _, transport = stats(det(cost_d), det(x_d), det(y_d), la_d, lb_d, f, g, eps)
-    value_fn = impl.value if impl is not None else ops.sinkhorn.sinkhorn_value
-    value = value_fn(cost_d, x_d, y_d, la_d, lb_d, f, g, eps, reg)
+        if impl is not None:
+            _, _, transport = impl.stats(det(cost_d), det(x_d), det(y_d), la_d, lb_d, f, g, eps)
+    if impl is not None:
+        value = impl.value(cost_d, x_d, y_d, la_d, lb_d, f, g, eps, reg)
+    else:
+        value, transport = ops.sinkhorn.sinkhorn_value(cost_d, x_d, y_d, la_d, lb_d, f, g, eps, reg)
 
     def back(t):
         return t.to(ref.device)

@@ -10,8 +10,9 @@ Ops:
     ``flowfast::sinkhorn_stats``   plan row/column masses and transport cost sum_ij P_ij C_ij.
     ``flowfast::sinkhorn_plan``    the dense plan (B, n, m).
     ``flowfast::sinkhorn_plan_features``  point clouds: masses and plan-weighted features (gradients).
-    ``flowfast::sinkhorn_value``   the regularized OT value, differentiable in cost / x / y by the
-                                   envelope theorem (potentials held fixed: dValue/dC = P).
+    ``flowfast::sinkhorn_value``   (regularized OT value, transport cost) in one pass; the value is
+                                   differentiable in cost / x / y by the envelope theorem
+                                   (potentials held fixed: dValue/dC = P).
     ``flowfast::sinkhorn_sample``  one column per row by Gumbel-max, without forming the plan.
 """
 
@@ -28,6 +29,7 @@ DENSE, SQEUCLIDEAN = 0, 1
 
 
 def _problem(cost, x, y, log_a, log_b) -> tuple:
+    """Descriptors only: the caller keeps every tensor alive (and laid out, see _prepare)."""
     if cost is not None:
         return (DENSE, _arrays.describe(cost), None, None, _arrays.describe(log_a), _arrays.describe(log_b))
     return (SQEUCLIDEAN, None, _arrays.describe(x), _arrays.describe(y), _arrays.describe(log_a),
@@ -45,15 +47,17 @@ def _sizes(cost, x, y) -> tuple[int, int, int, int]:
     return x.shape[0], x.shape[1], y.shape[1], x.shape[2]
 
 
-def _prepare(cost, x, y):
-    """Unit stride in the last dim, which the kernels assume."""
+def _prepare(cost, x, y, *vectors):
+    """The layouts the kernels assume: unit stride in the last dim of cost / x / y, and packed
+    (B, k) vectors (the CUDA kernels index them as b * k + i). Returns (cost, x, y, *vectors); keep
+    the returned tensors alive while the kernel runs (descriptors hold raw pointers)."""
     if cost is not None and cost.stride(-1) != 1:
         cost = cost.contiguous()
     if x is not None and x.stride(-1) != 1:
         x = x.contiguous()
     if y is not None and y.stride(-1) != 1:
         y = y.contiguous()
-    return cost, x, y
+    return (cost, x, y, *(v.contiguous() for v in vectors))
 
 
 @torch.library.custom_op("flowfast::sinkhorn_solve", mutates_args=())
@@ -61,7 +65,7 @@ def sinkhorn_solve(cost: Optional[torch.Tensor], x: Optional[torch.Tensor], y: O
                    log_a: torch.Tensor, log_b: torch.Tensor, f_init: torch.Tensor, g_init: torch.Tensor,
                    eps: float, eps_start: float, eps_decay: float, reg_m: float, max_iter: int,
                    check_every: int, tol: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    cost, x, y = _prepare(cost, x, y)
+    cost, x, y, log_a, log_b = _prepare(cost, x, y, log_a, log_b)
     ref = _reference_tensor(cost, x)
     B, n, m, _ = _sizes(cost, x, y)
     f = f_init.clone().contiguous()
@@ -88,9 +92,9 @@ def _(cost, x, y, log_a, log_b, f_init, g_init, eps, eps_start, eps_decay, reg_m
 def _plan_call(cost, x, y, log_a, log_b, f, g, eps, *, plan=None, row_mass=None, col_mass=None,
                transport_cost=None, plan_y=None, plan_t_x=None) -> None:
     describe = lambda t: None if t is None else _arrays.describe(t)  # noqa: E731
+    cost, x, y, log_a, log_b, f, g = _prepare(cost, x, y, log_a, log_b, f, g)
     ref = _reference_tensor(cost, x)
-    _C.sinkhorn_plan(_problem(cost, x, y, log_a, log_b), _arrays.describe(f.contiguous()),
-                     _arrays.describe(g.contiguous()), float(eps), describe(plan), describe(row_mass),
+    _C.sinkhorn_plan(_problem(cost, x, y, log_a, log_b), _arrays.describe(f), _arrays.describe(g), float(eps), describe(plan), describe(row_mass),
                      describe(col_mass), describe(transport_cost), describe(plan_y), describe(plan_t_x),
                      _arrays.stream_handle(ref.device))
 
@@ -99,7 +103,7 @@ def _plan_call(cost, x, y, log_a, log_b, f, g, eps, *, plan=None, row_mass=None,
 def sinkhorn_stats(cost: Optional[torch.Tensor], x: Optional[torch.Tensor], y: Optional[torch.Tensor],
                    log_a: torch.Tensor, log_b: torch.Tensor, f: torch.Tensor, g: torch.Tensor,
                    eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    cost, x, y = _prepare(cost, x, y)
+    cost, x, y = _prepare(cost, x, y)[:3]
     ref = _reference_tensor(cost, x)
     B, n, m, _ = _sizes(cost, x, y)
     row_mass = ref.new_empty(B, n)
@@ -121,7 +125,7 @@ def _(cost, x, y, log_a, log_b, f, g, eps):
 def sinkhorn_plan(cost: Optional[torch.Tensor], x: Optional[torch.Tensor], y: Optional[torch.Tensor],
                   log_a: torch.Tensor, log_b: torch.Tensor, f: torch.Tensor, g: torch.Tensor,
                   eps: float) -> torch.Tensor:
-    cost, x, y = _prepare(cost, x, y)
+    cost, x, y = _prepare(cost, x, y)[:3]
     ref = _reference_tensor(cost, x)
     B, n, m, _ = _sizes(cost, x, y)
     plan = ref.new_empty(B, n, m)
@@ -162,7 +166,7 @@ def sinkhorn_plan_features(x: torch.Tensor, y: torch.Tensor, log_a: torch.Tensor
                            f: torch.Tensor, g: torch.Tensor,
                            eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Point clouds: (row_mass (B, n), col_mass (B, m), sum_j P_ij y_j (B, n, d), sum_i P_ij x_i (B, m, d))."""
-    _, x, y = _prepare(None, x, y)
+    _, x, y = _prepare(None, x, y)[:3]
     B, n, m, d = _sizes(None, x, y)
     row_mass, col_mass = x.new_empty(B, n), x.new_empty(B, m)
     plan_y, plan_t_x = x.new_empty(B, n, d), x.new_empty(B, m, d)
@@ -180,23 +184,26 @@ def _(x, y, log_a, log_b, f, g, eps):
 @torch.library.custom_op("flowfast::sinkhorn_value", mutates_args=())
 def sinkhorn_value(cost: Optional[torch.Tensor], x: Optional[torch.Tensor], y: Optional[torch.Tensor],
                    log_a: torch.Tensor, log_b: torch.Tensor, f: torch.Tensor, g: torch.Tensor, eps: float,
-                   reg_m: float) -> torch.Tensor:
+                   reg_m: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(value (B,), transport cost (B,)) from one pass over the plan; only value is differentiable."""
     row_mass, col_mass, transport = sinkhorn_stats(cost, x, y, log_a, log_b, f, g, eps)
-    return value_from_stats(row_mass, col_mass, transport, f, g, log_a, log_b, eps, reg_m)
+    return value_from_stats(row_mass, col_mass, transport, f, g, log_a, log_b, eps, reg_m), transport
 
 
 @sinkhorn_value.register_fake
 def _(cost, x, y, log_a, log_b, f, g, eps, reg_m):
-    return _reference_tensor(cost, x).new_empty(_reference_tensor(cost, x).shape[0])
+    ref = _reference_tensor(cost, x)
+    return ref.new_empty(ref.shape[0]), ref.new_empty(ref.shape[0])
 
 
 def _value_setup(ctx, inputs, output):
     cost, x, y, log_a, log_b, f, g, eps, reg_m = inputs
     ctx.save_for_backward(cost, x, y, log_a, log_b, f, g)
     ctx.eps = eps
+    ctx.mark_non_differentiable(output[1])
 
 
-def _value_backward(ctx, grad_value):
+def _value_backward(ctx, grad_value, _grad_transport):
     cost, x, y, log_a, log_b, f, g = ctx.saved_tensors
     eps = ctx.eps
     grad_cost = grad_x = grad_y = None
@@ -219,11 +226,11 @@ torch.library.register_autograd("flowfast::sinkhorn_value", _value_backward, set
 def sinkhorn_sample(cost: Optional[torch.Tensor], x: Optional[torch.Tensor], y: Optional[torch.Tensor],
                     log_a: torch.Tensor, log_b: torch.Tensor, g: torch.Tensor, eps: float, seed: int,
                     offset: int) -> torch.Tensor:
-    cost, x, y = _prepare(cost, x, y)
+    cost, x, y, log_a, log_b, g = _prepare(cost, x, y, log_a, log_b, g)
     ref = _reference_tensor(cost, x)
     B, n, _, _ = _sizes(cost, x, y)
     cols = torch.empty(B, n, dtype=torch.int64, device=ref.device)
-    _C.sinkhorn_sample(_problem(cost, x, y, log_a, log_b), _arrays.describe(g.contiguous()), float(eps),
+    _C.sinkhorn_sample(_problem(cost, x, y, log_a, log_b), _arrays.describe(g), float(eps),
                        int(seed), int(offset), _arrays.describe(cols), _arrays.stream_handle(ref.device))
     return cols
 

@@ -29,7 +29,8 @@ FF_HD LseAcc<A> lse_empty() {
 template <typename A>
 FF_HD LseAcc<A> lse_push(LseAcc<A> acc, A s) {
   if (s <= acc.max) {
-    acc.sum += exp(s - acc.max);
+    // s == max == -inf (a -inf score into an empty accumulator) would add exp(nan).
+    if (s > static_cast<A>(-INFINITY)) acc.sum += exp(s - acc.max);
   } else {
     acc.sum = acc.sum * exp(acc.max - s) + static_cast<A>(1);  // exp(-inf) = 0: empty accumulator
     acc.max = s;
