@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 
+from flowfast import reference
 from flowfast._core import check_choice, check_finite, check_float, check_same_device
 from flowfast.couplings.assignment import linear_assignment, pairwise_cost
 from flowfast.couplings.sinkhorn import sinkhorn
@@ -42,14 +43,26 @@ def flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1) if x.dim() > 1 else x.unsqueeze(-1)
 
 
+# Above this many cost entries the n x m matrix is not formed: Sinkhorn runs on the point clouds.
+DENSE_COUPLING_ENTRIES = 1 << 24
+
+
 def entropic_coupling(x0: torch.Tensor, x1: torch.Tensor, reg: float, reg_m: Optional[float],
-                      max_iter: int = 1000, tol: float = 1e-6):
-    """Sinkhorn between two batches with eps = reg * max squared distance (online cost, no n x m matrix
-    beyond the max). Returns the SinkhornResult on point clouds (n, D) / (m, D)."""
+                      max_iter: int = 1000, tol: float = 1e-6, cost: Optional[torch.Tensor] = None):
+    """Sinkhorn between two batches with eps = reg * max squared distance.
+
+    Small batches (n m <= 2^24) use the dense cost (formed anyway for the eps scale, or passed as
+    ``cost``); larger ones run on the point clouds and scale eps by an upper bound of the max
+    distance, (r0 + r1)^2 with r the clouds' radii around their joint mean, so no n x m matrix
+    is ever formed."""
     a, b = flat(x0.detach()), flat(x1.detach())
-    scale = float(pairwise_cost(a, b).amax())
-    eps = reg * scale if scale > 0 else reg
-    return sinkhorn(x=a, y=b, eps=eps, reg_m=reg_m, max_iter=max_iter, tol=tol)
+    if cost is None and a.shape[0] * b.shape[0] <= DENSE_COUPLING_ENTRIES:
+        cost = pairwise_cost(a, b)
+    if cost is not None:
+        scale = float(cost.amax())
+        return sinkhorn(cost, eps=reg * scale if scale > 0 else reg, reg_m=reg_m, max_iter=max_iter, tol=tol)
+    scale = reference.sinkhorn.sq_diameter(a, b)
+    return sinkhorn(x=a, y=b, eps=reg * scale if scale > 0 else reg, reg_m=reg_m, max_iter=max_iter, tol=tol)
 
 
 def _generator_device(generator: Optional[torch.Generator]) -> torch.device:
@@ -94,8 +107,9 @@ def pair_indices(x0: torch.Tensor, x1: torch.Tensor, method: str = "exact", reg:
             return torch.arange(n, device=device), sigma
         rows = _random_rows(n, generator, device)
         return rows, sigma[rows]
-    result = entropic_coupling(x0, x1, reg, reg_m if method == "unbalanced" else None, max_iter, tol)
+    # The perturb-and-MAP permutation needs the dense cost; compute it once for both steps.
     cost = None if replace else pairwise_cost(flat(x0.detach()), flat(x1.detach()))
+    result = entropic_coupling(x0, x1, reg, reg_m if method == "unbalanced" else None, max_iter, tol, cost)
     return _sample_entropic(result, cost, n, replace, generator, device)
 
 
@@ -110,7 +124,8 @@ def pair(x0: torch.Tensor, x1: torch.Tensor, method: str = "exact", reg: float =
         method: ``"exact"``: minibatch OT by exact linear assignment on squared distances.
             ``"sinkhorn"``: entropic OT with :math:`\varepsilon = \text{reg} \cdot \max_{ij} \|x_0^i - x_1^j\|^2`
             (relative to the MAX cost, i.e. torchcfm's ``normalize_cost=True`` convention, so a
-            ``reg`` carries over between datasets). ``"unbalanced"``: the same with KL-relaxed
+            ``reg`` carries over between datasets; above 2^24 pairs an upper bound of the max is
+            used and the cost is computed on the fly). ``"unbalanced"``: the same with KL-relaxed
             marginals of weight ``reg_m`` (absolute, like POT's).
         replace: False (default): a permutation, every sample used once. exact: the optimal
             permutation; sinkhorn/unbalanced: a permutation sampled by Gumbel perturb-and-MAP of the
@@ -164,7 +179,7 @@ def pair_with_labels(x0: torch.Tensor, x1: torch.Tensor, y0: torch.Tensor, y1: t
         # eps relative to the within-label cost scale; the penalty makes cross-label entries vanish.
         scale = float(C.max())
         result = sinkhorn(penalized, eps=reg * scale if scale > 0 else reg,
-                          reg_m=reg_m if method == "unbalanced" else None)
+                          reg_m=reg_m if method == "unbalanced" else None)  # dense: the penalty needs it
         rows, cols = _sample_entropic(result, penalized, x0.shape[0], replace, generator, x0.device)
     return x0[rows], x1[cols], y0[rows], y1[cols]
 

@@ -163,7 +163,7 @@ def _log_weights(name: str, w, batch: int, size: int, ref: torch.Tensor) -> torc
 def sinkhorn(cost: Optional[torch.Tensor] = None, *, x: Optional[torch.Tensor] = None,
              y: Optional[torch.Tensor] = None, a: Optional[torch.Tensor] = None,
              b: Optional[torch.Tensor] = None, eps: float, reg_m: Optional[float] = None,
-             max_iter: int = 1000, tol: float = 1e-6, eps_scaling: bool = True, check_every: int = 10,
+             max_iter: int = 1000, tol: float = 1e-6, eps_scaling: bool = True, check_every: int = 5,
              backend: str = "auto", generator: Optional[torch.Generator] = None) -> SinkhornResult:
     r"""Entropic optimal transport by log-domain Sinkhorn iterations, batched, never NaN.
 
