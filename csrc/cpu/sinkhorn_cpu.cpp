@@ -7,6 +7,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/simd_exp.h"
 #include "flowfast/philox.h"
 #include "flowfast/sinkhorn.h"
 #include "flowfast/sinkhorn_math.h"
@@ -14,7 +15,7 @@
 namespace ff {
 namespace {
 
-constexpr int64_t kColumnBlock = 64;  // columns whose accumulators one thread streams rows into
+constexpr int64_t kColumnBlock = 256;  // columns whose accumulators one thread streams rows into
 
 // Cost access for one problem of the batch. kDense: a strided (n, m) matrix; otherwise rows of x
 // and y (unit stride in the feature dim) and C_ij = ||x_i - y_j||^2 computed on the fly.
@@ -73,37 +74,94 @@ void store_row(const TensorView& t, int64_t b, const std::vector<double>& in) {
   for (int64_t k = 0; k < t.shape[1]; ++k) p[k * t.strides[1]] = static_cast<T>(in[k]);
 }
 
-// lse_out_j = LSE_i((f_i - C_ij)/eps + log_a_i), streaming rows through column blocks.
-template <typename T, bool kDense>
-void column_lse(const CostView<T, kDense>& C, int64_t n, int64_t m, const double* f, const double* log_a,
-                double eps, double* lse_out) {
-#if defined(FLOWFAST_WITH_OPENMP)
-#pragma omp parallel for schedule(static) if (n * m > 16384)
-#endif
-  for (int64_t j0 = 0; j0 < m; j0 += kColumnBlock) {
-    const int64_t j1 = std::min(m, j0 + kColumnBlock);
-    LseAcc<double> acc[kColumnBlock];
-    for (int64_t j = j0; j < j1; ++j) acc[j - j0] = lse_empty<double>();
-    for (int64_t i = 0; i < n; ++i) {
-      const double fi = f[i], lai = log_a[i];
-      for (int64_t j = j0; j < j1; ++j) acc[j - j0] = lse_push(acc[j - j0], (fi - C(i, j)) / eps + lai);
+// Fills out[0..count) with the costs of row i against every column: C(i, .) of the problem,
+// or C(., i) when kTransposed (point clouds only: the roles of x and y swap).
+template <typename T, bool kDense, bool kTransposed>
+void fill_costs(const CostView<T, kDense>& C, int64_t i, int64_t count, double* out) {
+  if constexpr (kDense) {
+    static_assert(!kTransposed, "dense columns stream rows instead (column_lse)");
+    const T* row = C.cost + i * C.cost_row;
+    for (int64_t j = 0; j < count; ++j) out[j] = static_cast<double>(row[j * C.cost_col]);
+  } else {
+    const T* p = kTransposed ? C.y + i * C.y_row : C.x + i * C.x_row;
+    const T* q = kTransposed ? C.x : C.y;
+    const int64_t q_row = kTransposed ? C.x_row : C.y_row;
+    for (int64_t j = 0; j < count; ++j) {
+      const T* qj = q + j * q_row;
+      double acc = 0.0;
+      for (int64_t k = 0; k < C.d; ++k) {
+        const double diff = static_cast<double>(p[k]) - static_cast<double>(qj[k]);
+        acc += diff * diff;
+      }
+      out[j] = acc;
     }
-    for (int64_t j = j0; j < j1; ++j) lse_out[j] = lse_value(acc[j - j0]);
   }
 }
 
-// lse_out_i = LSE_j((g_j - C_ij)/eps + log_b_j).
+// lse_out_i = LSE_j((h_j - C_ij)/eps + log_w_j) for the `rows` rows of the (possibly transposed)
+// problem against its `cols` columns: one cost row at a time, SIMD exp-sum, rows in parallel.
+template <typename T, bool kDense, bool kTransposed>
+void lse_over_columns(const CostView<T, kDense>& C, int64_t rows, int64_t cols, const double* h, const double* log_w,
+                      double eps, double* lse_out) {
+#if defined(FLOWFAST_WITH_OPENMP)
+#pragma omp parallel if (rows * cols > 16384)
+#endif
+  {
+    std::vector<double> score(cols);
+#if defined(FLOWFAST_WITH_OPENMP)
+#pragma omp for schedule(dynamic, 8)
+#endif
+    for (int64_t i = 0; i < rows; ++i) {
+      fill_costs<T, kDense, kTransposed>(C, i, cols, score.data());
+      for (int64_t j = 0; j < cols; ++j) score[j] = (h[j] - score[j]) / eps + log_w[j];
+      lse_out[i] = cpu::log_sum_exp(score.data(), cols);
+    }
+  }
+}
+
+// Dense g-side: lse_out_j = LSE_i((f_i - C_ij)/eps + log_a_i), streaming rows through column
+// blocks twice (column maxima, then shifted exp-sums) so the matrix is read row-major.
+template <typename T>
+void dense_column_lse(const CostView<T, true>& C, int64_t n, int64_t m, const double* f, const double* log_a,
+                      double eps, double* lse_out) {
+#if defined(FLOWFAST_WITH_OPENMP)
+#pragma omp parallel for schedule(dynamic, 1) if (n * m > 16384)
+#endif
+  for (int64_t j0 = 0; j0 < m; j0 += kColumnBlock) {
+    const int64_t width = std::min(m, j0 + kColumnBlock) - j0;
+    double top[kColumnBlock], sum[kColumnBlock], score[kColumnBlock];
+    for (int64_t k = 0; k < width; ++k) {
+      top[k] = -INFINITY;
+      sum[k] = 0.0;
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      const double fi = f[i], lai = log_a[i];
+      for (int64_t k = 0; k < width; ++k) top[k] = std::max(top[k], (fi - C(i, j0 + k)) / eps + lai);
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      const double fi = f[i], lai = log_a[i];
+      for (int64_t k = 0; k < width; ++k) score[k] = (fi - C(i, j0 + k)) / eps + lai;
+      cpu::accumulate_exp(sum, score, top, width);
+    }
+    for (int64_t k = 0; k < width; ++k) lse_out[j0 + k] = top[k] + std::log(sum[k]);
+  }
+}
+
+// The two half-steps of an iteration, for either geometry.
+template <typename T, bool kDense>
+void column_lse(const CostView<T, kDense>& C, int64_t n, int64_t m, const double* f, const double* log_a,
+                double eps, double* lse_out) {
+  if constexpr (kDense) {
+    dense_column_lse<T>(C, n, m, f, log_a, eps, lse_out);
+  } else {
+    lse_over_columns<T, false, true>(C, m, n, f, log_a, eps, lse_out);
+  }
+}
+
 template <typename T, bool kDense>
 void row_lse(const CostView<T, kDense>& C, int64_t n, int64_t m, const double* g, const double* log_b, double eps,
              double* lse_out) {
-#if defined(FLOWFAST_WITH_OPENMP)
-#pragma omp parallel for schedule(static) if (n * m > 16384)
-#endif
-  for (int64_t i = 0; i < n; ++i) {
-    LseAcc<double> acc = lse_empty<double>();
-    for (int64_t j = 0; j < m; ++j) acc = lse_push(acc, (g[j] - C(i, j)) / eps + log_b[j]);
-    lse_out[i] = lse_value(acc);
-  }
+  lse_over_columns<T, kDense, false>(C, n, m, g, log_b, eps, lse_out);
 }
 
 double l1_mass_error(const std::vector<double>& potential, const std::vector<double>& log_w,
@@ -215,7 +273,7 @@ void plan_one(const SinkhornPlanParams& p, int64_t b) {
   // Column-side outputs: column blocks in parallel, streaming rows.
   if (p.col_mass.data || p.plan_t_x.data) {
 #if defined(FLOWFAST_WITH_OPENMP)
-#pragma omp parallel for schedule(static) if (n * m > 16384)
+#pragma omp parallel for schedule(dynamic, 1) if (n * m > 16384)
 #endif
     for (int64_t j0 = 0; j0 < m; j0 += kColumnBlock) {
       const int64_t j1 = std::min(m, j0 + kColumnBlock);
@@ -254,7 +312,7 @@ void sample_one(const SinkhornSampleParams& p, int64_t b) {
   load_row<T>(pr.log_b, b, log_b);
   int64_t* out = static_cast<int64_t*>(p.cols.data) + b * p.cols.strides[0];
 #if defined(FLOWFAST_WITH_OPENMP)
-#pragma omp parallel for schedule(static) if (n * m > 16384)
+#pragma omp parallel for schedule(dynamic, 1) if (n * m > 16384)
 #endif
   for (int64_t i = 0; i < n; ++i) {
     double best = -INFINITY;
