@@ -32,7 +32,7 @@ constexpr int kThreads = 256;
 constexpr int kTileQueries = 128;  // online kernel: query points per block (one per thread)
 constexpr int kTileKeys = 32;      // online kernel: key points per shared-memory tile
 constexpr int kTileDims = 32;      // online kernel: features per shared-memory chunk
-constexpr int64_t kTargetThreads = 64 * 1024;
+constexpr int64_t kTargetThreads = 256 * 1024;  // about one full H100 (132 SMs x 2048)
 
 // Slices of the reduced dimension so that about kTargetThreads threads are busy.
 int64_t split_count(int64_t B, int64_t outputs, int64_t reduced) {
@@ -228,9 +228,20 @@ __global__ void __launch_bounds__(kTileQueries)
       }
     }
     if (d == 0) __syncthreads();  // uniform: makes key_bias / key_lw visible when no chunk ran
+    // One rescale per tile, then 32 exps without divergence (lse_push per key would branch).
+    T tile_max = static_cast<T>(-INFINITY);
 #pragma unroll
     for (int t = 0; t < kTileKeys; ++t) {
-      if (j0 + t < k1) acc = lse_push(acc, (key_bias[t] - dist[t]) / eps + key_lw[t]);
+      dist[t] = (j0 + t < k1) ? (key_bias[t] - dist[t]) / eps + key_lw[t] : static_cast<T>(-INFINITY);
+      tile_max = fmax(tile_max, dist[t]);
+    }
+    if (tile_max > acc.max) {
+      acc.sum *= exp(acc.max - tile_max);  // exp(-inf) = 0 for the empty accumulator
+      acc.max = tile_max;
+    }
+    if (acc.max > static_cast<T>(-INFINITY)) {
+#pragma unroll
+      for (int t = 0; t < kTileKeys; ++t) acc.sum += exp(dist[t] - acc.max);
     }
   }
   const int64_t B = gridDim.z;
@@ -506,6 +517,22 @@ __global__ void plan_rows(DevCost<T, kDense> C, const T* f, const T* g, const T*
   }
 }
 
+// Dense cost, column side: one thread per column streams the rows (coalesced across the warp),
+// where the transposed plan_rows would read the matrix with stride m.
+template <typename T>
+__global__ void dense_plan_columns(DevCost<T, true> C, const T* f, const T* g, const T* log_a, const T* log_b,
+                                   int64_t n, int64_t m, T eps, T* col_mass) {
+  const int64_t b = blockIdx.y;
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= m) return;
+  const T gj = g[b * m + j], lbj = log_b[b * m + j];
+  T mass = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    mass += exp(static_cast<T>(log_plan(f[b * n + i], gj, C(b, i, j), eps, log_a[b * n + i], lbj)));
+  }
+  col_mass[b * m + j] = mass;
+}
+
 template <typename T, bool kDense>
 __global__ void plan_dense(DevCost<T, kDense> C, const T* f, const T* g, const T* log_a, const T* log_b, int64_t B,
                            int64_t n, int64_t m, T eps, T* plan, int64_t s0, int64_t s1, int64_t s2) {
@@ -575,12 +602,17 @@ void plan_impl(const SinkhornPlanParams& p) {
         static_cast<T*>(p.plan_y.data), p.plan_y.strides[0], p.plan_y.strides[1]);
     FF_CUDA_CHECK(cudaGetLastError());
   }
-  if (p.col_mass.data || p.plan_t_x.data) {
+  if constexpr (kDense) {
+    if (p.col_mass.data) {
+      dense_plan_columns<T><<<dim3((m + kThreads - 1) / kThreads, B), kThreads, 0, stream>>>(
+          make_cost<T, true>(pr, false), f, g, la, lb, n, m, eps, static_cast<T*>(p.col_mass.data));
+      FF_CUDA_CHECK(cudaGetLastError());
+    }
+  } else if (p.col_mass.data || p.plan_t_x.data) {
     // The transpose: rows become columns, f and g, log_a and log_b, x and y swap places.
-    const T* keys = kDense ? nullptr : static_cast<const T*>(pr.x.data);
-    plan_rows<T, kDense><<<dim3(m, B), kThreads, 0, stream>>>(
-        make_cost<T, kDense>(pr, true), g, f, lb, la, m, n, eps, static_cast<T*>(p.col_mass.data), nullptr, keys,
-        kDense ? 0 : pr.x.strides[0], kDense ? 0 : pr.x.strides[1], d, static_cast<T*>(p.plan_t_x.data),
+    plan_rows<T, false><<<dim3(m, B), kThreads, 0, stream>>>(
+        make_cost<T, false>(pr, true), g, f, lb, la, m, n, eps, static_cast<T*>(p.col_mass.data), nullptr,
+        static_cast<const T*>(pr.x.data), pr.x.strides[0], pr.x.strides[1], d, static_cast<T*>(p.plan_t_x.data),
         p.plan_t_x.strides[0], p.plan_t_x.strides[1]);
     FF_CUDA_CHECK(cudaGetLastError());
   }
