@@ -17,8 +17,9 @@ COSTS = ("sqeuclidean", "euclidean")
 
 
 def _solve(cost: torch.Tensor, maximize: bool, backend: str) -> torch.Tensor:
-    """cost (B, n, m) tensor, already validated -> (B, n) int64 on cost's device."""
+    """cost (B, n, m) tensor -> (B, n) int64 on cost's device (validated once, by the op)."""
     if backend == "torch":
+        ops.assignment.validate_cost(cost)  # the op validates itself; the reference does not
         return reference.assignment.linear_assignment(cost, maximize)
     if backend == "cuda":
         if cost.device.type != "cuda":
@@ -61,7 +62,6 @@ def linear_assignment(cost: Any, maximize: bool = False, *, backend: str = "auto
     check_nonempty("cost", t)
     batched = t.dim() == 3
     t3 = t if batched else t.unsqueeze(0)
-    ops.assignment.validate_cost(t3)
     out = _solve(t3, maximize, backend)
     out = out if batched else out[0]
     return out.numpy() if was_numpy else out
