@@ -309,3 +309,25 @@ def write_results(
     print(markdown, flush=True)
     print(f"wrote {json_path} and {md_path}", flush=True)
     return {"json": json_path, "md": md_path, "markdown": markdown}
+
+
+def import_optional(loaders: dict) -> tuple[dict, dict]:
+    """Run every ``name -> loader()``; a peer that fails to import is reported, never a crash.
+
+    Returns ``(modules, why_missing)``: the loaded objects, and for each failed name a short
+    reason ("not installed (...)" for an ImportError, "import failed (...)" for a broken install).
+    Import-time warnings of peers are silenced so they cannot break a run under -W error.
+    """
+    import warnings
+
+    mods, why = {}, {}
+    for key, load in loaders.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                mods[key] = load()
+        except ImportError as exc:
+            why[key] = f"not installed ({exc.__class__.__name__}: {exc})"
+        except Exception as exc:  # a broken install: report it, keep benchmarking the others
+            why[key] = f"import failed ({exc.__class__.__name__}: {exc})"
+    return mods, why

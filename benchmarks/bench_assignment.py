@@ -44,17 +44,6 @@ RTOL_PAIRING = 1e-4  # ot_pairing builds its own (matmul-form) costs, so ties ma
 
 def _import_peers() -> tuple[dict, dict]:
     """-> (modules, why_missing). A peer that fails to import is "not installed", never a crash."""
-    mods: dict[str, Any] = {}
-    why: dict[str, str] = {}
-
-    def attempt(key: str, load: Callable[[], Any]) -> None:
-        try:
-            mods[key] = load()
-        except ImportError as exc:
-            why[key] = f"not installed ({exc.__class__.__name__}: {exc})"
-        except Exception as exc:  # a broken install: report it, keep benchmarking the others
-            why[key] = f"import failed ({exc.__class__.__name__}: {exc})"
-
     def scipy_lsa():
         from scipy.optimize import linear_sum_assignment
 
@@ -71,17 +60,16 @@ def _import_peers() -> tuple[dict, dict]:
         return ot
 
     def torchcfm_sampler():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from torchcfm.optimal_transport import OTPlanSampler
+        from torchcfm.optimal_transport import OTPlanSampler
 
         return OTPlanSampler
 
-    attempt("scipy", scipy_lsa)
-    attempt("lapjv", lap_mod)
-    attempt("pot", pot_mod)
-    attempt("torchcfm", torchcfm_sampler)
-    return mods, why
+    return _timing.import_optional({
+        "scipy": scipy_lsa,
+        "lapjv": lap_mod,
+        "pot": pot_mod,
+        "torchcfm": torchcfm_sampler,
+    })
 
 
 # ---------------------------------------------------------------- cases

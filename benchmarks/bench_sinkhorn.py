@@ -88,19 +88,6 @@ class CorrectnessError(AssertionError):
 
 def _import_peers() -> tuple[dict, dict]:
     """-> (modules, why_missing). A peer that fails to import is "not installed", never a crash."""
-    mods: dict[str, Any] = {}
-    why: dict[str, str] = {}
-
-    def attempt(key: str, load: Callable[[], Any]) -> None:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                mods[key] = load()
-        except ImportError as exc:
-            why[key] = f"not installed ({exc.__class__.__name__}: {exc})"
-        except Exception as exc:  # a broken install: report it, keep benchmarking the others
-            why[key] = f"import failed ({exc.__class__.__name__}: {exc})"
-
     def pot():
         import ot
 
@@ -134,12 +121,13 @@ def _import_peers() -> tuple[dict, dict]:
 
         return linear_sum_assignment
 
-    attempt("pot", pot)
-    attempt("pot_batch", solve_batch)
-    attempt("geomloss", geomloss)
-    attempt("torchcfm", torchcfm)
-    attempt("scipy", scipy_lsa)
-    return mods, why
+    return _timing.import_optional({
+        "pot": pot,
+        "pot_batch": solve_batch,
+        "geomloss": geomloss,
+        "torchcfm": torchcfm,
+        "scipy": scipy_lsa,
+    })
 
 
 def _version(dist: str) -> str:

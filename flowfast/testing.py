@@ -36,3 +36,23 @@ def assert_close_rel_to_ref(actual: torch.Tensor, reference64: torch.Tensor, ref
         raise AssertionError(
             f"kernel error {err:.3e} exceeds {factor} x reference error {ref_err:.3e} (+ atol {atol:.1e})"
         )
+
+
+#: Values that every bad-input test plants somewhere in an otherwise valid tensor.
+NON_FINITE = (float("nan"), float("inf"), float("-inf"))
+
+
+def raises_naming(exc: type, *names: str):
+    """``pytest.raises(exc)`` whose message must mention every one of ``names`` (literal substrings):
+    a bad-input error has to say which argument was wrong."""
+    import re
+
+    return pytest.raises(exc, match="(?s)" + "".join(f"(?=.*{re.escape(n)})" for n in names))
+
+
+def bad_input_settings(max_examples: int):
+    """hypothesis settings for the bad-input suites: reproducible (derandomized), no deadline."""
+    from hypothesis import HealthCheck, settings
+
+    return settings(max_examples=max_examples, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

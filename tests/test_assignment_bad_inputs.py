@@ -4,12 +4,11 @@ property tests of optimality on small adversarial matrices."""
 
 from __future__ import annotations
 
-import re
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy.optimize import linear_sum_assignment as scipy_lsa
@@ -17,19 +16,12 @@ from scipy.optimize import linear_sum_assignment as scipy_lsa
 import flowfast
 from flowfast import _arrays, _C, testing
 
-PROFILE = settings(
-    max_examples=60,
-    deadline=None,
-    derandomize=True,  # reproducible CI runs
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+PROFILE = testing.bad_input_settings(60)
 
-BAD_VALUES = (float("nan"), float("inf"), float("-inf"))
+BAD_VALUES = testing.NON_FINITE
 
 
-def _raises(exc: type, *names: str):
-    """pytest.raises(exc) whose message must mention every one of `names` (literal substrings)."""
-    return pytest.raises(exc, match="(?s)" + "".join(f"(?=.*{re.escape(n)})" for n in names))
+_raises = testing.raises_naming
 
 
 def _make(array: np.ndarray, kind: str):

@@ -5,31 +5,24 @@ property tests that valid adversarial problems are solved with finite outputs.""
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import flowfast
+from flowfast import testing
 
-PROFILE = settings(
-    max_examples=40,
-    deadline=None,
-    derandomize=True,  # reproducible CI runs
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+PROFILE = testing.bad_input_settings(40)
 
-BAD_VALUES = (float("nan"), float("inf"), float("-inf"))
+BAD_VALUES = testing.NON_FINITE
 F64 = torch.float64
 
 
-def _raises(exc, *names: str):
-    """pytest.raises(exc) whose message must mention every one of `names` (literal substrings)."""
-    return pytest.raises(exc, match="(?s)" + "".join(f"(?=.*{re.escape(n)})" for n in names))
+_raises = testing.raises_naming
 
 
 def _dense(n=3, m=4, B=None, dtype=F64, device="cpu"):
