@@ -22,12 +22,22 @@ from typing import Optional
 
 import torch
 
+from flowfast import paths
 from flowfast._core import check_choice
 from flowfast.couplings.assignment import linear_assignment, pairwise_cost
 from flowfast.couplings.pairing import flat
 from flowfast.couplings.sinkhorn import sinkhorn
 
-__all__ = ["OTPlanSampler", "wasserstein"]
+__all__ = [
+    "ConditionalFlowMatcher",
+    "ExactOptimalTransportConditionalFlowMatcher",
+    "OTPlanSampler",
+    "SchrodingerBridgeConditionalFlowMatcher",
+    "TargetConditionalFlowMatcher",
+    "VariancePreservingConditionalFlowMatcher",
+    "pad_t_like_x",
+    "wasserstein",
+]
 
 _METHODS = ("exact", "sinkhorn", "unbalanced", "partial")
 
@@ -184,3 +194,62 @@ def _emd_plan(M: torch.Tensor) -> torch.Tensor:
     a = torch.full((n,), 1.0 / n, dtype=torch.float64).numpy()
     b = torch.full((m,), 1.0 / m, dtype=torch.float64).numpy()
     return torch.as_tensor(ot.emd(a, b, M.double().cpu().numpy(), numItermax=int(1e7)), device=M.device)
+
+
+# --- conditional flow matchers (torchcfm.conditional_flow_matching) ------------------------------
+
+pad_t_like_x = paths.pad_t_like_x
+
+
+class ConditionalFlowMatcher(paths.IndependentCFM):
+    """torchcfm's I-CFM: ``sample_location_and_conditional_flow(x0, x1, t=None, return_noise=False)``
+    -> ``(t, xt, ut[, eps])``, same formulas (see :mod:`flowfast.paths`)."""
+
+
+class _PlanSampled:
+    """torchcfm's OT flow matchers draw pairs from an OTPlanSampler, with replacement."""
+
+    ot_sampler: OTPlanSampler
+
+    def couple(self, x0, x1, generator=None):
+        return self.ot_sampler.sample_plan(x0, x1, generator=generator)
+
+    def guided_sample_location_and_conditional_flow(self, x0, x1, y0=None, y1=None, t=None,
+                                                    return_noise: bool = False, generator=None):
+        """Couple with labels carried along; returns ``(t, xt, ut, y0, y1)`` (``eps`` before the labels
+        when ``return_noise``), as torchcfm."""
+        paths._check_pair(x0, x1)
+        x0, x1, y0, y1 = self.ot_sampler.sample_plan_with_labels(x0, x1, y0, y1, generator=generator)
+        out = self.sample_paired(x0, x1, t, return_noise, generator)
+        return (*out, y0, y1)
+
+
+class ExactOptimalTransportConditionalFlowMatcher(_PlanSampled, ConditionalFlowMatcher):
+    """torchcfm's OT-CFM (pairs drawn with replacement from the exact plan). For the duplicate-free
+    permutation use :class:`flowfast.paths.OptimalTransportCFM`."""
+
+    def __init__(self, sigma: float = 0.0) -> None:
+        super().__init__(sigma)
+        self.ot_sampler = OTPlanSampler(method="exact")
+
+
+class TargetConditionalFlowMatcher(paths.TargetCFM):
+    """torchcfm's TargetConditionalFlowMatcher (Lipman et al.)."""
+
+
+class VariancePreservingConditionalFlowMatcher(paths.VariancePreservingCFM):
+    """torchcfm's VariancePreservingConditionalFlowMatcher."""
+
+
+class SchrodingerBridgeConditionalFlowMatcher(_PlanSampled, paths.SchrodingerBridgeCFM):
+    """torchcfm's SB-CFM: ``OTPlanSampler(method=ot_method, reg=2 sigma^2)`` pairs (with replacement),
+    Brownian-bridge path. ``ot_method`` defaults to "exact", as in torchcfm."""
+
+    def __init__(self, sigma: float = 1.0, ot_method: str = "exact") -> None:
+        if isinstance(sigma, (int, float)) and not isinstance(sigma, bool) and sigma <= 0:
+            raise ValueError(f"Sigma must be strictly positive, got {sigma}.")
+        if isinstance(sigma, (int, float)) and sigma < 1e-3:
+            warnings.warn("Small sigma values may lead to numerical instability.", stacklevel=2)
+        super().__init__(sigma, ot_method="exact" if ot_method == "exact" else "sinkhorn")
+        self.ot_method = ot_method
+        self.ot_sampler = OTPlanSampler(method=ot_method, reg=2 * self.sigma**2)

@@ -48,21 +48,22 @@ DENSE_COUPLING_ENTRIES = 1 << 24
 
 
 def entropic_coupling(x0: torch.Tensor, x1: torch.Tensor, reg: float, reg_m: Optional[float],
-                      max_iter: int = 1000, tol: float = 1e-6, cost: Optional[torch.Tensor] = None):
-    """Sinkhorn between two batches with eps = reg * max squared distance.
+                      max_iter: int = 1000, tol: float = 1e-6, cost: Optional[torch.Tensor] = None,
+                      eps: Optional[float] = None):
+    """Sinkhorn between two batches with eps = reg * max squared distance (or the absolute ``eps``).
 
     Small batches (n m <= 2^24) use the dense cost (formed anyway for the eps scale, or passed as
     ``cost``); larger ones run on the point clouds and scale eps by an upper bound of the max
-    distance, (r0 + r1)^2 with r the clouds' radii around their joint mean, so no n x m matrix
-    is ever formed."""
+    squared distance (:func:`flowfast.reference.sinkhorn.sq_diameter`): no n x m matrix is formed."""
     a, b = flat(x0.detach()), flat(x1.detach())
     if cost is None and a.shape[0] * b.shape[0] <= DENSE_COUPLING_ENTRIES:
         cost = pairwise_cost(a, b)
+    if eps is None:
+        scale = float(cost.amax()) if cost is not None else reference.sinkhorn.sq_diameter(a, b)
+        eps = reg * scale if scale > 0 else reg
     if cost is not None:
-        scale = float(cost.amax())
-        return sinkhorn(cost, eps=reg * scale if scale > 0 else reg, reg_m=reg_m, max_iter=max_iter, tol=tol)
-    scale = reference.sinkhorn.sq_diameter(a, b)
-    return sinkhorn(x=a, y=b, eps=reg * scale if scale > 0 else reg, reg_m=reg_m, max_iter=max_iter, tol=tol)
+        return sinkhorn(cost, eps=eps, reg_m=reg_m, max_iter=max_iter, tol=tol)
+    return sinkhorn(x=a, y=b, eps=eps, reg_m=reg_m, max_iter=max_iter, tol=tol)
 
 
 def _generator_device(generator: Optional[torch.Generator]) -> torch.device:
@@ -92,7 +93,7 @@ def _sample_entropic(result, cost: Optional[torch.Tensor], n: int, replace: bool
 
 def pair_indices(x0: torch.Tensor, x1: torch.Tensor, method: str = "exact", reg: float = 0.05,
                  reg_m: float = 1.0, replace: bool = False, generator: Optional[torch.Generator] = None,
-                 max_iter: int = 1000, tol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+                 max_iter: int = 1000, tol: float = 1e-6, eps: Optional[float] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The index pairs (i, j) of :func:`pair` (same arguments), each ``(n,)`` int64 on x0's device."""
     check_choice("method", method, METHODS)
     if not isinstance(replace, bool):
@@ -109,13 +110,13 @@ def pair_indices(x0: torch.Tensor, x1: torch.Tensor, method: str = "exact", reg:
         return rows, sigma[rows]
     # The perturb-and-MAP permutation needs the dense cost; compute it once for both steps.
     cost = None if replace else pairwise_cost(flat(x0.detach()), flat(x1.detach()))
-    result = entropic_coupling(x0, x1, reg, reg_m if method == "unbalanced" else None, max_iter, tol, cost)
+    result = entropic_coupling(x0, x1, reg, reg_m if method == "unbalanced" else None, max_iter, tol, cost, eps)
     return _sample_entropic(result, cost, n, replace, generator, device)
 
 
 def pair(x0: torch.Tensor, x1: torch.Tensor, method: str = "exact", reg: float = 0.05, reg_m: float = 1.0,
          replace: bool = False, generator: Optional[torch.Generator] = None, max_iter: int = 1000,
-         tol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+         tol: float = 1e-6, eps: Optional[float] = None) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     r"""Couple a source batch with a data batch; returns ``(x0[i], x1[j], (i, j))``.
 
     Args:
@@ -135,11 +136,12 @@ def pair(x0: torch.Tensor, x1: torch.Tensor, method: str = "exact", reg: float =
             the device without forming the plan); about 37% of pairs then repeat.
         generator: torch.Generator for every random draw (reproducible pairs).
         max_iter, tol: Sinkhorn stopping rule (see :func:`flowfast.sinkhorn`).
+        eps: absolute entropic regularization, overriding ``reg`` (SB-CFM uses eps = 2 sigma^2).
 
     Returns:
         ``(x0_paired, x1_paired, (i, j))`` with ``x0_paired = x0[i]``, ``x1_paired = x1[j]``.
     """
-    rows, cols = pair_indices(x0, x1, method, reg, reg_m, replace, generator, max_iter, tol)
+    rows, cols = pair_indices(x0, x1, method, reg, reg_m, replace, generator, max_iter, tol, eps)
     return x0[rows], x1[cols], (rows, cols)
 
 

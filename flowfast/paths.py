@@ -1,0 +1,229 @@
+r"""Conditional flow-matching paths (the CFM family of Tong et al.; torchcfm's formulas).
+
+Convention: x0 = source (noise) at t = 0, x1 = data at t = 1; a velocity model is called as
+``model(x_t, t)`` with ``t`` of shape ``(B,)``. Every path draws
+
+.. math:: x_t = \mu_t(x_0, x_1) + \sigma_t\,\varepsilon,\qquad \varepsilon \sim \mathcal N(0, I)
+
+and regresses the model on the conditional velocity :math:`u_t(x_t \mid x_0, x_1)`.
+
+| class | coupling | :math:`\mu_t` | :math:`\sigma_t` | :math:`u_t` |
+|---|---|---|---|---|
+| :class:`IndependentCFM` (I-CFM) | independent | t x1 + (1-t) x0 | sigma | x1 - x0 |
+| :class:`OptimalTransportCFM` (OT-CFM) | exact minibatch OT | same | sigma | x1 - x0 |
+| :class:`SchrodingerBridgeCFM` (SB-CFM) | entropic OT, eps = 2 sigma^2 | same | sigma sqrt(t(1-t)) | (1-2t)/(2t(1-t)) (x_t - mu_t) + x1 - x0 |
+| :class:`TargetCFM` (Lipman FM) | x1 only | t x1 | 1 - (1-sigma) t | (x1 - (1-sigma) x_t) / (1 - (1-sigma) t) |
+| :class:`VariancePreservingCFM` | independent | cos(pi t/2) x0 + sin(pi t/2) x1 | sigma | pi/2 (cos(pi t/2) x1 - sin(pi t/2) x0) |
+
+The couplings differ from torchcfm on purpose: OT-CFM and SB-CFM re-pair the batch with a
+*permutation* (``flowfast.couplings.pair``, every sample used once) instead of drawing pairs with
+replacement. ``flowfast.compat.torchcfm`` keeps torchcfm's exact behaviour.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+
+from flowfast._core import check_finite, check_float, check_same_device
+from flowfast.couplings.pairing import pair
+
+__all__ = [
+    "IndependentCFM",
+    "OptimalTransportCFM",
+    "SchrodingerBridgeCFM",
+    "TargetCFM",
+    "VariancePreservingCFM",
+    "pad_t_like_x",
+]
+
+# The SB-CFM velocity divides by 2t(1-t); torchcfm adds this guard, kept for identical values.
+_BRIDGE_GUARD = 1e-8
+
+
+def pad_t_like_x(t, x: torch.Tensor):
+    """Reshape a ``(B,)`` time to ``(B, 1, ..., 1)`` to broadcast against ``x`` (numbers pass through)."""
+    if isinstance(t, (float, int)):
+        return t
+    return t.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+def _check_pair(x0: torch.Tensor, x1: torch.Tensor) -> None:
+    for name, x in (("x0", x0), ("x1", x1)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        check_float(name, x, (torch.float16, torch.bfloat16, torch.float32, torch.float64))
+        if x.dim() < 1 or x.shape[0] == 0:
+            raise ValueError(f"{name} must be a non-empty (B, *shape) batch, got shape {tuple(x.shape)}")
+    check_same_device(x0=x0, x1=x1)
+    if x0.shape != x1.shape:
+        raise ValueError(f"x0 and x1 must have the same shape, got {tuple(x0.shape)} and {tuple(x1.shape)}")
+
+
+def _check_t(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+    if t.dim() == 0:
+        t = t.expand(x.shape[0])
+    if t.shape != (x.shape[0],):
+        raise ValueError(f"t must be a scalar or have shape ({x.shape[0]},), got {tuple(t.shape)}")
+    check_finite("t", t)
+    if bool(((t < 0) | (t > 1)).any()):
+        raise ValueError("t must lie in [0, 1]")
+    return t.to(device=x.device, dtype=x.dtype)
+
+
+class IndependentCFM:
+    r"""I-CFM: independent coupling, straight path, constant noise ``sigma``.
+
+    Args:
+        sigma: standard deviation of the Gaussian around the straight path (torchcfm's ``sigma``).
+    """
+
+    def __init__(self, sigma: float = 0.0) -> None:
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (math.isfinite(sigma) and sigma >= 0):
+            raise ValueError(f"sigma must be a finite number >= 0, got {sigma!r}")
+        self.sigma = float(sigma)
+
+    # --- the path -----------------------------------------------------------------------------
+    def compute_mu_t(self, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        t = pad_t_like_x(t, x0)
+        return t * x1 + (1 - t) * x0
+
+    def compute_sigma_t(self, t: torch.Tensor):
+        return self.sigma
+
+    def sample_xt(self, x0, x1, t, epsilon) -> torch.Tensor:
+        return self.compute_mu_t(x0, x1, t) + pad_t_like_x(self.compute_sigma_t(t), x0) * epsilon
+
+    def compute_conditional_flow(self, x0, x1, t, xt) -> torch.Tensor:
+        return x1 - x0
+
+    def sample_noise_like(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        return torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
+
+    def compute_lambda(self, t: torch.Tensor) -> torch.Tensor:
+        """[SF]2M score-loss weight 2 sigma_t / (sigma^2 + 1e-8), as torchcfm."""
+        return 2 * self.compute_sigma_t(t) / (self.sigma**2 + 1e-8)
+
+    # --- couplings ------------------------------------------------------------------------------
+    def couple(self, x0: torch.Tensor, x1: torch.Tensor, generator: Optional[torch.Generator] = None):
+        """Re-pair the batch; the independent coupling keeps it as drawn."""
+        return x0, x1
+
+    # --- a training step ------------------------------------------------------------------------
+    def sample_location_and_conditional_flow(self, x0: torch.Tensor, x1: torch.Tensor, t=None,
+                                             return_noise: bool = False,
+                                             generator: Optional[torch.Generator] = None):
+        r"""Couple, draw ``t ~ U[0, 1]`` (unless given) and noise; returns ``(t, x_t, u_t[, eps])``.
+
+        Shapes: x0, x1 ``(B, *shape)``; t ``(B,)``; x_t, u_t, eps like x0.
+        """
+        _check_pair(x0, x1)
+        x0, x1 = self.couple(x0, x1, generator)
+        return self.sample_paired(x0, x1, t, return_noise, generator)
+
+    def sample_paired(self, x0: torch.Tensor, x1: torch.Tensor, t=None, return_noise: bool = False,
+                      generator: Optional[torch.Generator] = None):
+        """:meth:`sample_location_and_conditional_flow` for a batch that is already coupled."""
+        if t is None:
+            t = torch.rand(x0.shape[0], dtype=x0.dtype, device=x0.device, generator=generator)
+        else:
+            t = _check_t(t, x0)
+        eps = self.sample_noise_like(x0, generator)
+        xt = self.sample_xt(x0, x1, t, eps)
+        ut = self.compute_conditional_flow(x0, x1, t, xt)
+        return (t, xt, ut, eps) if return_noise else (t, xt, ut)
+
+    def loss(self, model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: torch.Tensor,
+             x1: torch.Tensor, t=None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        r"""The whole flow-matching step: :math:`\mathbb E \|v_\theta(x_t, t) - u_t\|^2` (mean over all
+        elements), with ``model(x_t, t)``."""
+        t, xt, ut = self.sample_location_and_conditional_flow(x0, x1, t, generator=generator)
+        v = model(xt, t)
+        if v.shape != ut.shape:
+            raise ValueError(f"model(x_t, t) returned shape {tuple(v.shape)}, expected {tuple(ut.shape)}")
+        return torch.mean((v - ut) ** 2)
+
+
+class OptimalTransportCFM(IndependentCFM):
+    """OT-CFM: I-CFM after re-pairing the batch by exact minibatch OT (a permutation).
+
+    Args:
+        sigma: path noise.
+        replace: False (default) = the optimal permutation; True = torchcfm's pairs drawn with
+            replacement from the exact plan (about 37% of the batch repeated).
+    """
+
+    def __init__(self, sigma: float = 0.0, replace: bool = False) -> None:
+        super().__init__(sigma)
+        self.replace = replace
+
+    def couple(self, x0, x1, generator=None):
+        x0p, x1p, _ = pair(x0, x1, method="exact", replace=self.replace, generator=generator)
+        return x0p, x1p
+
+
+class SchrodingerBridgeCFM(IndependentCFM):
+    r"""SB-CFM: Brownian-bridge paths :math:`\sigma_t = \sigma\sqrt{t(1-t)}` on the entropic OT coupling
+    with :math:`\varepsilon = 2\sigma^2` (absolute, as in the paper and torchcfm).
+
+    Args:
+        sigma: bridge noise, > 0.
+        ot_method: "sinkhorn" (entropic, the paper's choice) or "exact" (torchcfm's default).
+        replace: as in :class:`OptimalTransportCFM`.
+    """
+
+    def __init__(self, sigma: float = 1.0, ot_method: str = "sinkhorn", replace: bool = False) -> None:
+        super().__init__(sigma)
+        if not self.sigma > 0:
+            raise ValueError("SB-CFM needs sigma > 0")
+        if ot_method not in ("sinkhorn", "exact"):
+            raise ValueError(f"ot_method must be 'sinkhorn' or 'exact', got {ot_method!r}")
+        self.ot_method = ot_method
+        self.replace = replace
+
+    def compute_sigma_t(self, t):
+        return self.sigma * torch.sqrt(t * (1 - t))
+
+    def compute_conditional_flow(self, x0, x1, t, xt):
+        t = pad_t_like_x(t, x0)
+        mu_t = t * x1 + (1 - t) * x0
+        return (1 - 2 * t) / (2 * t * (1 - t) + _BRIDGE_GUARD) * (xt - mu_t) + x1 - x0
+
+    def couple(self, x0, x1, generator=None):
+        if self.ot_method == "exact":
+            x0p, x1p, _ = pair(x0, x1, method="exact", replace=self.replace, generator=generator)
+            return x0p, x1p
+        x0p, x1p, _ = pair(x0, x1, method="sinkhorn", eps=2 * self.sigma**2, replace=self.replace,
+                           generator=generator)
+        return x0p, x1p
+
+
+class TargetCFM(IndependentCFM):
+    """Lipman et al.'s flow matching (torchcfm's TargetConditionalFlowMatcher): the path ends at x1
+    with width ``sigma`` (sigma_min); the source must be N(0, I)."""
+
+    def compute_mu_t(self, x0, x1, t):
+        return pad_t_like_x(t, x1) * x1
+
+    def compute_sigma_t(self, t):
+        return 1 - (1 - self.sigma) * t
+
+    def compute_conditional_flow(self, x0, x1, t, xt):
+        t = pad_t_like_x(t, x1)
+        return (x1 - (1 - self.sigma) * xt) / (1 - (1 - self.sigma) * t)
+
+
+class VariancePreservingCFM(IndependentCFM):
+    """Trigonometric (variance-preserving) interpolant cos(pi t/2) x0 + sin(pi t/2) x1."""
+
+    def compute_mu_t(self, x0, x1, t):
+        t = pad_t_like_x(t, x0)
+        return torch.cos(math.pi / 2 * t) * x0 + torch.sin(math.pi / 2 * t) * x1
+
+    def compute_conditional_flow(self, x0, x1, t, xt):
+        t = pad_t_like_x(t, x0)
+        return math.pi / 2 * (torch.cos(math.pi / 2 * t) * x1 - torch.sin(math.pi / 2 * t) * x0)
