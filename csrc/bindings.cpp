@@ -7,6 +7,7 @@
 #include <string>
 
 #include "flowfast/assignment.h"
+#include "flowfast/interpolant.h"
 #include "flowfast/sinkhorn.h"
 
 #if defined(FLOWFAST_WITH_CUDA)
@@ -52,6 +53,21 @@ ff::SinkhornProblem to_problem(const py::tuple& t) {
   pr.log_a = to_view(t[4].cast<py::tuple>());
   pr.log_b = to_view(t[5].cast<py::tuple>());
   return pr;
+}
+
+// (x0, x1, t, eps|None, kind, sigma, seed, offset)
+ff::InterpolantInputs to_interpolant_inputs(const py::tuple& t) {
+  FF_CHECK(t.size() == 8, "internal: interpolant inputs descriptor must have 8 fields");
+  ff::InterpolantInputs in;
+  in.x0 = to_view(t[0].cast<py::tuple>());
+  in.x1 = to_view(t[1].cast<py::tuple>());
+  in.t = to_view(t[2].cast<py::tuple>());
+  in.eps = to_view_or_empty(t[3]);
+  in.kind = static_cast<ff::PathKind>(t[4].cast<int32_t>());
+  in.sigma = t[5].cast<double>();
+  in.seed = t[6].cast<uint64_t>();
+  in.offset = t[7].cast<uint64_t>();
+  return in;
 }
 
 bool cuda_runtime_available() {
@@ -115,6 +131,40 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("cost"), py::arg("out"), py::arg("maximize"), py::arg("workspace") = 0,
       py::arg("workspace_bytes") = 0, py::arg("stream") = 0);
+
+  m.def("interpolant_sample", [](const py::tuple& inputs, const py::tuple& xt, const py::object& eps_out,
+                                 uintptr_t stream) {
+    ff::InterpolantSampleParams p;
+    p.in = to_interpolant_inputs(inputs);
+    p.xt = to_view(xt);
+    p.eps_out = to_view_or_empty(eps_out);
+    p.stream = reinterpret_cast<void*>(stream);
+    py::gil_scoped_release release;
+    ff::interpolant_sample(p);
+  });
+  m.def("interpolant_loss_forward", [](const py::tuple& inputs, const py::tuple& v, const py::object& weight,
+                                       const py::tuple& per_sample, uintptr_t stream) {
+    ff::InterpolantLossParams p;
+    p.in = to_interpolant_inputs(inputs);
+    p.v = to_view(v);
+    p.weight = to_view_or_empty(weight);
+    p.per_sample = to_view(per_sample);
+    p.stream = reinterpret_cast<void*>(stream);
+    py::gil_scoped_release release;
+    ff::interpolant_loss_forward(p);
+  });
+  m.def("interpolant_loss_backward", [](const py::tuple& inputs, const py::tuple& v, const py::object& weight,
+                                        const py::tuple& grad, const py::tuple& grad_v, uintptr_t stream) {
+    ff::InterpolantLossParams p;
+    p.in = to_interpolant_inputs(inputs);
+    p.v = to_view(v);
+    p.weight = to_view_or_empty(weight);
+    p.grad = to_view(grad);
+    p.grad_v = to_view(grad_v);
+    p.stream = reinterpret_cast<void*>(stream);
+    py::gil_scoped_release release;
+    ff::interpolant_loss_backward(p);
+  });
 
   // Sinkhorn: `problem` = (geometry, cost|None, x|None, y|None, log_a, log_b).
   m.def("sinkhorn_workspace_bytes", [](int32_t device, int64_t B, int64_t n, int64_t mm) {

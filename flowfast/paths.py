@@ -27,6 +27,7 @@ from typing import Callable, Optional
 
 import torch
 
+from flowfast import ops
 from flowfast._core import check_finite, check_float, check_same_device
 from flowfast.couplings.pairing import pair
 
@@ -81,6 +82,9 @@ class IndependentCFM:
     Args:
         sigma: standard deviation of the Gaussian around the straight path (torchcfm's ``sigma``).
     """
+
+    #: which path of the `interpolant` kernels implements this class's formulas
+    kernel_path = "linear"
 
     def __init__(self, sigma: float = 0.0) -> None:
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (math.isfinite(sigma) and sigma >= 0):
@@ -138,14 +142,46 @@ class IndependentCFM:
         return (t, xt, ut, eps) if return_noise else (t, xt, ut)
 
     def loss(self, model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: torch.Tensor,
-             x1: torch.Tensor, t=None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        r"""The whole flow-matching step: :math:`\mathbb E \|v_\theta(x_t, t) - u_t\|^2` (mean over all
-        elements), with ``model(x_t, t)``."""
-        t, xt, ut = self.sample_location_and_conditional_flow(x0, x1, t, generator=generator)
+             x1: torch.Tensor, t=None, generator: Optional[torch.Generator] = None,
+             weight: Optional[torch.Tensor] = None, fused: bool = True) -> torch.Tensor:
+        r"""The whole flow-matching step: couple, sample, call ``model(x_t, t)``, and return
+        :math:`\frac{1}{B D}\sum_b w_b \|v_\theta(x_t^b, t_b) - u_t^b\|^2`.
+
+        Args:
+            weight: optional ``(B,)`` per-sample weights (default 1).
+            fused: float32/float64 batches run the `interpolant` kernels: x_t is produced by one
+                fused kernel with Philox noise drawn from ``generator``, and the loss kernel recomputes
+                u_t (and the noise) instead of storing them; its backward returns only dL/dv. Other
+                dtypes (fp16/bf16) and ``fused=False`` use the eager torch formulas (same math,
+                noise from torch's RNG).
+        """
+        _check_pair(x0, x1)
+        x0, x1 = self.couple(x0, x1, generator)
+        t = (torch.rand(x0.shape[0], dtype=x0.dtype, device=x0.device, generator=generator) if t is None
+             else _check_t(t, x0))
+        if weight is not None:
+            if not isinstance(weight, torch.Tensor) or weight.shape != (x0.shape[0],):
+                raise ValueError(f"weight must be a ({x0.shape[0]},) tensor")
+            weight = weight.to(device=x0.device, dtype=x0.dtype)
+        if fused and x0.dtype in (torch.float32, torch.float64):
+            from flowfast.couplings.sinkhorn import draw_seed
+
+            seed, offset = draw_seed(generator)
+            kind = ops.interpolant.KINDS[self.kernel_path]
+            xt, _ = ops.interpolant.interpolant_sample(x0, x1, t, None, kind, self.sigma, seed, offset, False)
+            v = model(xt, t)
+            if v.shape != x0.shape:
+                raise ValueError(f"model(x_t, t) returned shape {tuple(v.shape)}, expected {tuple(x0.shape)}")
+            per_sample = ops.interpolant.interpolant_loss(v, x0, x1, t, None, weight, kind, self.sigma, seed, offset)
+            return per_sample.sum() / v.numel()
+        _, xt, ut = self.sample_paired(x0, x1, t, generator=generator)
         v = model(xt, t)
         if v.shape != ut.shape:
             raise ValueError(f"model(x_t, t) returned shape {tuple(v.shape)}, expected {tuple(ut.shape)}")
-        return torch.mean((v - ut) ** 2)
+        per_sample = ((v - ut) ** 2).reshape(v.shape[0], -1).sum(1)
+        if weight is not None:
+            per_sample = per_sample * weight
+        return per_sample.sum() / v.numel()
 
 
 class OptimalTransportCFM(IndependentCFM):
@@ -175,6 +211,8 @@ class SchrodingerBridgeCFM(IndependentCFM):
         ot_method: "sinkhorn" (entropic, the paper's choice) or "exact" (torchcfm's default).
         replace: as in :class:`OptimalTransportCFM`.
     """
+
+    kernel_path = "bridge"
 
     def __init__(self, sigma: float = 1.0, ot_method: str = "sinkhorn", replace: bool = False) -> None:
         super().__init__(sigma)
@@ -206,6 +244,8 @@ class TargetCFM(IndependentCFM):
     """Lipman et al.'s flow matching (torchcfm's TargetConditionalFlowMatcher): the path ends at x1
     with width ``sigma`` (sigma_min); the source must be N(0, I)."""
 
+    kernel_path = "target"
+
     def compute_mu_t(self, x0, x1, t):
         return pad_t_like_x(t, x1) * x1
 
@@ -219,6 +259,8 @@ class TargetCFM(IndependentCFM):
 
 class VariancePreservingCFM(IndependentCFM):
     """Trigonometric (variance-preserving) interpolant cos(pi t/2) x0 + sin(pi t/2) x1."""
+
+    kernel_path = "vp"
 
     def compute_mu_t(self, x0, x1, t):
         t = pad_t_like_x(t, x0)

@@ -1,5 +1,5 @@
 """torch.library custom ops over flowfast._C, one module per kernel family (mirrors csrc/)."""
 
-from flowfast.ops import assignment, sinkhorn
+from flowfast.ops import assignment, interpolant, sinkhorn
 
-__all__ = ["assignment", "sinkhorn"]
+__all__ = ["assignment", "interpolant", "sinkhorn"]

@@ -1,0 +1,60 @@
+// Per-element math of the `interpolant` family, shared by csrc/cpu/interpolant_cpu.cpp and
+// csrc/cuda/interpolant_cuda.cu. Every CFM path is linear in (x0, x1, eps) once t is fixed:
+//   x_t = a x0 + b x1 + c eps,    u_t = da x0 + db x1 + dc eps,
+// so one coefficient set per sample drives both the sampling and the loss kernels, and the
+// target u_t is recomputed wherever it is needed instead of being stored.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "flowfast/common.h"
+#include "flowfast/philox.h"
+
+namespace ff {
+
+/// Path families (flowfast/paths.py names): I-CFM and OT-CFM share Linear.
+enum class PathKind : int32_t { Linear = 0, Bridge = 1, Target = 2, VariancePreserving = 3 };
+
+struct PathCoeffs {
+  double a, b, c;     // x_t = a x0 + b x1 + c eps
+  double da, db, dc;  // u_t = da x0 + db x1 + dc eps
+};
+
+// SB-CFM divides by 2t(1-t); torchcfm's guard, kept so values agree with it.
+constexpr double kBridgeGuard = 1e-8;
+constexpr double kHalfPi = 1.5707963267948966;
+
+FF_HD PathCoeffs path_coeffs(PathKind kind, double t, double sigma) {
+  switch (kind) {
+    case PathKind::Bridge: {
+      const double s = sigma * sqrt(t * (1.0 - t));
+      const double k = (1.0 - 2.0 * t) / (2.0 * t * (1.0 - t) + kBridgeGuard);
+      return PathCoeffs{1.0 - t, t, s, -1.0, 1.0, k * s};
+    }
+    case PathKind::Target: {
+      // x_t = t x1 + (1 - (1 - sigma) t) eps;  u_t = (x1 - (1 - sigma) x_t) / (1 - (1 - sigma) t)
+      //     = x1 - (1 - sigma) eps.
+      return PathCoeffs{0.0, t, 1.0 - (1.0 - sigma) * t, 0.0, 1.0, -(1.0 - sigma)};
+    }
+    case PathKind::VariancePreserving: {
+      const double cs = cos(kHalfPi * t), sn = sin(kHalfPi * t);
+      return PathCoeffs{cs, sn, sigma, -kHalfPi * sn, kHalfPi * cs, 0.0};
+    }
+    case PathKind::Linear:
+    default:
+      return PathCoeffs{1.0 - t, t, sigma, -1.0, 1.0, 0.0};
+  }
+}
+
+/// Standard normal for logical element `index` of stream (seed, offset): Box-Muller on a Philox draw.
+FF_HD double standard_normal(uint64_t seed, uint64_t offset, uint64_t index) {
+  const PhiloxState r = philox4x32(static_cast<uint32_t>(index), static_cast<uint32_t>(index >> 32),
+                                   static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32) ^ 0x9E3779B9u,
+                                   static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+  const double u1 = uniform_open01(r.x[0], r.x[1]);
+  const double u2 = uniform_open01(r.x[2], r.x[3]);
+  return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+}  // namespace ff

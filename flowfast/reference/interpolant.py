@@ -1,0 +1,73 @@
+"""Pure-torch reference of the `interpolant` family (same contracts as flowfast.ops.interpolant):
+the path coefficients, Philox/Box-Muller noise identical to the kernels', x_t and the loss."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from flowfast.reference.sinkhorn import _MASK32, philox4x32
+
+BRIDGE_GUARD = 1e-8
+
+
+def path_coeffs(kind: int, t: torch.Tensor, sigma: float):
+    """(a, b, c, da, db, dc) with x_t = a x0 + b x1 + c eps and u_t = da x0 + db x1 + dc eps."""
+    t = t.double()
+    one, zero = torch.ones_like(t), torch.zeros_like(t)
+    if kind == 1:  # bridge
+        s = sigma * torch.sqrt(t * (1 - t))
+        k = (1 - 2 * t) / (2 * t * (1 - t) + BRIDGE_GUARD)
+        return 1 - t, t, s, -one, one, k * s
+    if kind == 2:  # target
+        return zero, t, 1 - (1 - sigma) * t, zero, one, -(1 - sigma) * one
+    if kind == 3:  # variance preserving
+        cs, sn = torch.cos(math.pi / 2 * t), torch.sin(math.pi / 2 * t)
+        return cs, sn, sigma * one, -math.pi / 2 * sn, math.pi / 2 * cs, zero
+    return 1 - t, t, sigma * one, -one, one, zero
+
+
+def _uniform(hi: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
+    bits = ((hi << 21) ^ (lo >> 11)) & ((1 << 53) - 1)
+    return (bits.to(torch.float64) + 0.5) * (1.0 / 9007199254740992.0)
+
+
+def noise(seed: int, offset: int, B: int, D: int, device=None) -> torch.Tensor:
+    """The kernels' standard normal for counter b * D + d (ff::standard_normal), float64 (B, D)."""
+    index = torch.arange(B * D, dtype=torch.int64, device=device)
+    c0, c1 = index & _MASK32, (index >> 32) & _MASK32
+    c2 = torch.full_like(index, offset & _MASK32)
+    c3 = torch.full_like(index, ((offset >> 32) & _MASK32) ^ 0x9E3779B9)
+    r0, r1, r2, r3 = philox4x32(c0, c1, c2, c3, seed & _MASK32, (seed >> 32) & _MASK32)
+    u1, u2 = _uniform(r0, r1), _uniform(r2, r3)
+    return (torch.sqrt(-2 * torch.log(u1)) * torch.cos(2 * math.pi * u2)).reshape(B, D)
+
+
+def _terms(x0, x1, t, eps, kind, sigma, seed, offset):
+    B = x0.shape[0]
+    r0, r1 = x0.reshape(B, -1).double(), x1.reshape(B, -1).double()
+    e = eps.reshape(B, -1).double() if eps is not None else noise(seed, offset, B, r0.shape[1], x0.device)
+    coeffs = [c[:, None] for c in path_coeffs(kind, t, sigma)]
+    return r0, r1, e, coeffs
+
+
+def sample(x0, x1, t, eps: Optional[torch.Tensor], kind: int, sigma: float, seed: int, offset: int, return_noise: bool):
+    r0, r1, e, (a, b, c, _, _, _) = _terms(x0, x1, t, eps, kind, sigma, seed, offset)
+    xt = (a * r0 + b * r1 + c * e).to(x0.dtype).reshape(x0.shape)
+    return xt, (e.to(x0.dtype).reshape(x0.shape) if return_noise else x0.new_empty(0))
+
+
+def target(x0, x1, t, eps, kind, sigma, seed, offset) -> torch.Tensor:
+    r0, r1, e, (_, _, _, da, db, dc) = _terms(x0, x1, t, eps, kind, sigma, seed, offset)
+    return da * r0 + db * r1 + dc * e
+
+
+def loss(v, x0, x1, t, eps, weight, kind, sigma, seed, offset) -> torch.Tensor:
+    """Per-sample w_b * sum_d (v - u_t)^2, differentiable in v by autograd."""
+    u = target(x0, x1, t, eps, kind, sigma, seed, offset)
+    per_sample = ((v.reshape(v.shape[0], -1).double() - u) ** 2).sum(1)
+    if weight is not None:
+        per_sample = per_sample * weight.double()
+    return per_sample.to(v.dtype)

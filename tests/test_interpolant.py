@@ -1,0 +1,129 @@
+"""The `interpolant` kernel family: fused CFM sampling and loss vs the pure-torch reference, the
+paths' formulas, gradients and op registration."""
+
+import pytest
+import torch
+
+from flowfast import _C, ops, paths, reference
+from flowfast.testing import devices
+
+KINDS = list(ops.interpolant.KINDS.items())
+PATHS = [(paths.IndependentCFM(0.1), "linear"), (paths.SchrodingerBridgeCFM(0.7), "bridge"),
+         (paths.TargetCFM(0.05), "target"), (paths.VariancePreservingCFM(0.2), "vp")]
+
+
+def _inputs(shape, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.randn(shape, generator=g, dtype=torch.float64)
+    x1 = torch.randn(shape, generator=g, dtype=torch.float64) + 1
+    t = torch.rand(shape[0], generator=g, dtype=torch.float64) * 0.98 + 0.01
+    eps = torch.randn(shape, generator=g, dtype=torch.float64)
+    v = torch.randn(shape, generator=g, dtype=torch.float64)
+    w = torch.rand(shape[0], generator=g, dtype=torch.float64) + 0.5
+    return [z.to(device, dtype) for z in (x0, x1, t, eps, v, w)]
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(9, 2), (4, 3, 5, 5)])
+@pytest.mark.parametrize("name,kind", KINDS)
+@pytest.mark.parametrize("given_noise", [True, False])
+def test_kernel_matches_reference(device, dtype, shape, name, kind, given_noise):
+    x0, x1, t, eps, v, w = _inputs(shape, dtype, device)
+    eps = eps if given_noise else None
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    xt, noise = ops.interpolant.interpolant_sample(x0, x1, t, eps, kind, 0.3, 11, 2**40 + 5, True)
+    xr, nr = reference.interpolant.sample(x0, x1, t, eps, kind, 0.3, 11, 2**40 + 5, True)
+    torch.testing.assert_close(xt, xr, **tol)
+    torch.testing.assert_close(noise, nr, **tol)
+    vk = v.clone().requires_grad_(True)
+    vr = v.clone().requires_grad_(True)
+    lk = ops.interpolant.interpolant_loss(vk, x0, x1, t, eps, w, kind, 0.3, 11, 2**40 + 5)
+    lr = reference.interpolant.loss(vr, x0, x1, t, eps, w, kind, 0.3, 11, 2**40 + 5)
+    torch.testing.assert_close(lk, lr, **tol)
+    upstream = torch.linspace(0.5, 1.5, shape[0], dtype=dtype, device=device)
+    (gk,) = torch.autograd.grad((lk * upstream).sum(), vk)
+    (gr,) = torch.autograd.grad((lr * upstream).sum(), vr)
+    torch.testing.assert_close(gk, gr, **tol)
+
+
+@pytest.mark.parametrize("path,name", PATHS, ids=[n for _, n in PATHS])
+def test_kernel_coefficients_are_the_paths_formulas(path, name):
+    x0, x1, t, eps, _, _ = _inputs((6, 4), torch.float64, "cpu")
+    kind = ops.interpolant.KINDS[name]
+    xt, _ = ops.interpolant.interpolant_sample(x0, x1, t, eps, kind, path.sigma, 0, 0, False)
+    torch.testing.assert_close(xt, path.sample_xt(x0, x1, t, eps))
+    u = reference.interpolant.target(x0, x1, t, eps, kind, path.sigma, 0, 0)
+    torch.testing.assert_close(u, path.compute_conditional_flow(x0, x1, t, xt), rtol=1e-10, atol=1e-10)
+
+
+def test_philox_noise_is_standard_normal_and_reproducible():
+    x = torch.zeros(400, 250, dtype=torch.float64)
+    t = torch.full((400,), 0.0, dtype=torch.float64)
+    ones = torch.ones_like(x)
+    _, n1 = ops.interpolant.interpolant_sample(x, ones, t, None, 0, 1.0, 7, 3, True)
+    _, n2 = ops.interpolant.interpolant_sample(x, ones, t, None, 0, 1.0, 7, 3, True)
+    _, n3 = ops.interpolant.interpolant_sample(x, ones, t, None, 0, 1.0, 7, 4, True)
+    torch.testing.assert_close(n1, n2, rtol=0, atol=0)
+    assert not torch.equal(n1, n3)
+    assert abs(float(n1.mean())) < 0.01 and abs(float(n1.std()) - 1) < 0.01
+    assert abs(float((n1**4).mean()) - 3) < 0.1  # Gaussian kurtosis
+
+
+def test_loss_gradcheck_float64():
+    x0, x1, t, eps, v, w = _inputs((3, 4), torch.float64, "cpu")
+    v.requires_grad_(True)
+    for kind in range(4):
+        assert torch.autograd.gradcheck(
+            lambda vv: ops.interpolant.interpolant_loss(vv, x0, x1, t, None, w, kind, 0.3, 5, 6), (v,))
+
+
+@pytest.mark.parametrize("given_noise", [True, False])
+def test_opcheck(given_noise):
+    x0, x1, t, eps, v, w = _inputs((3, 2, 2), torch.float64, "cpu")
+    eps = eps if given_noise else None
+    torch.library.opcheck(ops.interpolant.interpolant_sample, (x0, x1, t, eps, 1, 0.5, 3, 9, True))
+    torch.library.opcheck(ops.interpolant.interpolant_loss, (v.requires_grad_(True), x0, x1, t, eps, w, 3, 0.5, 3, 9))
+    torch.library.opcheck(ops.interpolant.interpolant_loss_backward,
+                          (torch.ones(3, dtype=torch.float64), v.detach(), x0, x1, t, eps, None, 0, 0.5, 3, 9))
+
+
+@pytest.mark.parametrize("path,name", PATHS, ids=[n for _, n in PATHS])
+def test_fused_loss_equals_eager_loss_for_the_same_noise(path, name, monkeypatch):
+    """path.loss(fused=True) draws Philox noise; feeding that noise to the eager formulas gives the
+    same loss and the same parameter gradients (coupling switched off: it is tested elsewhere)."""
+    monkeypatch.setattr(path, "couple", lambda x0, x1, generator=None: (x0, x1))
+    x0, x1, t, _, _, w = _inputs((16, 3), torch.float64, "cpu")
+    net = torch.nn.Linear(4, 3).double()
+
+    def model(x, tt):
+        return net(torch.cat([x, tt[:, None]], dim=-1))
+
+    g = torch.Generator().manual_seed(5)
+    fused = path.loss(model, x0, x1, t=t, weight=w, generator=g)
+    (g_fused,) = torch.autograd.grad(fused, net.weight)
+    from flowfast.couplings.sinkhorn import draw_seed
+
+    seed, offset = draw_seed(torch.Generator().manual_seed(5))
+    noise = reference.interpolant.noise(seed, offset, 16, 3)
+    xt = path.sample_xt(x0, x1, t, noise)
+    ut = path.compute_conditional_flow(x0, x1, t, xt)
+    eager = (((model(xt, t) - ut) ** 2).sum(1) * w).sum() / ut.numel()
+    (g_eager,) = torch.autograd.grad(eager, net.weight)
+    torch.testing.assert_close(fused, eager)
+    torch.testing.assert_close(g_fused, g_eager)
+
+
+def test_direct_calls_validate_shapes():
+    x0, x1, t, _, v, _ = _inputs((4, 3), torch.float64, "cpu")
+    with pytest.raises(ValueError, match="x1"):
+        ops.interpolant.interpolant_sample(x0, x1[:2], t, None, 0, 0.1, 0, 0, False)
+    with pytest.raises(ValueError, match="t"):
+        ops.interpolant.interpolant_sample(x0, x1, t[:2], None, 0, 0.1, 0, 0, False)
+    with pytest.raises(ValueError, match="path kind"):
+        ops.interpolant.interpolant_sample(x0, x1, t, None, 7, 0.1, 0, 0, False)
+    with pytest.raises(ValueError, match="sigma"):
+        ops.interpolant.interpolant_sample(x0, x1, t, None, 0, float("nan"), 0, 0, False)
+    with pytest.raises(ValueError, match="float32 or float64"):
+        ops.interpolant.interpolant_loss(v.half(), x0.half(), x1.half(), t.half(), None, None, 0, 0.1, 0, 0)
+    assert issubclass(_C.KernelError, ValueError)
