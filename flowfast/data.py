@@ -47,4 +47,37 @@ def moons(n: int, generator: torch.Generator | None = None, device=None) -> torc
     return (x * 3 - 1).to(device)
 
 
-SAMPLERS = {"gaussian": gaussian, "8gaussians": eight_gaussians, "moons": moons}
+def scurve(n: int, generator: torch.Generator | None = None, device=None, noise: float = 0.1) -> torch.Tensor:
+    """2-D S curve: the (x, z) projection of sklearn's ``make_s_curve`` (t ~ U(-3pi/2, 3pi/2),
+    x = sin t, z = sign(t) (cos t - 1)), scaled by 2, plus Gaussian noise of std ``noise``, (n, 2)."""
+    n = _check_n(n)
+    t = 3 * math.pi * (torch.rand(n, generator=generator) - 0.5)
+    x = torch.stack([torch.sin(t), torch.sign(t) * (torch.cos(t) - 1)], dim=1) * 2
+    return (x + noise * torch.randn(n, 2, generator=generator)).to(device)
+
+
+def checkerboard(n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """Uniform on the 8 dark squares of a 4 x 4 checkerboard over [-4, 4]^2, (n, 2)."""
+    n = _check_n(n)
+    row = torch.randint(0, 4, (n,), generator=generator)
+    col_in_row = torch.randint(0, 2, (n,), generator=generator)
+    y = (2 * col_in_row + (row % 2)) * 2 - 4 + torch.rand(n, generator=generator) * 2
+    x = row * 2 - 4 + torch.rand(n, generator=generator) * 2
+    return torch.stack([x, y], dim=1).to(device)
+
+
+SAMPLERS = {
+    "gaussian": gaussian,
+    "8gaussians": eight_gaussians,
+    "moons": moons,
+    "scurve": scurve,
+    "checkerboard": checkerboard,
+}
+
+
+def get_sampler(name: str):
+    """A sampler by name (see ``SAMPLERS``); any callable ``sample(n, generator)`` works in its place."""
+    try:
+        return SAMPLERS[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(SAMPLERS)}") from None
