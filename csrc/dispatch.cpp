@@ -125,8 +125,9 @@ void check_rows(const TensorView& t, const TensorView& like, const char* what, i
 
 const TensorView& check_interpolant_inputs(const InterpolantInputs& in) {
   check_view(in.x0, "interpolant: x0", 2);
-  FF_CHECK(in.x0.dtype == DType::Float32 || in.x0.dtype == DType::Float64,
-           "interpolant: expected float32 or float64, got ", dtype_name(in.x0.dtype));
+  FF_CHECK(in.x0.dtype == DType::Float32 || in.x0.dtype == DType::Float64 || in.x0.dtype == DType::Float16 ||
+               in.x0.dtype == DType::BFloat16,
+           "interpolant: expected float32, float64, float16 or bfloat16, got ", dtype_name(in.x0.dtype));
   check_rows(in.x0, in.x0, "interpolant: x0", 2, false);
   check_rows(in.x1, in.x0, "interpolant: x1", 2, false);
   check_rows(in.t, in.x0, "interpolant: t", 1, false);

@@ -149,11 +149,11 @@ class IndependentCFM:
 
         Args:
             weight: optional ``(B,)`` per-sample weights (default 1).
-            fused: float32/float64 batches run the `interpolant` kernels: x_t is produced by one
-                fused kernel with Philox noise drawn from ``generator``, and the loss kernel recomputes
-                u_t (and the noise) instead of storing them; its backward returns only dL/dv. Other
-                dtypes (fp16/bf16) and ``fused=False`` use the eager torch formulas (same math,
-                noise from torch's RNG).
+            fused: run the `interpolant` kernels (float32/float64/float16/bfloat16; they compute
+                in double): x_t comes from one fused kernel with Philox noise drawn from
+                ``generator``, and the loss kernel recomputes u_t (and the noise) instead of storing
+                them; its backward returns only dL/dv. ``fused=False`` uses the eager torch formulas
+                (same math, noise from torch's RNG).
         """
         _check_pair(x0, x1)
         x0, x1 = self.couple(x0, x1, generator)
@@ -163,7 +163,7 @@ class IndependentCFM:
             if not isinstance(weight, torch.Tensor) or weight.shape != (x0.shape[0],):
                 raise ValueError(f"weight must be a ({x0.shape[0]},) tensor")
             weight = weight.to(device=x0.device, dtype=x0.dtype)
-        if fused and x0.dtype in (torch.float32, torch.float64):
+        if fused and x0.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
             from flowfast.couplings.sinkhorn import draw_seed
 
             seed, offset = draw_seed(generator)

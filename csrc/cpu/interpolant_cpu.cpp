@@ -1,7 +1,8 @@
 // CPU twin of csrc/cuda/interpolant_cuda.cu: fused CFM path sampling and loss forward/backward,
-// rows in parallel (OpenMP). Accumulates in double whatever the input dtype.
+// rows in parallel (OpenMP). float32/float64/float16/bfloat16 storage; computes in double.
 #include <type_traits>
 
+#include "flowfast/half.h"
 #include "flowfast/interpolant.h"
 
 namespace ff {
@@ -99,15 +100,15 @@ void loss_backward(const InterpolantLossParams& p) {
 }  // namespace
 
 void interpolant_sample_cpu(const InterpolantSampleParams& p) {
-  FF_DISPATCH_FLOATING(p.in.x0.dtype, scalar_t, "interpolant", [&] { sample<scalar_t>(p); });
+  FF_DISPATCH_FLOATING_AND_HALF(p.in.x0.dtype, scalar_t, Half, BFloat16, "interpolant", [&] { sample<scalar_t>(p); });
 }
 
 void interpolant_loss_forward_cpu(const InterpolantLossParams& p) {
-  FF_DISPATCH_FLOATING(p.in.x0.dtype, scalar_t, "interpolant", [&] { loss_forward<scalar_t>(p); });
+  FF_DISPATCH_FLOATING_AND_HALF(p.in.x0.dtype, scalar_t, Half, BFloat16, "interpolant", [&] { loss_forward<scalar_t>(p); });
 }
 
 void interpolant_loss_backward_cpu(const InterpolantLossParams& p) {
-  FF_DISPATCH_FLOATING(p.in.x0.dtype, scalar_t, "interpolant", [&] { loss_backward<scalar_t>(p); });
+  FF_DISPATCH_FLOATING_AND_HALF(p.in.x0.dtype, scalar_t, Half, BFloat16, "interpolant", [&] { loss_backward<scalar_t>(p); });
 }
 
 }  // namespace ff

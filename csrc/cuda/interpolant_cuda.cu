@@ -1,9 +1,13 @@
 // CUDA twin of csrc/cpu/interpolant_cpu.cpp: fused CFM path sampling (grid-stride, one thread per
 // element), loss forward (one block per sample row, block reduction; deterministic) and loss
 // backward (grid-stride). Per-element math from flowfast/interpolant_math.h; the noise is read or
-// drawn by Philox with counter = b * D + d, exactly as on the CPU. Accumulates in double.
+// drawn by Philox with counter = b * D + d, exactly as on the CPU. float32/float64/float16/
+// bfloat16 storage (__half, __nv_bfloat16); computes and accumulates in double.
 // Assumes contiguous (B, D) rows and (B,) vectors.
 #include <cstdint>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include "cuda_utils.cuh"
 #include "flowfast/interpolant.h"
@@ -95,7 +99,7 @@ unsigned grid_for(int64_t total) {
 
 void interpolant_sample_cuda(const InterpolantSampleParams& p) {
   cuda::DeviceGuard guard(p.in.x0.device_index);
-  FF_DISPATCH_FLOATING(p.in.x0.dtype, T, "interpolant", [&] {
+  FF_DISPATCH_FLOATING_AND_HALF(p.in.x0.dtype, T, __half, __nv_bfloat16, "interpolant", [&] {
     const DevRows<T> in = rows_of<T>(p.in);
     sample_kernel<T><<<grid_for(in.B * in.D), kThreads, 0, cuda::as_stream(p.stream)>>>(
         in, static_cast<T*>(p.xt.data), static_cast<T*>(p.eps_out.data));
@@ -106,7 +110,7 @@ void interpolant_sample_cuda(const InterpolantSampleParams& p) {
 void interpolant_loss_forward_cuda(const InterpolantLossParams& p) {
   cuda::DeviceGuard guard(p.in.x0.device_index);
   FF_CHECK(p.in.x0.shape[0] <= 2147483647LL, "interpolant: batch too large for one launch");
-  FF_DISPATCH_FLOATING(p.in.x0.dtype, T, "interpolant", [&] {
+  FF_DISPATCH_FLOATING_AND_HALF(p.in.x0.dtype, T, __half, __nv_bfloat16, "interpolant", [&] {
     const DevRows<T> in = rows_of<T>(p.in);
     loss_forward_kernel<T><<<static_cast<unsigned>(in.B), kThreads, 0, cuda::as_stream(p.stream)>>>(
         in, static_cast<const T*>(p.v.data), static_cast<const T*>(p.weight.data), static_cast<T*>(p.per_sample.data));
@@ -116,7 +120,7 @@ void interpolant_loss_forward_cuda(const InterpolantLossParams& p) {
 
 void interpolant_loss_backward_cuda(const InterpolantLossParams& p) {
   cuda::DeviceGuard guard(p.in.x0.device_index);
-  FF_DISPATCH_FLOATING(p.in.x0.dtype, T, "interpolant", [&] {
+  FF_DISPATCH_FLOATING_AND_HALF(p.in.x0.dtype, T, __half, __nv_bfloat16, "interpolant", [&] {
     const DevRows<T> in = rows_of<T>(p.in);
     loss_backward_kernel<T><<<grid_for(in.B * in.D), kThreads, 0, cuda::as_stream(p.stream)>>>(
         in, static_cast<const T*>(p.v.data), static_cast<const T*>(p.weight.data), static_cast<const T*>(p.grad.data),

@@ -91,3 +91,18 @@ inline const char* dtype_name(DType t) {
         FF_CHECK(false, NAME, ": expected float32 or float64, got ", ::ff::dtype_name(DTYPE)); \
     }                                                                               \
   }()
+
+// FF_DISPATCH_FLOATING_AND_HALF(dtype, scalar_t, Half16, BFloat16, name, body): float, double and
+// the two 16-bit types, which each backend names itself (ff::Half / ff::BFloat16 on the CPU,
+// __half / __nv_bfloat16 in CUDA files). For bandwidth-bound kernels that compute in double.
+#define FF_DISPATCH_FLOATING_AND_HALF(DTYPE, SCALAR, HALF_T, BF16_T, NAME, ...)        \
+  [&] {                                                                             \
+    switch (DTYPE) {                                                                \
+      case ::ff::DType::Float32: { using SCALAR = float; return __VA_ARGS__(); }    \
+      case ::ff::DType::Float64: { using SCALAR = double; return __VA_ARGS__(); }   \
+      case ::ff::DType::Float16: { using SCALAR = HALF_T; return __VA_ARGS__(); }   \
+      case ::ff::DType::BFloat16: { using SCALAR = BF16_T; return __VA_ARGS__(); }  \
+      default:                                                                      \
+        FF_CHECK(false, NAME, ": expected a floating dtype, got ", ::ff::dtype_name(DTYPE)); \
+    }                                                                               \
+  }()
