@@ -139,18 +139,19 @@ const TensorView& check_interpolant_inputs(const InterpolantInputs& in) {
 
 }  // namespace
 
+// Calls NAME_cuda(p) or NAME_cpu(p) by REF's device; CUDA memory in a CPU-only build is an error.
+#if defined(FLOWFAST_WITH_CUDA)
+#define FF_ROUTE(REF, FAMILY, NAME, P) ((on_cuda(REF, FAMILY)) ? NAME##_cuda(P) : NAME##_cpu(P))
+#else
+#define FF_ROUTE(REF, FAMILY, NAME, P) ((void)on_cuda(REF, FAMILY), NAME##_cpu(P))
+#endif
+
 void interpolant_sample(const InterpolantSampleParams& p) {
   const TensorView& ref = check_interpolant_inputs(p.in);
   check_rows(p.xt, ref, "interpolant: x_t", 2, false);
   check_rows(p.eps_out, ref, "interpolant: eps_out", 2, true);
   if (ref.numel() == 0) return;
-  if (on_cuda(ref, "interpolant")) {
-#if defined(FLOWFAST_WITH_CUDA)
-    interpolant_sample_cuda(p);
-#endif
-    return;
-  }
-  interpolant_sample_cpu(p);
+  FF_ROUTE(ref, "interpolant", interpolant_sample, p);
 }
 
 void interpolant_loss_forward(const InterpolantLossParams& p) {
@@ -159,13 +160,7 @@ void interpolant_loss_forward(const InterpolantLossParams& p) {
   check_rows(p.weight, ref, "interpolant: weight", 1, true);
   check_rows(p.per_sample, ref, "interpolant: per-sample loss", 1, false);
   if (ref.shape[0] == 0) return;
-  if (on_cuda(ref, "interpolant")) {
-#if defined(FLOWFAST_WITH_CUDA)
-    interpolant_loss_forward_cuda(p);
-#endif
-    return;
-  }
-  interpolant_loss_forward_cpu(p);
+  FF_ROUTE(ref, "interpolant", interpolant_loss_forward, p);
 }
 
 void interpolant_loss_backward(const InterpolantLossParams& p) {
@@ -175,13 +170,7 @@ void interpolant_loss_backward(const InterpolantLossParams& p) {
   check_rows(p.grad, ref, "interpolant: grad", 1, false);
   check_rows(p.grad_v, ref, "interpolant: grad_v", 2, false);
   if (ref.numel() == 0) return;
-  if (on_cuda(ref, "interpolant")) {
-#if defined(FLOWFAST_WITH_CUDA)
-    interpolant_loss_backward_cuda(p);
-#endif
-    return;
-  }
-  interpolant_loss_backward_cpu(p);
+  FF_ROUTE(ref, "interpolant", interpolant_loss_backward, p);
 }
 
 int64_t sinkhorn_workspace_bytes(DeviceType device, int64_t B, int64_t n, int64_t m) {
@@ -208,8 +197,8 @@ void sinkhorn_solve(const SinkhornParams& p) {
   FF_CHECK(p.max_iter >= 0, "sinkhorn: max_iter must be >= 0");
   FF_CHECK(p.check_every >= 1, "sinkhorn: check_every must be >= 1");
   FF_CHECK(p.tol >= 0, "sinkhorn: tol must be >= 0");
-  if (on_cuda(ref, "sinkhorn")) {
 #if defined(FLOWFAST_WITH_CUDA)
+  if (ref.device == DeviceType::CUDA) {
     FF_CHECK(p.workspace_bytes >= sinkhorn_cuda_workspace_bytes(p.problem.batch(), p.problem.rows(), p.problem.cols()),
              "sinkhorn: CUDA workspace too small");
     for (auto [t, what] : {std::pair{&p.f, "sinkhorn: f"}, {&p.g, "sinkhorn: g"}, {&p.problem.log_a, "sinkhorn: log_a"},
@@ -219,11 +208,9 @@ void sinkhorn_solve(const SinkhornParams& p) {
     }
     check_eps_range(ref.dtype, p.eps, "sinkhorn: eps");
     check_eps_range(ref.dtype, p.eps_start, "sinkhorn: eps_start");
-    sinkhorn_solve_cuda(p);
-#endif
-    return;
   }
-  sinkhorn_solve_cpu(p);
+#endif
+  FF_ROUTE(ref, "sinkhorn", sinkhorn_solve, p);
 }
 
 void sinkhorn_plan(const SinkhornPlanParams& p) {
@@ -247,8 +234,8 @@ void sinkhorn_plan(const SinkhornPlanParams& p) {
     check_shape(p.plan_t_x, "sinkhorn: plan_t_x", {B, m, d});
     check_float_like(p.plan_t_x, ref, "sinkhorn: plan_t_x");
   }
-  if (on_cuda(ref, "sinkhorn")) {
 #if defined(FLOWFAST_WITH_CUDA)
+  if (ref.device == DeviceType::CUDA) {
     for (auto [t, what] : {std::pair{&p.f, "sinkhorn: f"}, {&p.g, "sinkhorn: g"}, {&pr.log_a, "sinkhorn: log_a"},
                            {&pr.log_b, "sinkhorn: log_b"}, {&p.row_mass, "sinkhorn: row_mass"},
                            {&p.col_mass, "sinkhorn: col_mass"}, {&p.transport_cost, "sinkhorn: transport_cost"}}) {
@@ -257,11 +244,9 @@ void sinkhorn_plan(const SinkhornPlanParams& p) {
     check_last_unit(p.plan_y, "sinkhorn: plan_y");
     check_last_unit(p.plan_t_x, "sinkhorn: plan_t_x");
     check_eps_range(ref.dtype, p.eps, "sinkhorn: eps");
-    sinkhorn_plan_cuda(p);
-#endif
-    return;
   }
-  sinkhorn_plan_cpu(p);
+#endif
+  FF_ROUTE(ref, "sinkhorn", sinkhorn_plan, p);
 }
 
 void sinkhorn_sample(const SinkhornSampleParams& p) {
@@ -271,15 +256,13 @@ void sinkhorn_sample(const SinkhornSampleParams& p) {
   FF_CHECK(std::isfinite(p.eps) && p.eps > 0, "sinkhorn: eps must be finite and > 0");
   check_shape(p.cols, "sinkhorn: sampled columns", {pr.batch(), pr.rows()});
   FF_CHECK(p.cols.dtype == DType::Int64, "sinkhorn: sampled columns must be int64");
-  if (on_cuda(ref, "sinkhorn")) {
 #if defined(FLOWFAST_WITH_CUDA)
+  if (ref.device == DeviceType::CUDA) {
     check_packed(p.g, "sinkhorn: g");
     check_packed(pr.log_b, "sinkhorn: log_b");
-    sinkhorn_sample_cuda(p);
-#endif
-    return;
   }
-  sinkhorn_sample_cpu(p);
+#endif
+  FF_ROUTE(ref, "sinkhorn", sinkhorn_sample, p);
 }
 
 int64_t assignment_workspace_bytes(DeviceType device, int64_t B, int64_t n, int64_t m) {

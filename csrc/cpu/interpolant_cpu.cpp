@@ -1,7 +1,5 @@
 // CPU twin of csrc/cuda/interpolant_cuda.cu: fused CFM path sampling and loss forward/backward,
 // rows in parallel (OpenMP). float32/float64/float16/bfloat16 storage; computes in double.
-#include <type_traits>
-
 #include "flowfast/half.h"
 #include "flowfast/interpolant.h"
 
@@ -9,40 +7,8 @@ namespace ff {
 namespace {
 
 template <typename T>
-struct RowInputs {
-  const T* x0;
-  const T* x1;
-  const T* t;
-  const T* eps;
-  int64_t B, D;
-  PathKind kind;
-  double sigma;
-  uint64_t seed, offset;
-
-  explicit RowInputs(const InterpolantInputs& in)
-      : x0(static_cast<const T*>(in.x0.data)),
-        x1(static_cast<const T*>(in.x1.data)),
-        t(static_cast<const T*>(in.t.data)),
-        eps(static_cast<const T*>(in.eps.data)),
-        B(in.x0.shape[0]),
-        D(in.x0.shape[1]),
-        kind(in.kind),
-        sigma(in.sigma),
-        seed(in.seed),
-        offset(in.offset) {}
-
-  double noise(int64_t k) const {
-    return eps ? static_cast<double>(eps[k]) : standard_normal(seed, offset, static_cast<uint64_t>(k));
-  }
-  PathCoeffs coeffs(int64_t b) const { return path_coeffs(kind, static_cast<double>(t[b]), sigma); }
-  double target(const PathCoeffs& c, int64_t k, double e) const {
-    return c.da * static_cast<double>(x0[k]) + c.db * static_cast<double>(x1[k]) + c.dc * e;
-  }
-};
-
-template <typename T>
 void sample(const InterpolantSampleParams& p) {
-  const RowInputs<T> in(p.in);
+  const auto in = InterpolantRows<T>::from(p.in);
   T* xt = static_cast<T*>(p.xt.data);
   T* eps_out = static_cast<T*>(p.eps_out.data);
 #if defined(FLOWFAST_WITH_OPENMP)
@@ -52,7 +18,7 @@ void sample(const InterpolantSampleParams& p) {
     const PathCoeffs c = in.coeffs(b);
     for (int64_t k = b * in.D; k < (b + 1) * in.D; ++k) {
       const double e = in.noise(k);
-      xt[k] = static_cast<T>(c.a * static_cast<double>(in.x0[k]) + c.b * static_cast<double>(in.x1[k]) + c.c * e);
+      xt[k] = static_cast<T>(in.interpolate(c, k, e));
       if (eps_out) eps_out[k] = static_cast<T>(e);
     }
   }
@@ -60,7 +26,7 @@ void sample(const InterpolantSampleParams& p) {
 
 template <typename T>
 void loss_forward(const InterpolantLossParams& p) {
-  const RowInputs<T> in(p.in);
+  const auto in = InterpolantRows<T>::from(p.in);
   const T* v = static_cast<const T*>(p.v.data);
   const T* weight = static_cast<const T*>(p.weight.data);
   T* per_sample = static_cast<T*>(p.per_sample.data);
@@ -80,7 +46,7 @@ void loss_forward(const InterpolantLossParams& p) {
 
 template <typename T>
 void loss_backward(const InterpolantLossParams& p) {
-  const RowInputs<T> in(p.in);
+  const auto in = InterpolantRows<T>::from(p.in);
   const T* v = static_cast<const T*>(p.v.data);
   const T* weight = static_cast<const T*>(p.weight.data);
   const T* grad = static_cast<const T*>(p.grad.data);

@@ -18,50 +18,22 @@ namespace {
 constexpr int kThreads = 256;
 
 template <typename T>
-struct DevRows {
-  const T* x0;
-  const T* x1;
-  const T* t;
-  const T* eps;
-  int64_t B, D;
-  PathKind kind;
-  double sigma;
-  uint64_t seed, offset;
-
-  __device__ __forceinline__ double noise(int64_t k) const {
-    return eps ? static_cast<double>(eps[k]) : standard_normal(seed, offset, static_cast<uint64_t>(k));
-  }
-  __device__ __forceinline__ double target(const PathCoeffs& c, int64_t k, double e) const {
-    return c.da * static_cast<double>(x0[k]) + c.db * static_cast<double>(x1[k]) + c.dc * e;
-  }
-};
-
-template <typename T>
-DevRows<T> rows_of(const InterpolantInputs& in) {
-  return DevRows<T>{static_cast<const T*>(in.x0.data), static_cast<const T*>(in.x1.data),
-                    static_cast<const T*>(in.t.data),  static_cast<const T*>(in.eps.data),
-                    in.x0.shape[0],                    in.x0.shape[1],
-                    in.kind,                           in.sigma,
-                    in.seed,                           in.offset};
-}
-
-template <typename T>
-__global__ void sample_kernel(DevRows<T> in, T* xt, T* eps_out) {
+__global__ void sample_kernel(InterpolantRows<T> in, T* xt, T* eps_out) {
   const int64_t total = in.B * in.D;
   for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < total;
        k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const PathCoeffs c = path_coeffs(in.kind, static_cast<double>(in.t[k / in.D]), in.sigma);
+    const PathCoeffs c = in.coeffs(k / in.D);
     const double e = in.noise(k);
-    xt[k] = static_cast<T>(c.a * static_cast<double>(in.x0[k]) + c.b * static_cast<double>(in.x1[k]) + c.c * e);
+    xt[k] = static_cast<T>(in.interpolate(c, k, e));
     if (eps_out) eps_out[k] = static_cast<T>(e);
   }
 }
 
 template <typename T>
-__global__ void loss_forward_kernel(DevRows<T> in, const T* v, const T* weight, T* per_sample) {
+__global__ void loss_forward_kernel(InterpolantRows<T> in, const T* v, const T* weight, T* per_sample) {
   __shared__ double partial[kThreads / cuda::kWarp];
   const int64_t b = blockIdx.x;
-  const PathCoeffs c = path_coeffs(in.kind, static_cast<double>(in.t[b]), in.sigma);
+  const PathCoeffs c = in.coeffs(b);
   double acc = 0.0;
   for (int64_t d = threadIdx.x; d < in.D; d += kThreads) {
     const int64_t k = b * in.D + d;
@@ -79,12 +51,12 @@ __global__ void loss_forward_kernel(DevRows<T> in, const T* v, const T* weight, 
 }
 
 template <typename T>
-__global__ void loss_backward_kernel(DevRows<T> in, const T* v, const T* weight, const T* grad, T* grad_v) {
+__global__ void loss_backward_kernel(InterpolantRows<T> in, const T* v, const T* weight, const T* grad, T* grad_v) {
   const int64_t total = in.B * in.D;
   for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < total;
        k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t b = k / in.D;
-    const PathCoeffs c = path_coeffs(in.kind, static_cast<double>(in.t[b]), in.sigma);
+    const PathCoeffs c = in.coeffs(b);
     const double scale = 2.0 * static_cast<double>(grad[b]) * (weight ? static_cast<double>(weight[b]) : 1.0);
     grad_v[k] = static_cast<T>(scale * (static_cast<double>(v[k]) - in.target(c, k, in.noise(k))));
   }
@@ -100,7 +72,7 @@ unsigned grid_for(int64_t total) {
 void interpolant_sample_cuda(const InterpolantSampleParams& p) {
   cuda::DeviceGuard guard(p.in.x0.device_index);
   FF_DISPATCH_FLOATING_AND_HALF(p.in.x0.dtype, T, __half, __nv_bfloat16, "interpolant", [&] {
-    const DevRows<T> in = rows_of<T>(p.in);
+    const auto in = InterpolantRows<T>::from(p.in);
     sample_kernel<T><<<grid_for(in.B * in.D), kThreads, 0, cuda::as_stream(p.stream)>>>(
         in, static_cast<T*>(p.xt.data), static_cast<T*>(p.eps_out.data));
     FF_CUDA_CHECK(cudaGetLastError());
@@ -111,7 +83,7 @@ void interpolant_loss_forward_cuda(const InterpolantLossParams& p) {
   cuda::DeviceGuard guard(p.in.x0.device_index);
   FF_CHECK(p.in.x0.shape[0] <= 2147483647LL, "interpolant: batch too large for one launch");
   FF_DISPATCH_FLOATING_AND_HALF(p.in.x0.dtype, T, __half, __nv_bfloat16, "interpolant", [&] {
-    const DevRows<T> in = rows_of<T>(p.in);
+    const auto in = InterpolantRows<T>::from(p.in);
     loss_forward_kernel<T><<<static_cast<unsigned>(in.B), kThreads, 0, cuda::as_stream(p.stream)>>>(
         in, static_cast<const T*>(p.v.data), static_cast<const T*>(p.weight.data), static_cast<T*>(p.per_sample.data));
     FF_CUDA_CHECK(cudaGetLastError());
@@ -121,7 +93,7 @@ void interpolant_loss_forward_cuda(const InterpolantLossParams& p) {
 void interpolant_loss_backward_cuda(const InterpolantLossParams& p) {
   cuda::DeviceGuard guard(p.in.x0.device_index);
   FF_DISPATCH_FLOATING_AND_HALF(p.in.x0.dtype, T, __half, __nv_bfloat16, "interpolant", [&] {
-    const DevRows<T> in = rows_of<T>(p.in);
+    const auto in = InterpolantRows<T>::from(p.in);
     loss_backward_kernel<T><<<grid_for(in.B * in.D), kThreads, 0, cuda::as_stream(p.stream)>>>(
         in, static_cast<const T*>(p.v.data), static_cast<const T*>(p.weight.data), static_cast<const T*>(p.grad.data),
         static_cast<T*>(p.grad_v.data));

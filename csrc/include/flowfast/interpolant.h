@@ -20,6 +20,39 @@ struct InterpolantInputs {
   uint64_t seed = 0, offset = 0;
 };
 
+/// Typed view of the inputs with the per-element formulas, shared by the CPU and CUDA kernels
+/// (T: the storage type, float/double or each backend's 16-bit types).
+template <typename T>
+struct InterpolantRows {
+  const T* x0;
+  const T* x1;
+  const T* t;
+  const T* eps;
+  int64_t B, D;
+  PathKind kind;
+  double sigma;
+  uint64_t seed, offset;
+
+  static InterpolantRows from(const InterpolantInputs& in) {
+    return InterpolantRows{static_cast<const T*>(in.x0.data), static_cast<const T*>(in.x1.data),
+                           static_cast<const T*>(in.t.data),  static_cast<const T*>(in.eps.data),
+                           in.x0.shape[0],                    in.x0.shape[1],
+                           in.kind,                           in.sigma,
+                           in.seed,                           in.offset};
+  }
+  /// The noise of element k = b * D + d: given, or Philox.
+  FF_HD double noise(int64_t k) const {
+    return eps ? static_cast<double>(eps[k]) : standard_normal(seed, offset, static_cast<uint64_t>(k));
+  }
+  FF_HD PathCoeffs coeffs(int64_t b) const { return path_coeffs(kind, static_cast<double>(t[b]), sigma); }
+  FF_HD double interpolate(const PathCoeffs& c, int64_t k, double e) const {
+    return c.a * static_cast<double>(x0[k]) + c.b * static_cast<double>(x1[k]) + c.c * e;
+  }
+  FF_HD double target(const PathCoeffs& c, int64_t k, double e) const {
+    return c.da * static_cast<double>(x0[k]) + c.db * static_cast<double>(x1[k]) + c.dc * e;
+  }
+};
+
 /// x_t (B, D) and, optionally, the noise used (B, D).
 struct InterpolantSampleParams {
   InterpolantInputs in;
