@@ -6,6 +6,29 @@
 namespace ff {
 namespace {
 
+// Drawn noise along a row: each Box-Muller pair is computed once and serves elements 2p, 2p + 1.
+template <typename T>
+class NoiseCursor {
+ public:
+  explicit NoiseCursor(const InterpolantRows<T>& rows) : rows_(rows) {}
+  double operator()(int64_t k) {
+    if (rows_.eps) return static_cast<double>(rows_.eps[k]);
+    if ((k >> 1) != pair_) {
+      pair_ = k >> 1;
+      typename InterpolantRows<T>::NoiseT a, b;
+      standard_normal_pair(rows_.seed, rows_.offset, static_cast<uint64_t>(pair_), &a, &b);
+      z_[0] = a;
+      z_[1] = b;
+    }
+    return z_[k & 1];
+  }
+
+ private:
+  const InterpolantRows<T>& rows_;
+  int64_t pair_ = -1;
+  double z_[2] = {0.0, 0.0};
+};
+
 template <typename T>
 void sample(const InterpolantSampleParams& p) {
   const auto in = InterpolantRows<T>::from(p.in);
@@ -16,8 +39,9 @@ void sample(const InterpolantSampleParams& p) {
 #endif
   for (int64_t b = 0; b < in.B; ++b) {
     const PathCoeffs c = in.coeffs(b);
+    NoiseCursor<T> noise(in);
     for (int64_t k = b * in.D; k < (b + 1) * in.D; ++k) {
-      const double e = in.noise(k);
+      const double e = (c.c != 0.0 || eps_out) ? noise(k) : 0.0;  // sigma = 0: nothing to draw
       xt[k] = static_cast<T>(in.interpolate(c, k, e));
       if (eps_out) eps_out[k] = static_cast<T>(e);
     }
@@ -36,8 +60,9 @@ void loss_forward(const InterpolantLossParams& p) {
   for (int64_t b = 0; b < in.B; ++b) {
     const PathCoeffs c = in.coeffs(b);
     double acc = 0.0;
+    NoiseCursor<T> noise(in);
     for (int64_t k = b * in.D; k < (b + 1) * in.D; ++k) {
-      const double diff = static_cast<double>(v[k]) - in.target(c, k, in.noise(k));
+      const double diff = static_cast<double>(v[k]) - in.target(c, k, c.dc != 0.0 ? noise(k) : 0.0);
       acc += diff * diff;
     }
     per_sample[b] = static_cast<T>((weight ? static_cast<double>(weight[b]) : 1.0) * acc);
@@ -57,8 +82,9 @@ void loss_backward(const InterpolantLossParams& p) {
   for (int64_t b = 0; b < in.B; ++b) {
     const PathCoeffs c = in.coeffs(b);
     const double scale = 2.0 * static_cast<double>(grad[b]) * (weight ? static_cast<double>(weight[b]) : 1.0);
+    NoiseCursor<T> noise(in);
     for (int64_t k = b * in.D; k < (b + 1) * in.D; ++k) {
-      grad_v[k] = static_cast<T>(scale * (static_cast<double>(v[k]) - in.target(c, k, in.noise(k))));
+      grad_v[k] = static_cast<T>(scale * (static_cast<double>(v[k]) - in.target(c, k, c.dc != 0.0 ? noise(k) : 0.0)));
     }
   }
 }

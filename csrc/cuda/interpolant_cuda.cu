@@ -23,7 +23,7 @@ __global__ void sample_kernel(InterpolantRows<T> in, T* xt, T* eps_out) {
   for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < total;
        k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const PathCoeffs c = in.coeffs(k / in.D);
-    const double e = in.noise(k);
+    const double e = (c.c != 0.0 || eps_out) ? in.noise(k) : 0.0;  // sigma = 0: nothing to draw
     xt[k] = static_cast<T>(in.interpolate(c, k, e));
     if (eps_out) eps_out[k] = static_cast<T>(e);
   }
@@ -37,7 +37,7 @@ __global__ void loss_forward_kernel(InterpolantRows<T> in, const T* v, const T* 
   double acc = 0.0;
   for (int64_t d = threadIdx.x; d < in.D; d += kThreads) {
     const int64_t k = b * in.D + d;
-    const double diff = static_cast<double>(v[k]) - in.target(c, k, in.noise(k));
+    const double diff = static_cast<double>(v[k]) - in.target(c, k, c.dc != 0.0 ? in.noise(k) : 0.0);
     acc += diff * diff;
   }
   for (int offset = cuda::kWarp / 2; offset > 0; offset >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, offset);
@@ -58,7 +58,7 @@ __global__ void loss_backward_kernel(InterpolantRows<T> in, const T* v, const T*
     const int64_t b = k / in.D;
     const PathCoeffs c = in.coeffs(b);
     const double scale = 2.0 * static_cast<double>(grad[b]) * (weight ? static_cast<double>(weight[b]) : 1.0);
-    grad_v[k] = static_cast<T>(scale * (static_cast<double>(v[k]) - in.target(c, k, in.noise(k))));
+    grad_v[k] = static_cast<T>(scale * (static_cast<double>(v[k]) - in.target(c, k, c.dc != 0.0 ? in.noise(k) : 0.0)));
   }
 }
 

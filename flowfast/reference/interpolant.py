@@ -29,26 +29,40 @@ def path_coeffs(kind: int, t: torch.Tensor, sigma: float):
     return 1 - t, t, sigma * one, -one, one, zero
 
 
-def _uniform(hi: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
+def _uniform53(hi: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
     bits = ((hi << 21) ^ (lo >> 11)) & ((1 << 53) - 1)
     return (bits.to(torch.float64) + 0.5) * (1.0 / 9007199254740992.0)
 
 
-def noise(seed: int, offset: int, B: int, D: int, device=None) -> torch.Tensor:
-    """The kernels' standard normal for counter b * D + d (ff::standard_normal), float64 (B, D)."""
+def _uniform24(word: torch.Tensor) -> torch.Tensor:
+    return ((word >> 8).to(torch.float32) + 0.5) * (1.0 / 16777216.0)
+
+
+def noise(seed: int, offset: int, B: int, D: int, device=None, dtype=torch.float64) -> torch.Tensor:
+    """The kernels' drawn noise (ff::standard_normal): element k = b * D + d takes the cos (k even)
+    or sin (k odd) half of Box-Muller pair k // 2. float64 batches draw in double, all others in
+    float32 (as the kernels do). Returns (B, D) in float64 (float64 batches) or float32."""
     index = torch.arange(B * D, dtype=torch.int64, device=device)
-    c0, c1 = index & _MASK32, (index >> 32) & _MASK32
-    c2 = torch.full_like(index, offset & _MASK32)
-    c3 = torch.full_like(index, ((offset >> 32) & _MASK32) ^ 0x9E3779B9)
+    pair = index >> 1
+    c0, c1 = pair & _MASK32, (pair >> 32) & _MASK32
+    c2 = torch.full_like(pair, offset & _MASK32)
+    c3 = torch.full_like(pair, ((offset >> 32) & _MASK32) ^ 0x9E3779B9)
     r0, r1, r2, r3 = philox4x32(c0, c1, c2, c3, seed & _MASK32, (seed >> 32) & _MASK32)
-    u1, u2 = _uniform(r0, r1), _uniform(r2, r3)
-    return (torch.sqrt(-2 * torch.log(u1)) * torch.cos(2 * math.pi * u2)).reshape(B, D)
+    if dtype == torch.float64:
+        u1, u2 = _uniform53(r0, r1), _uniform53(r2, r3)
+    else:
+        u1, u2 = _uniform24(r0), _uniform24(r2)
+    radius = torch.sqrt(-2 * torch.log(u1))
+    angle = 2 * math.pi * u2
+    z = torch.where((index & 1).bool(), radius * torch.sin(angle), radius * torch.cos(angle))
+    return z.reshape(B, D)
 
 
 def _terms(x0, x1, t, eps, kind, sigma, seed, offset):
     B = x0.shape[0]
     r0, r1 = x0.reshape(B, -1).double(), x1.reshape(B, -1).double()
-    e = eps.reshape(B, -1).double() if eps is not None else noise(seed, offset, B, r0.shape[1], x0.device)
+    e = (eps.reshape(B, -1).double() if eps is not None
+         else noise(seed, offset, B, r0.shape[1], x0.device, x0.dtype).double())
     coeffs = [c[:, None] for c in path_coeffs(kind, t, sigma)]
     return r0, r1, e, coeffs
 

@@ -4,13 +4,16 @@
 // Python: flowfast/ops/interpolant.py; reference: flowfast/reference/interpolant.py.
 #pragma once
 
+#include <type_traits>
+
 #include "flowfast/common.h"
 #include "flowfast/interpolant_math.h"
 
 namespace ff {
 
-/// Noise is either read from `eps` (B, D) or, when eps.data is null, drawn by Philox with
-/// counter = b * D + d under (seed, offset): then no noise tensor exists at all.
+/// Noise is either read from `eps` (B, D) or, when eps.data is null, drawn by Philox for element
+/// k = b * D + d (pair k / 2, see standard_normal) under (seed, offset): then no noise tensor
+/// exists at all.
 struct InterpolantInputs {
   TensorView x0, x1;  // (B, D), contiguous, same dtype
   TensorView t;       // (B,)
@@ -40,9 +43,13 @@ struct InterpolantRows {
                            in.kind,                           in.sigma,
                            in.seed,                           in.offset};
   }
+  /// Precision of drawn noise: double for float64 batches, float otherwise.
+  using NoiseT = typename std::conditional<sizeof(T) == sizeof(double), double, float>::type;
+
   /// The noise of element k = b * D + d: given, or Philox.
   FF_HD double noise(int64_t k) const {
-    return eps ? static_cast<double>(eps[k]) : standard_normal(seed, offset, static_cast<uint64_t>(k));
+    return eps ? static_cast<double>(eps[k])
+               : static_cast<double>(standard_normal<NoiseT>(seed, offset, static_cast<uint64_t>(k)));
   }
   FF_HD PathCoeffs coeffs(int64_t b) const { return path_coeffs(kind, static_cast<double>(t[b]), sigma); }
   FF_HD double interpolate(const PathCoeffs& c, int64_t k, double e) const {
