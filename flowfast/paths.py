@@ -168,11 +168,11 @@ class IndependentCFM:
 
             seed, offset = draw_seed(generator)
             kind = ops.interpolant.KINDS[self.kernel_path]
-            xt, _ = ops.interpolant.interpolant_sample(x0, x1, t, None, kind, self.sigma, seed, offset, False)
+            xt, _ = ops.interpolant.sample(x0, x1, t, None, kind, self.sigma, seed, offset)
             v = model(xt, t)
             if v.shape != x0.shape:
                 raise ValueError(f"model(x_t, t) returned shape {tuple(v.shape)}, expected {tuple(x0.shape)}")
-            per_sample = ops.interpolant.interpolant_loss(v, x0, x1, t, None, weight, kind, self.sigma, seed, offset)
+            per_sample = ops.interpolant.loss(v, x0, x1, t, None, weight, kind, self.sigma, seed, offset)
             return per_sample.sum() / v.numel()
         _, xt, ut = self.sample_paired(x0, x1, t, generator=generator)
         v = model(xt, t)

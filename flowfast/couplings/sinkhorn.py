@@ -131,9 +131,15 @@ class SinkhornResult:
 
 
 def draw_seed(generator: Optional[torch.Generator]) -> tuple[int, int]:
-    """(seed, offset) for the Philox kernels, drawn from a torch generator (CPU RNG if None)."""
-    words = torch.randint(0, 2**62, (2,), generator=generator, dtype=torch.int64,
-                          device=generator.device if generator is not None else "cpu")
+    """(seed, offset) for the Philox kernels from a torch generator (torch's CPU RNG if None).
+
+    CPU generators are sampled; CUDA generators (Philox themselves) lend their seed and current
+    offset, which is then advanced: no device-to-host read, so a training step does not sync."""
+    if generator is not None and generator.device.type == "cuda":
+        offset = generator.get_offset()
+        generator.set_offset(offset + 4)
+        return generator.initial_seed(), offset
+    words = torch.randint(0, 2**62, (2,), generator=generator, dtype=torch.int64)
     return int(words[0]), int(words[1])
 
 

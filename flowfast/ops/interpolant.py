@@ -39,10 +39,9 @@ def _prepare(x0, x1, t, eps, v=None, weight=None):
     return rows
 
 
-@torch.library.custom_op("flowfast::interpolant_sample", mutates_args=())
-def interpolant_sample(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor, eps: Optional[torch.Tensor], kind: int,
-                       sigma: float, seed: int, offset: int,
-                       return_noise: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_impl(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor, eps: Optional[torch.Tensor], kind: int,
+                sigma: float, seed: int, offset: int, return_noise: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel call behind ``flowfast::interpolant_sample`` (callable directly in eager mode)."""
     r0, r1, tc, e, _, _ = _prepare(x0, x1, t, eps)
     xt = torch.empty_like(r0)
     noise = torch.empty_like(r0) if return_noise else r0.new_empty(0)
@@ -51,15 +50,21 @@ def interpolant_sample(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor, eps:
     return xt.view(x0.shape), (noise.view(x0.shape) if return_noise else noise)
 
 
+@torch.library.custom_op("flowfast::interpolant_sample", mutates_args=())
+def interpolant_sample(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor, eps: Optional[torch.Tensor], kind: int,
+                       sigma: float, seed: int, offset: int,
+                       return_noise: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return sample_impl(x0, x1, t, eps, kind, sigma, seed, offset, return_noise)
+
+
 @interpolant_sample.register_fake
 def _(x0, x1, t, eps, kind, sigma, seed, offset, return_noise):
     return torch.empty_like(x0), (torch.empty_like(x0) if return_noise else x0.new_empty(0))
 
 
-@torch.library.custom_op("flowfast::interpolant_loss_backward", mutates_args=())
-def interpolant_loss_backward(grad: torch.Tensor, v: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor,
-                              t: torch.Tensor, eps: Optional[torch.Tensor], weight: Optional[torch.Tensor], kind: int,
-                              sigma: float, seed: int, offset: int) -> torch.Tensor:
+def loss_backward_impl(grad: torch.Tensor, v: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor,
+                       eps: Optional[torch.Tensor], weight: Optional[torch.Tensor], kind: int, sigma: float, seed: int,
+                       offset: int) -> torch.Tensor:
     r0, r1, tc, e, rv, w = _prepare(x0, x1, t, eps, v, weight)
     g = grad.contiguous()
     grad_v = torch.empty_like(rv)
@@ -69,20 +74,32 @@ def interpolant_loss_backward(grad: torch.Tensor, v: torch.Tensor, x0: torch.Ten
     return grad_v.view(v.shape)
 
 
+@torch.library.custom_op("flowfast::interpolant_loss_backward", mutates_args=())
+def interpolant_loss_backward(grad: torch.Tensor, v: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor,
+                              t: torch.Tensor, eps: Optional[torch.Tensor], weight: Optional[torch.Tensor], kind: int,
+                              sigma: float, seed: int, offset: int) -> torch.Tensor:
+    return loss_backward_impl(grad, v, x0, x1, t, eps, weight, kind, sigma, seed, offset)
+
+
 @interpolant_loss_backward.register_fake
 def _(grad, v, x0, x1, t, eps, weight, kind, sigma, seed, offset):
     return torch.empty_like(v)
 
 
-@torch.library.custom_op("flowfast::interpolant_loss", mutates_args=())
-def interpolant_loss(v: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor, eps: Optional[torch.Tensor],
-                     weight: Optional[torch.Tensor], kind: int, sigma: float, seed: int, offset: int) -> torch.Tensor:
+def loss_impl(v: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor, eps: Optional[torch.Tensor],
+              weight: Optional[torch.Tensor], kind: int, sigma: float, seed: int, offset: int) -> torch.Tensor:
     r0, r1, tc, e, rv, w = _prepare(x0, x1, t, eps, v, weight)
     per_sample = r0.new_empty(r0.shape[0])
     _C.interpolant_loss_forward(_inputs(r0, r1, tc, e, kind, sigma, seed, offset), _arrays.describe(rv),
                                 None if w is None else _arrays.describe(w), _arrays.describe(per_sample),
                                 _arrays.stream_handle(r0.device))
     return per_sample
+
+
+@torch.library.custom_op("flowfast::interpolant_loss", mutates_args=())
+def interpolant_loss(v: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor, eps: Optional[torch.Tensor],
+                     weight: Optional[torch.Tensor], kind: int, sigma: float, seed: int, offset: int) -> torch.Tensor:
+    return loss_impl(v, x0, x1, t, eps, weight, kind, sigma, seed, offset)
 
 
 @interpolant_loss.register_fake
@@ -105,3 +122,34 @@ def _loss_backward(ctx, grad):
 
 
 torch.library.register_autograd("flowfast::interpolant_loss", _loss_backward, setup_context=_loss_setup)
+
+
+class EagerLoss(torch.autograd.Function):
+    """``interpolant_loss`` without the dispatcher (same kernels, same gradient): the custom op
+    costs ~0.1 ms per call in eager mode, which a 2-D toy step notices. Under torch.compile use the
+    custom ops (:func:`loss`)."""
+
+    @staticmethod
+    def forward(ctx, v, x0, x1, t, eps, weight, kind, sigma, seed, offset):
+        ctx.save_for_backward(v, x0, x1, t, eps, weight)
+        ctx.config = (kind, sigma, seed, offset)
+        return loss_impl(v, x0, x1, t, eps, weight, kind, sigma, seed, offset)
+
+    @staticmethod
+    def backward(ctx, grad):
+        v, x0, x1, t, eps, weight = ctx.saved_tensors
+        return (loss_backward_impl(grad, v, x0, x1, t, eps, weight, *ctx.config),) + (None,) * 9
+
+
+def sample(x0, x1, t, eps, kind, sigma, seed, offset, return_noise=False):
+    """``interpolant_sample``: the custom op while compiling, the direct kernel call otherwise."""
+    fn = interpolant_sample if torch.compiler.is_compiling() else sample_impl
+    return fn(x0, x1, t, eps, kind, sigma, seed, offset, return_noise)
+
+
+def loss(v, x0, x1, t, eps, weight, kind, sigma, seed, offset):
+    """``interpolant_loss`` (per-sample, differentiable in v): the custom op while compiling,
+    :class:`EagerLoss` otherwise."""
+    if torch.compiler.is_compiling():
+        return interpolant_loss(v, x0, x1, t, eps, weight, kind, sigma, seed, offset)
+    return EagerLoss.apply(v, x0, x1, t, eps, weight, kind, sigma, seed, offset)
