@@ -18,7 +18,7 @@ path + loss part that the fused kernels replace is timed. Implementations, on id
 
 Correctness first: on the first rows of each case, the fused x_t, loss and dL/dv must equal the
 eager formulas evaluated in float64 with the kernel's own noise
-(``flowfast.reference.interpolant.noise``) within 1e-5 relative (float32; 1e-2 for bf16 storage).
+(``flowfast.reference.interpolant.noise(..., dtype=)``) within 1e-5 relative (float32; 1e-2 for bf16 storage).
 
     python benchmarks/bench_interpolant.py                  # full grid, every available device
     python benchmarks/bench_interpolant.py --quick          # smoke run
@@ -247,6 +247,18 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
 
 
+def kernel_noise(rows: int, D: int, device, dtype: torch.dtype) -> torch.Tensor:
+    """The noise the fused kernels draw for (CHECK_SEED, CHECK_OFFSET), as float64 (rows, D).
+
+    The kernels draw it in double for float64 batches and in float for every other dtype;
+    ``reference.interpolant.noise(..., dtype=...)`` reproduces both (older references had no dtype)."""
+    try:
+        eps = reference.interpolant.noise(CHECK_SEED, CHECK_OFFSET, rows, D, device, dtype=dtype)
+    except TypeError:
+        eps = reference.interpolant.noise(CHECK_SEED, CHECK_OFFSET, rows, D, device)
+    return eps.double()
+
+
 def check_case(case: Case, x0, x1, v, tcfm) -> dict:
     """Fused vs the float64 eager formulas with the kernel's noise, on the first rows. Raises on mismatch.
 
@@ -265,7 +277,7 @@ def check_case(case: Case, x0, x1, v, tcfm) -> dict:
     loss_f = iops.interpolant_loss(vc, x0c, x1c, t, None, None, kind, sigma, CHECK_SEED, CHECK_OFFSET).sum() / numel
     (grad_f,) = torch.autograd.grad(loss_f, vc)
 
-    eps64 = reference.interpolant.noise(CHECK_SEED, CHECK_OFFSET, rows, case.D, x0.device).reshape(x0c.shape)
+    eps64 = kernel_noise(rows, case.D, x0.device, dt).reshape(x0c.shape)
     v64 = vc.detach().double()
     xt64, ut64 = eager_terms(case.path, sigma, x0c.double(), x1c.double(), t.double(), eps64)
     loss64 = torch.mean((v64 - ut64) ** 2)
@@ -274,7 +286,7 @@ def check_case(case: Case, x0, x1, v, tcfm) -> dict:
     rtol = RTOL[dt]
     out = {
         "rows": rows,
-        "loss_rel_err": abs(float(loss_f) - float(loss64)) / abs(float(loss64)),
+        "loss_rel_err": abs(float(loss_f.detach()) - float(loss64)) / abs(float(loss64)),
         "xt_rel_err": _rel(xt_f, xt64),
         "grad_rel_err": _rel(grad_f, grad64),
     }
@@ -349,6 +361,12 @@ def fmt(v: Any) -> str:
     return _timing.fmt_ms(v["median_s"]) if isinstance(v, dict) else str(v)
 
 
+def fmt_gbs(x: Optional[float]) -> str:
+    if x is None:
+        return "—"
+    return f"{x:.0f}" if x >= 100 else f"{x:.3g}"
+
+
 def ratio(num: Any, den: Any) -> Optional[float]:
     if isinstance(num, dict) and isinstance(den, dict) and den["median_s"] > 0:
         return num["median_s"] / den["median_s"]
@@ -407,6 +425,8 @@ class Runner:
         else:
             first: list[float] = []
             try:
+                import torch._dynamo
+
                 torch._dynamo.reset()  # fresh cache per case: no recompile limit, no stale graphs
                 compiled = torch.compile(make_eager_forward(case, x0, x1, v), dynamic=False)
             except Exception as exc:  # noqa: BLE001
@@ -450,8 +470,8 @@ def build_row(case: Case, raw: dict, device: torch.device, peak: Optional[float]
         "eager / ff": _timing.fmt_ratio(raw["ratio_eager_over_ff"]),
         "torchcfm / ff": _timing.fmt_ratio(raw["ratio_torchcfm_over_ff"]),
         "compile / ff": _timing.fmt_ratio(raw["ratio_compile_over_ff"]),
-        "ff GB/s": f"{raw['gbs_unique']:.1f}" if "gbs_unique" in raw else "—",
-        "ff GB/s (passes)": f"{raw['gbs_passes']:.1f}" if "gbs_passes" in raw else "—",
+        "ff GB/s": fmt_gbs(raw.get("gbs_unique")),
+        "ff GB/s (passes)": fmt_gbs(raw.get("gbs_passes")),
     }
     if device.type == "cuda":
         if peak and "gbs_unique" in raw:
@@ -468,7 +488,6 @@ def build_row(case: Case, raw: dict, device: torch.device, peak: Optional[float]
 
 
 def global_notes(runner: Runner, device: torch.device, env: dict, peak: Optional[float]) -> list[str]:
-    a = runner.args
     out = [
         "One step = draw t ~ U[0,1] and the noise, x_t, the MSE against u_t given the model output v, and "
         "dL/dv (`torch.autograd.grad`). v is a fixed tensor requiring grad (no model), x0 ~ N(0, I), "
@@ -495,7 +514,7 @@ def global_notes(runner: Runner, device: torch.device, env: dict, peak: Optional
         "10 B·D + 5 B elements).",
         f"Correctness first: on the first {CHECK_ROWS} rows of each case (t ∈ [0.01, 0.99]), the fused x_t, "
         "loss and dL/dv equal the eager formulas evaluated in float64 with the kernel's noise "
-        "(`flowfast.reference.interpolant.noise(seed, offset, B, D)`) within rtol "
+        "(`flowfast.reference.interpolant.noise(seed, offset, B, D, dtype=dtype)`) within rtol "
         f"{RTOL[torch.float32]:g} (float32) / {RTOL[torch.bfloat16]:g} (bf16 storage); the script aborts "
         "otherwise. Δloss = that relative loss error. The JSON also has the eager-in-dtype and torchcfm "
         "loss errors against the same float64 value.",
@@ -542,6 +561,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--min-time", type=float, default=None, help="seconds of timed repeats per implementation")
     p.add_argument("--max-time", type=float, default=None, help="cap on timed seconds per implementation")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(N) first")
+    p.add_argument("--tag", default=None,
+                   help="appended to the result file names (interpolant-TAG-…), e.g. to split a long run")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="results directory")
     args = p.parse_args(argv)
     if args.quick:
@@ -594,7 +615,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             raws.append(raw)
             print(f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
         _timing.write_results(
-            FAMILY + ("-quick" if args.quick else "") + (f"-threads{args.threads}" if args.threads else ""),
+            FAMILY + ("-quick" if args.quick else "") + (f"-threads{args.threads}" if args.threads else "")
+            + (f"-{args.tag}" if args.tag else ""),
             rows, env, args.out,
             notes=global_notes(runner, device, env, peak),
             extra={"raw": raws, "args": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
