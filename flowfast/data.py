@@ -20,7 +20,7 @@ def _check_n(n: int) -> int:
 
 def gaussian(n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
     """Standard normal source, (n, 2)."""
-    return torch.randn(_check_n(n), 2, generator=generator, device=device)
+    return torch.randn(_check_n(n), 2, generator=generator).to(device)  # drawn where the generator lives
 
 
 def eight_gaussians(n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:

@@ -160,6 +160,6 @@ def odeint(velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: t
             x, rejected = _fixed_step(f, x0, float(t0), float(t1), steps, method, record)
     result = ODEResult(x=x, nfe=f.nfe, n_rejected=rejected)
     if return_path:
-        result.times = torch.tensor(times, dtype=x0.dtype)
+        result.times = torch.tensor(times, dtype=x0.dtype, device=x0.device)
         result.path = torch.stack(states)
     return result
