@@ -331,3 +331,26 @@ def import_optional(loaders: dict) -> tuple[dict, dict]:
         except Exception as exc:  # a broken install: report it, keep benchmarking the others
             why[key] = f"import failed ({exc.__class__.__name__}: {exc})"
     return mods, why
+
+
+def resolve_devices(script: str, requested: str):
+    """Devices a benchmark runs on: "cpu", "cuda" or "all" (CPU, plus CUDA when flowfast can use it).
+
+    Returns the list, or None (after a message) when CUDA was asked for explicitly but flowfast
+    cannot use it; scripts then exit with status 2."""
+    import sys
+
+    import flowfast
+    import torch
+
+    cuda_ok = flowfast.cuda_available()
+    if requested == "cuda" and not cuda_ok:
+        print(f"{script}: --device cuda but flowfast.cuda_available() is False "
+              f"(torch.cuda.is_available()={torch.cuda.is_available()}, build={flowfast.build_info()})",
+              file=sys.stderr)
+        return None
+    devices = ["cpu", "cuda"] if requested == "all" else [requested]
+    if "cuda" in devices and not cuda_ok:
+        devices.remove("cuda")
+        print(f"{script}: no usable CUDA for flowfast; CPU only", file=sys.stderr)
+    return devices

@@ -415,16 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cuda_ok = flowfast.cuda_available()
-    if args.device == "cuda" and not cuda_ok:
-        print("bench_assignment: --device cuda but flowfast.cuda_available() is False "
-              f"(torch.cuda.is_available()={torch.cuda.is_available()}, build={flowfast.build_info()})",
-              file=sys.stderr)
+    devices = _timing.resolve_devices("bench_assignment", args.device)
+    if devices is None:
         return 2
-    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
-    if "cuda" in devices and not cuda_ok:
-        devices.remove("cuda")
-        print("bench_assignment: no usable CUDA for flowfast; CPU only", file=sys.stderr)
 
     cases = [Case(n, d) for d in args.dims for n in args.sizes]
     if args.batch:

@@ -585,16 +585,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cuda_ok = flowfast.cuda_available()
-    if args.device == "cuda" and not cuda_ok:
-        print("bench_interpolant: --device cuda but flowfast.cuda_available() is False "
-              f"(torch.cuda.is_available()={torch.cuda.is_available()}, build={flowfast.build_info()})",
-              file=sys.stderr)
+    devices = _timing.resolve_devices("bench_interpolant", args.device)
+    if devices is None:
         return 2
-    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
-    if "cuda" in devices and not cuda_ok:
-        devices.remove("cuda")
-        print("bench_interpolant: no usable CUDA for flowfast; CPU only", file=sys.stderr)
 
     cases = [Case(path, shape, B, dt) for path in args.paths for shape in args.shapes
              for B in args.batches for dt in args.dtypes]
