@@ -377,17 +377,20 @@ def test_backend_cpu_on_cuda_inputs_plan_and_sample_on_cuda():
 # --------------------------------------------------------------------------------------------
 
 
+def _geometry(kind: str, gen, dtype, device, B: int, n: int, m: int, d: int = 2) -> dict:
+    """Keyword arguments of flowfast.sinkhorn: a random dense cost or random point clouds."""
+    if kind == "dense":
+        return dict(cost=torch.rand(B, n, m, generator=gen, dtype=torch.float64).to(device, dtype))
+    return dict(
+        x=torch.randn(B, n, d, generator=gen, dtype=torch.float64).to(device, dtype),
+        y=torch.randn(B, m, d, generator=gen, dtype=torch.float64).to(device, dtype),
+    )
+
+
 def _problem(kind: str, gen, dtype, device):
     B, n, m, d = 2, 6, 7, 3
     a, b = _simplex(n, gen, B), _simplex(m, gen, B)
-    if kind == "dense":
-        geo = dict(cost=torch.rand(B, n, m, generator=gen, dtype=torch.float64).to(device, dtype))
-    else:
-        geo = dict(
-            x=torch.randn(B, n, d, generator=gen, dtype=torch.float64).to(device, dtype),
-            y=torch.randn(B, m, d, generator=gen, dtype=torch.float64).to(device, dtype),
-        )
-    return geo, a.to(device, dtype), b.to(device, dtype)
+    return _geometry(kind, gen, dtype, device, B, n, m, d), a.to(device, dtype), b.to(device, dtype)
 
 
 @pytest.mark.parametrize("kind", ["dense", "cloud"])
@@ -540,13 +543,7 @@ def test_stable_large_point_coordinates(device, dtype, ratio):
 def test_sample_shape_range_determinism(device, dtype, batched, kind, backend):
     gen = _gen(31)
     B, n, m = 3, 40, 6
-    if kind == "dense":
-        geo = dict(cost=torch.rand(B, n, m, generator=gen, dtype=torch.float64).to(device, dtype))
-    else:
-        geo = dict(
-            x=torch.randn(B, n, 2, generator=gen, dtype=torch.float64).to(device, dtype),
-            y=torch.randn(B, m, 2, generator=gen, dtype=torch.float64).to(device, dtype),
-        )
+    geo = _geometry(kind, gen, dtype, device, B, n, m)
     if not batched:
         geo = {k: v[0] for k, v in geo.items()}
     res = flowfast.sinkhorn(**geo, eps=0.5, backend=backend)
@@ -959,13 +956,7 @@ def test_converged_reports_error_below_tol(device, dtype, tol, kind):
         pytest.skip("below float32's reachable marginal error floor (~1e-6)")
     gen = _gen(83)
     B, n, m = 3, 8, 6
-    if kind == "dense":
-        geo = dict(cost=torch.rand(B, n, m, generator=gen, dtype=torch.float64).to(device, dtype))
-    else:
-        geo = dict(
-            x=torch.randn(B, n, 2, generator=gen, dtype=torch.float64).to(device, dtype),
-            y=torch.randn(B, m, 2, generator=gen, dtype=torch.float64).to(device, dtype),
-        )
+    geo = _geometry(kind, gen, dtype, device, B, n, m)
     b = _simplex(m, gen, B).to(device, dtype)
     res = flowfast.sinkhorn(**geo, b=b, eps=0.1, tol=tol, max_iter=5000)
     assert bool((res.n_iter < 5000).all()), res.n_iter
