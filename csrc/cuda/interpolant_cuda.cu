@@ -17,6 +17,17 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// Store a double in T. 16-bit types round through float, exactly as the CPU twin (flowfast/half.h)
+// and torch do; __half(double) would round once from double and differ by an ulp near ties.
+template <typename T>
+__device__ __forceinline__ T to_storage(double x) {
+  if constexpr (sizeof(T) == 2) {
+    return T(static_cast<float>(x));
+  } else {
+    return static_cast<T>(x);
+  }
+}
+
 template <typename T>
 __global__ void sample_kernel(InterpolantRows<T> in, T* xt, T* eps_out) {
   const int64_t total = in.B * in.D;
@@ -24,8 +35,8 @@ __global__ void sample_kernel(InterpolantRows<T> in, T* xt, T* eps_out) {
        k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const PathCoeffs c = in.coeffs(k / in.D);
     const double e = (c.c != 0.0 || eps_out) ? in.noise(k) : 0.0;  // sigma = 0: nothing to draw
-    xt[k] = static_cast<T>(in.interpolate(c, k, e));
-    if (eps_out) eps_out[k] = static_cast<T>(e);
+    xt[k] = to_storage<T>(in.interpolate(c, k, e));
+    if (eps_out) eps_out[k] = to_storage<T>(e);
   }
 }
 
@@ -46,7 +57,7 @@ __global__ void loss_forward_kernel(InterpolantRows<T> in, const T* v, const T* 
   if (threadIdx.x == 0) {
     double total = 0.0;
     for (int w = 0; w < kThreads / cuda::kWarp; ++w) total += partial[w];
-    per_sample[b] = static_cast<T>((weight ? static_cast<double>(weight[b]) : 1.0) * total);
+    per_sample[b] = to_storage<T>((weight ? static_cast<double>(weight[b]) : 1.0) * total);
   }
 }
 
@@ -58,7 +69,7 @@ __global__ void loss_backward_kernel(InterpolantRows<T> in, const T* v, const T*
     const int64_t b = k / in.D;
     const PathCoeffs c = in.coeffs(b);
     const double scale = 2.0 * static_cast<double>(grad[b]) * (weight ? static_cast<double>(weight[b]) : 1.0);
-    grad_v[k] = static_cast<T>(scale * (static_cast<double>(v[k]) - in.target(c, k, c.dc != 0.0 ? in.noise(k) : 0.0)));
+    grad_v[k] = to_storage<T>(scale * (static_cast<double>(v[k]) - in.target(c, k, c.dc != 0.0 ? in.noise(k) : 0.0)));
   }
 }
 

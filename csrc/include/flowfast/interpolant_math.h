@@ -67,10 +67,11 @@ FF_HD void standard_normal_pair(uint64_t seed, uint64_t offset, uint64_t pair, A
     u1 = uniform_open01_f(r.x[0]);
     u2 = uniform_open01_f(r.x[2]);
   }
-  const A radius = sqrt(static_cast<A>(-2) * log(u1));
+  // std:: overloads: float math for A = float on the host too (plain log(float) is ::log(double)).
+  const A radius = std::sqrt(static_cast<A>(-2) * std::log(u1));
   const A angle = static_cast<A>(6.283185307179586) * u2;
-  *z0 = radius * cos(angle);
-  *z1 = radius * sin(angle);
+  *z0 = radius * std::cos(angle);
+  *z1 = radius * std::sin(angle);
 }
 
 /// Standard normal of element `index`: element 2p uses the cos half of pair p, 2p + 1 the sin half.
