@@ -38,6 +38,10 @@ def assert_close_rel_to_ref(actual: torch.Tensor, reference64: torch.Tensor, ref
         )
 
 
+#: dtypes the assignment and Sinkhorn kernels reject (they take float32 / float64 only).
+NON_KERNEL_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64, torch.bool, torch.float16,
+                     torch.bfloat16, torch.complex64, torch.complex128)
+
 #: Values that every bad-input test plants somewhere in an otherwise valid tensor.
 NON_FINITE = (float("nan"), float("inf"), float("-inf"))
 

@@ -179,18 +179,7 @@ def test_empty_rejected_property(shape, kind):
 # dtypes and input types
 # --------------------------------------------------------------------------------------------
 
-BAD_TORCH_DTYPES = [
-    torch.int8,
-    torch.uint8,
-    torch.int16,
-    torch.int32,
-    torch.int64,
-    torch.bool,
-    torch.float16,
-    torch.bfloat16,
-    torch.complex64,
-    torch.complex128,
-]
+BAD_TORCH_DTYPES = list(testing.NON_KERNEL_DTYPES)
 BAD_NUMPY_DTYPES = [
     np.int8,
     np.uint8,

@@ -387,6 +387,12 @@ def _geometry(kind: str, gen, dtype, device, B: int, n: int, m: int, d: int = 2)
     )
 
 
+def _op_geometry(kind: str, gen, dtype, B: int, n: int, m: int, d: int) -> tuple:
+    """(cost, x, y) positional arguments of the flowfast::sinkhorn_* ops, on the CPU."""
+    geo = _geometry(kind, gen, dtype, "cpu", B, n, m, d)
+    return geo.get("cost"), geo.get("x"), geo.get("y")
+
+
 def _problem(kind: str, gen, dtype, device):
     B, n, m, d = 2, 6, 7, 3
     a, b = _simplex(n, gen, B), _simplex(m, gen, B)
@@ -575,14 +581,7 @@ def test_cpu_sample_equals_reference(dtype, kind, seed, offset):
     B, n, m, d = 2, 9, 7, 4
     la, lb = _simplex(n, gen, B).log().to(dtype), _simplex(m, gen, B).log().to(dtype)
     g = (torch.randn(B, m, generator=gen, dtype=torch.float64) * 0.1).to(dtype)
-    if kind == "dense":
-        geo = (torch.rand(B, n, m, generator=gen, dtype=torch.float64).to(dtype), None, None)
-    else:
-        geo = (
-            None,
-            torch.randn(B, n, d, generator=gen, dtype=torch.float64).to(dtype),
-            torch.randn(B, m, d, generator=gen, dtype=torch.float64).to(dtype),
-        )
+    geo = _op_geometry(kind, gen, dtype, B, n, m, d)
     for eps in (1.0, 0.1):
         got = ops.sinkhorn_sample(*geo, la, lb, g, eps, seed, offset)
         want = ref.sample(*geo, la, lb, g, eps, seed, offset)
@@ -832,14 +831,7 @@ def test_cloud_grad_matches_reference_autograd(reg_m):
 def _op_inputs(kind: str, dtype, requires_grad: bool = False):
     gen = _gen(61)
     B, n, m, d = 2, 3, 4, 2
-    if kind == "dense":
-        geo = (torch.rand(B, n, m, generator=gen, dtype=torch.float64).to(dtype), None, None)
-    else:
-        geo = (
-            None,
-            torch.randn(B, n, d, generator=gen, dtype=torch.float64).to(dtype),
-            torch.randn(B, m, d, generator=gen, dtype=torch.float64).to(dtype),
-        )
+    geo = _op_geometry(kind, gen, dtype, B, n, m, d)
     la, lb = _simplex(n, gen, B).log().to(dtype), _simplex(m, gen, B).log().to(dtype)
     f, g, _, _ = ops.sinkhorn_solve(
         *geo,

@@ -142,17 +142,7 @@ def test_nonfinite_in_non_contiguous_view_rejected():
 # dtypes and types
 # --------------------------------------------------------------------------------------------
 
-BAD_DTYPES = [
-    torch.int8,
-    torch.uint8,
-    torch.int32,
-    torch.int64,
-    torch.bool,
-    torch.float16,
-    torch.bfloat16,
-    torch.complex64,
-    torch.complex128,
-]
+BAD_DTYPES = list(testing.NON_KERNEL_DTYPES)
 
 
 def _ones(shape, dtype):
