@@ -6,9 +6,10 @@ the conditional velocity u_t given the model output v, and backpropagate to dL/d
 is left out: v is a fixed tensor that requires grad (prepared outside the timed region), so only the
 path + loss part that the fused kernels replace is timed. Implementations, on identical x0, x1, v:
 
-- **ff fused**: ``flowfast.ops.interpolant.interpolant_sample`` (x_t, Philox noise drawn in the
-  kernel, no noise tensor) + ``interpolant_loss`` (recomputes u_t and the noise) + its backward, the
-  same calls ``IndependentCFM.loss(fused=True)`` makes, minus the coupling and the model call.
+- **ff fused**: ``flowfast.ops.interpolant.sample`` (x_t, Philox noise drawn in the kernel, no
+  noise tensor) + ``flowfast.ops.interpolant.loss`` (recomputes u_t and the noise) + its backward,
+  the same calls ``IndependentCFM.loss(fused=True)`` makes, minus the coupling and the model call
+  (in eager mode they call the kernels directly; under torch.compile they are the custom ops).
 - **eager**: the same path in plain torch ops (``torch.rand`` t, ``torch.randn_like`` noise, x_t,
   u_t, ``mean((v - u_t)**2)``, ``torch.autograd.grad``): the formulas of ``flowfast.paths`` and torchcfm.
 - **torchcfm**: ``ConditionalFlowMatcher.sample_location_and_conditional_flow`` (the SB-CFM class
@@ -187,8 +188,10 @@ def make_fused_step(case: Case, x0, x1, v) -> Callable[[], Any]:
     def step():
         t = torch.rand(x0.shape[0], device=x0.device, dtype=x0.dtype, generator=t_gen)
         seed, offset = draw_seed(seed_gen)
-        xt, _ = iops.interpolant_sample(x0, x1, t, None, kind, sigma, seed, offset, False)
-        loss = iops.interpolant_loss(v, x0, x1, t, None, None, kind, sigma, seed, offset).sum() / numel
+        # What flowfast.paths calls: the kernels directly in eager mode (the torch.library custom ops,
+        # which torch.compile uses, add ~0.1 ms of dispatcher overhead per call on CPU).
+        xt, _ = iops.sample(x0, x1, t, None, kind, sigma, seed, offset)
+        loss = iops.loss(v, x0, x1, t, None, None, kind, sigma, seed, offset).sum() / numel
         (grad,) = torch.autograd.grad(loss, v)
         return xt, loss, grad
 
@@ -494,8 +497,9 @@ def global_notes(runner: Runner, device: torch.device, env: dict, peak: Optional
         f"x1 ~ N(0, I) + 1, seed {SEED}; every implementation returns x_t so nothing is dead code. Times: "
         "median ms per step (adaptive repeats, `benchmarks/_timing.py`; CUDA events on a GPU). Ratios: "
         "row time / ff fused time (> 1: flowfast faster).",
-        "ff fused: `interpolant_sample(x0, x1, t, None, kind, sigma, seed, offset)` + `interpolant_loss(v, ...)"
-        ".sum() / numel` + backward (`flowfast.ops.interpolant`, Philox noise from (seed, offset), no noise "
+        "ff fused: `sample(x0, x1, t, None, kind, sigma, seed, offset)` + `loss(v, ...).sum() / numel` + "
+        "backward (`flowfast.ops.interpolant`, the calls `flowfast.paths` makes: the kernels directly in eager "
+        "mode, the torch.library custom ops under torch.compile; Philox noise from (seed, offset), no noise "
         "tensor, u_t recomputed in the loss kernels). (seed, offset) come from a CPU generator "
         "(`draw_seed`), t from `torch.rand` on the device.",
         "eager: t = `torch.rand`, eps = `torch.randn_like(x0)`, mu = t x1 + (1-t) x0, x_t = mu + sigma_t eps, "

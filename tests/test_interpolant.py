@@ -25,7 +25,8 @@ def _inputs(shape, dtype, device, seed=0):
 
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("shape", [(9, 2), (4, 3, 5, 5)])
+# (600, 3): rows grouped for one noise draw, groups starting mid-pair; D = 1173: rows cut in blocks.
+@pytest.mark.parametrize("shape", [(9, 2), (4, 3, 5, 5), (600, 3), (3, 3, 23, 17)])
 @pytest.mark.parametrize("name,kind", KINDS)
 @pytest.mark.parametrize("given_noise", [True, False])
 def test_kernel_matches_reference(device, dtype, shape, name, kind, given_noise):
@@ -45,6 +46,24 @@ def test_kernel_matches_reference(device, dtype, shape, name, kind, given_noise)
     (gk,) = torch.autograd.grad((lk * upstream).sum(), vk)
     (gr,) = torch.autograd.grad((lr * upstream).sum(), vr)
     torch.testing.assert_close(gk, gr, **tol)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rows_that_draw_no_noise_leave_the_others_unchanged(device, dtype):
+    """Bridge rows at t = 0 or 1 have sigma_t = 0 and draw nothing; the rows around them (in the
+    same noise block) still get the noise of their own element indices."""
+    x0, x1, t, _, v, w = _inputs((700, 3), dtype, device, seed=3)
+    t[::7] = 0.0
+    t[3::7] = 1.0
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    kind = ops.interpolant.KINDS["bridge"]
+    xt, _ = ops.interpolant.sample(x0, x1, t, None, kind, 0.5, 5, 6)
+    xr, _ = reference.interpolant.sample(x0, x1, t, None, kind, 0.5, 5, 6, False)
+    torch.testing.assert_close(xt, xr, **tol)
+    torch.testing.assert_close(xt[::7], x0[::7], rtol=0, atol=0)
+    lk = ops.interpolant.loss(v, x0, x1, t, None, w, kind, 0.5, 5, 6)
+    torch.testing.assert_close(lk, reference.interpolant.loss(v, x0, x1, t, None, w, kind, 0.5, 5, 6), **tol)
 
 
 @pytest.mark.parametrize("path,name", PATHS, ids=[n for _, n in PATHS])

@@ -1,51 +1,98 @@
 // CPU twin of csrc/cuda/interpolant_cuda.cu: fused CFM path sampling and loss forward/backward,
 // rows in parallel (OpenMP). float32/float64/float16/bfloat16 storage; computes in double.
+//
+// Each row is walked in blocks of kBlock elements: a block's drawn noise is generated in one
+// batched call (cpu/simd_normal.h, eight Philox pairs per AVX2 step) into a stack buffer, and the
+// element loops below are then plain streaming loops the compiler vectorizes.
+#include <algorithm>
+#include <vector>
+
+#include "cpu/simd_normal.h"
 #include "flowfast/half.h"
 #include "flowfast/interpolant.h"
 
 namespace ff {
 namespace {
 
-// Drawn noise along a row: each Box-Muller pair is computed once and serves elements 2p, 2p + 1.
+constexpr int64_t kBlock = 1024;  // elements per noise block (4-8 KiB of normals: stays in L1)
+
+// The noise of one block of elements [k0, k0 + n): read from the given eps, drawn into the buffer,
+// or absent (its coefficient is 0, so nothing is drawn).
 template <typename T>
-class NoiseCursor {
+class BlockNoise {
  public:
-  explicit NoiseCursor(const InterpolantRows<T>& rows) : rows_(rows) {}
-  double operator()(int64_t k) {
-    if (rows_.eps) return static_cast<double>(rows_.eps[k]);
-    if ((k >> 1) != pair_) {
-      pair_ = k >> 1;
-      typename InterpolantRows<T>::NoiseT a, b;
-      standard_normal_pair(rows_.seed, rows_.offset, static_cast<uint64_t>(pair_), &a, &b);
-      z_[0] = a;
-      z_[1] = b;
-    }
-    return z_[k & 1];
+  using NoiseT = typename InterpolantRows<T>::NoiseT;
+
+  explicit BlockNoise(const InterpolantRows<T>& rows) : rows_(rows) {}
+
+  /// Drawn normals of elements k0 .. k0 + n - 1, indexed from 0.
+  const NoiseT* draw(int64_t k0, int64_t n) {
+    const int64_t first_pair = k0 >> 1, last_pair = (k0 + n - 1) >> 1;
+    cpu::standard_normal_pairs(rows_.seed, rows_.offset, static_cast<uint64_t>(first_pair),
+                               last_pair - first_pair + 1, buffer_);
+    return buffer_ + (k0 & 1);
   }
 
  private:
   const InterpolantRows<T>& rows_;
-  int64_t pair_ = -1;
-  double z_[2] = {0.0, 0.0};
+  NoiseT buffer_[kBlock + 2];
 };
+
+// Runs body(b, c, k0, n, e) over every block of elements [k0, k0 + n) of row b, rows in parallel,
+// where c are row b's path coefficients and e the block's noise (indexed from 0): a pointer to T
+// (given eps), to NoiseT (drawn), or nullptr where needs_noise(c) is false. Short rows are grouped
+// so one batched draw serves up to kBlock elements of several rows; long rows are cut into blocks
+// of kBlock. Every row is handled by one thread, so per-row accumulation needs no atomics.
+template <typename T, typename NeedsNoise, typename Body>
+void for_each_block(const InterpolantRows<T>& in, NeedsNoise&& needs_noise, Body&& body) {
+  const int64_t rows_per_group = std::max<int64_t>(1, kBlock / std::max<int64_t>(in.D, 1));
+  const int64_t groups = (in.B + rows_per_group - 1) / rows_per_group;
+#if defined(FLOWFAST_WITH_OPENMP)
+#pragma omp parallel for schedule(static) if (in.B * in.D > 65536)
+#endif
+  for (int64_t g = 0; g < groups; ++g) {
+    BlockNoise<T> noise(in);
+    const int64_t r0 = g * rows_per_group, r1 = std::min(in.B, r0 + rows_per_group);
+    const typename BlockNoise<T>::NoiseT* group_noise = nullptr;  // the whole group's draw (short rows)
+    for (int64_t b = r0; b < r1; ++b) {
+      const PathCoeffs c = in.coeffs(b);
+      const bool needed = needs_noise(c);
+      for (int64_t k0 = b * in.D; k0 < (b + 1) * in.D; k0 += kBlock) {
+        const int64_t n = std::min(kBlock, (b + 1) * in.D - k0);
+        if (!needed) {
+          body(b, c, k0, n, static_cast<const T*>(nullptr));
+        } else if (in.eps) {
+          body(b, c, k0, n, in.eps + k0);
+        } else if (rows_per_group > 1) {
+          if (!group_noise) group_noise = noise.draw(r0 * in.D, (r1 - r0) * in.D);
+          body(b, c, k0, n, group_noise + (k0 - r0 * in.D));
+        } else {
+          body(b, c, k0, n, noise.draw(k0, n));
+        }
+      }
+    }
+  }
+}
+
+template <typename N>
+inline double noise_at(const N* e, int64_t i) {
+  return e ? static_cast<double>(e[i]) : 0.0;
+}
 
 template <typename T>
 void sample(const InterpolantSampleParams& p) {
   const auto in = InterpolantRows<T>::from(p.in);
   T* xt = static_cast<T*>(p.xt.data);
   T* eps_out = static_cast<T*>(p.eps_out.data);
-#if defined(FLOWFAST_WITH_OPENMP)
-#pragma omp parallel for schedule(static) if (in.B * in.D > 65536)
-#endif
-  for (int64_t b = 0; b < in.B; ++b) {
-    const PathCoeffs c = in.coeffs(b);
-    NoiseCursor<T> noise(in);
-    for (int64_t k = b * in.D; k < (b + 1) * in.D; ++k) {
-      const double e = (c.c != 0.0 || eps_out) ? noise(k) : 0.0;  // sigma = 0: nothing to draw
-      xt[k] = static_cast<T>(in.interpolate(c, k, e));
-      if (eps_out) eps_out[k] = static_cast<T>(e);
-    }
-  }
+  for_each_block(
+      in, [&](const PathCoeffs& c) { return c.c != 0.0 || eps_out; },  // sigma = 0: nothing to draw
+      [&](int64_t, const PathCoeffs& c, int64_t k0, int64_t n, const auto* e) {
+        for (int64_t i = 0; i < n; ++i) {
+          const double z = noise_at(e, i);
+          xt[k0 + i] = static_cast<T>(in.interpolate(c, k0 + i, z));
+          if (eps_out) eps_out[k0 + i] = static_cast<T>(z);
+        }
+      });
 }
 
 template <typename T>
@@ -54,19 +101,19 @@ void loss_forward(const InterpolantLossParams& p) {
   const T* v = static_cast<const T*>(p.v.data);
   const T* weight = static_cast<const T*>(p.weight.data);
   T* per_sample = static_cast<T*>(p.per_sample.data);
-#if defined(FLOWFAST_WITH_OPENMP)
-#pragma omp parallel for schedule(static) if (in.B * in.D > 65536)
-#endif
-  for (int64_t b = 0; b < in.B; ++b) {
-    const PathCoeffs c = in.coeffs(b);
-    double acc = 0.0;
-    NoiseCursor<T> noise(in);
-    for (int64_t k = b * in.D; k < (b + 1) * in.D; ++k) {
-      const double diff = static_cast<double>(v[k]) - in.target(c, k, c.dc != 0.0 ? noise(k) : 0.0);
-      acc += diff * diff;
-    }
-    per_sample[b] = static_cast<T>((weight ? static_cast<double>(weight[b]) : 1.0) * acc);
-  }
+  std::vector<double> row_sum(static_cast<size_t>(in.B), 0.0);
+  for_each_block(
+      in, [](const PathCoeffs& c) { return c.dc != 0.0; },
+      [&](int64_t b, const PathCoeffs& c, int64_t k0, int64_t n, const auto* e) {
+        double block = 0.0;
+        for (int64_t i = 0; i < n; ++i) {
+          const double diff = static_cast<double>(v[k0 + i]) - in.target(c, k0 + i, noise_at(e, i));
+          block += diff * diff;
+        }
+        row_sum[static_cast<size_t>(b)] += block;
+      });
+  for (int64_t b = 0; b < in.B; ++b)
+    per_sample[b] = static_cast<T>((weight ? static_cast<double>(weight[b]) : 1.0) * row_sum[static_cast<size_t>(b)]);
 }
 
 template <typename T>
@@ -76,17 +123,14 @@ void loss_backward(const InterpolantLossParams& p) {
   const T* weight = static_cast<const T*>(p.weight.data);
   const T* grad = static_cast<const T*>(p.grad.data);
   T* grad_v = static_cast<T*>(p.grad_v.data);
-#if defined(FLOWFAST_WITH_OPENMP)
-#pragma omp parallel for schedule(static) if (in.B * in.D > 65536)
-#endif
-  for (int64_t b = 0; b < in.B; ++b) {
-    const PathCoeffs c = in.coeffs(b);
-    const double scale = 2.0 * static_cast<double>(grad[b]) * (weight ? static_cast<double>(weight[b]) : 1.0);
-    NoiseCursor<T> noise(in);
-    for (int64_t k = b * in.D; k < (b + 1) * in.D; ++k) {
-      grad_v[k] = static_cast<T>(scale * (static_cast<double>(v[k]) - in.target(c, k, c.dc != 0.0 ? noise(k) : 0.0)));
-    }
-  }
+  for_each_block(
+      in, [](const PathCoeffs& c) { return c.dc != 0.0; },
+      [&](int64_t b, const PathCoeffs& c, int64_t k0, int64_t n, const auto* e) {
+        const double scale = 2.0 * static_cast<double>(grad[b]) * (weight ? static_cast<double>(weight[b]) : 1.0);
+        for (int64_t i = 0; i < n; ++i)
+          grad_v[k0 + i] =
+              static_cast<T>(scale * (static_cast<double>(v[k0 + i]) - in.target(c, k0 + i, noise_at(e, i))));
+      });
 }
 
 }  // namespace
