@@ -46,11 +46,6 @@ struct InterpolantRows {
   /// Precision of drawn noise: double for float64 batches, float otherwise.
   using NoiseT = typename std::conditional<sizeof(T) == sizeof(double), double, float>::type;
 
-  /// The noise of element k = b * D + d: given, or Philox.
-  FF_HD double noise(int64_t k) const {
-    return eps ? static_cast<double>(eps[k])
-               : static_cast<double>(standard_normal<NoiseT>(seed, offset, static_cast<uint64_t>(k)));
-  }
   FF_HD PathCoeffs coeffs(int64_t b) const { return path_coeffs(kind, static_cast<double>(t[b]), sigma); }
   FF_HD double interpolate(const PathCoeffs& c, int64_t k, double e) const {
     return c.a * static_cast<double>(x0[k]) + c.b * static_cast<double>(x1[k]) + c.c * e;
