@@ -2,9 +2,19 @@
 // augmenting paths (Jonker-Volgenant family, Dijkstra on reduced costs), one problem per OpenMP
 // thread. Costs are read in their own dtype; potentials and path lengths are kept in double so
 // float32 inputs are solved exactly w.r.t. their float32 values.
+//
+// Square problems first get column potentials from an eps-scaling forward auction (as on the
+// GPU), then a tight greedy assignment and the exact Dijkstra finish; rectangular ones go straight
+// to greedy row reduction. On structured instances (e.g. squared distances between two
+// differently shaped 2-D clouds, what OT-CFM solves every step) the optimal potentials are far
+// from v = 0 and the plain path needs long augmenting paths; the auction gets them close at a
+// fraction of the cost. Costs with few distinct values (integer-valued) keep the plain path
+// (greedy, augmenting row reduction, Dijkstra): there exact ties make most augmenting paths one
+// edge long, while auction prices break the ties and leave long near-zero-cost paths.
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__)
@@ -18,10 +28,44 @@ namespace {
 
 constexpr int kArrPasses = 2;  // Jonker-Volgenant's choice; more passes measured no faster
 
+// Auction warm start (square problems). Eps is relative to the cost range. The final eps trades
+// bids against Dijkstra work: a coarser one leaves more rows and longer paths to Dijkstra, whose
+// steps cost O(m) each, so it shrinks with n; kFinalEpsScale / n^2 was the best of the schedules
+// measured on squared-distance instances with n = 16..2048 (2-D and 784-D), and the start and
+// factor mattered little. Below kAuctionMinN the plain path is faster.
+constexpr int64_t kAuctionMinN = 16;
+constexpr double kEpsStart = 0.05;
+constexpr double kEpsFactor = 4.0;
+constexpr double kFinalEpsScale = 10.0;
+constexpr double kMinFinalEps = 1e-7;  // about float resolution: the shortlist scan is float32
+constexpr int64_t kBidsPerRow = 256;   // a safety net (typical: 5 to 60); past it the prices so far are used
+constexpr int kValueProbeRows = 32;
+
+// A row's auction shortlist: some columns with their costs, and a lower bound `theta` on
+// h_j = (sign*c_j - lo) - v_j over the columns not listed (lo: the smallest sign*c, so shifted
+// costs lie in [0, range] and h stays exact to the costs' own resolution at any offset). Auction
+// prices only rise (v only falls), so the bound stays valid, and a bid whose two best listed values
+// are <= theta needs no scan of the whole row. Most bids after the first eps phases are served so.
+constexpr int kShortlistMax = 24;
+struct Shortlist {
+  alignas(32) double cost[kShortlistMax];  // sign*c_j - lo of the listed columns; +inf pads
+  alignas(32) int64_t col[kShortlistMax];
+  double theta;
+  int count;  // -1: not built yet
+};
+
+struct Bid {
+  double best, second;
+  int64_t col;
+};
+
 // Scratch for one problem; reused across the problems a thread solves.
 struct SapWorkspace {
   std::vector<double> u, v, shortest, v_masked, settled_label;
   std::vector<int64_t> col4row, row4col, path, settled_cols, visited_rows;
+  std::vector<int64_t> stack, argmin;
+  std::vector<float> v32;
+  std::vector<Shortlist> lists;
 
   void reset(int64_t n, int64_t m) {
     u.assign(n, 0.0);
@@ -70,6 +114,102 @@ inline int64_t find_label_scalar(const double* label, double lowest, const int64
   return first;
 }
 
+// Smallest and second-smallest of h_j = sign*c_j - v_j and the first column attaining the
+// smallest. Ties count twice (second == best).
+template <typename T>
+Bid top2_scalar(const T* row, double sign, const double* v, int64_t m) {
+  const double inf = std::numeric_limits<double>::infinity();
+  Bid t{inf, inf, 0};
+  for (int64_t j = 0; j < m; ++j) {
+    const double h = sign * static_cast<double>(row[j]) - v[j];
+    if (h < t.second) {
+      if (h < t.best) {
+        t.second = t.best;
+        t.best = h;
+        t.col = j;
+      } else {
+        t.second = h;
+      }
+    }
+  }
+  return t;
+}
+
+// Range of a cost matrix; false when some entry is NaN or infinite.
+template <typename T>
+bool cost_bounds_scalar(const T* p, int64_t n, int64_t m, int64_t stride, double& lo, double& hi) {
+  lo = std::numeric_limits<double>::infinity();
+  hi = -lo;
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < m; ++j) {
+      const double x = static_cast<double>(p[i * stride + j]);
+      if (!std::isfinite(x)) return false;
+      lo = std::min(lo, x);
+      hi = std::max(hi, x);
+    }
+  }
+  return true;
+}
+
+// Shortlist fallback: the two best columns, theta = the third best value.
+template <typename T>
+void shortlist_scalar(const T* row, double sign, double lo, const double* v, int64_t m, Shortlist& s) {
+  const double inf = std::numeric_limits<double>::infinity();
+  double b1 = inf, b2 = inf, b3 = inf;
+  int64_t c1 = 0, c2 = 0;
+  for (int64_t j = 0; j < m; ++j) {
+    const double h = (sign * static_cast<double>(row[j]) - lo) - v[j];
+    if (h < b3) {
+      if (h < b2) {
+        b3 = b2;
+        if (h < b1) {
+          b2 = b1;
+          c2 = c1;
+          b1 = h;
+          c1 = j;
+        } else {
+          b2 = h;
+          c2 = j;
+        }
+      } else {
+        b3 = h;
+      }
+    }
+  }
+  s.count = m < 2 ? static_cast<int>(m) : 2;
+  s.col[0] = c1;
+  s.col[1] = c2;
+  s.theta = b3;
+}
+
+// After a scan has set col[0, count): cache the listed (shifted) costs and pad with +inf.
+template <typename T>
+void finish_shortlist(const T* row, double sign, double lo, Shortlist& s) {
+  for (int k = 0; k < s.count; ++k) s.cost[k] = sign * static_cast<double>(row[s.col[k]]) - lo;
+  for (int k = s.count; k < kShortlistMax; ++k) {
+    s.cost[k] = std::numeric_limits<double>::infinity();
+    s.col[k] = 0;
+  }
+}
+
+inline Bid evaluate_shortlist_scalar(const Shortlist& s, const double* v) {
+  const double inf = std::numeric_limits<double>::infinity();
+  Bid b{inf, inf, 0};
+  for (int k = 0; k < s.count; ++k) {
+    const double h = s.cost[k] - v[s.col[k]];
+    if (h < b.second) {
+      if (h < b.best) {
+        b.second = b.best;
+        b.best = h;
+        b.col = s.col[k];
+      } else {
+        b.second = h;
+      }
+    }
+  }
+  return b;
+}
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define FF_HAVE_AVX2_PATH 1
 __attribute__((target("avx2"))) inline __m256d load4(const double* p) { return _mm256_loadu_pd(p); }
@@ -115,6 +255,173 @@ __attribute__((target("avx2"))) inline int64_t find_label_avx2(const double* lab
   return find_label_scalar(label, lowest, row4col, j, m, first);
 }
 
+template <typename T>
+__attribute__((target("avx2"))) Bid top2_avx2(const T* row, double sign, const double* v, int64_t m) {
+  const double inf = std::numeric_limits<double>::infinity();
+  const __m256d vsign = _mm256_set1_pd(sign), step = _mm256_set1_pd(4.0);
+  __m256d b1 = _mm256_set1_pd(inf), b2 = b1, idx = _mm256_setr_pd(0.0, 1.0, 2.0, 3.0), best_idx = idx;
+  int64_t j = 0;
+  for (; j + 4 <= m; j += 4) {
+    const __m256d h = _mm256_sub_pd(_mm256_mul_pd(vsign, load4(row + j)), _mm256_loadu_pd(v + j));
+    const __m256d lower = _mm256_cmp_pd(h, b1, _CMP_LT_OQ);
+    b2 = _mm256_min_pd(b2, _mm256_max_pd(b1, h));
+    b1 = _mm256_blendv_pd(b1, h, lower);
+    best_idx = _mm256_blendv_pd(best_idx, idx, lower);
+    idx = _mm256_add_pd(idx, step);
+  }
+  alignas(32) double l1[4], l2[4], li[4];
+  _mm256_store_pd(l1, b1);
+  _mm256_store_pd(l2, b2);
+  _mm256_store_pd(li, best_idx);
+  Bid t = top2_scalar(row + j, sign, v + j, m - j);
+  t.col += j;
+  for (int k = 0; k < 4; ++k) {
+    const int64_t col = static_cast<int64_t>(li[k]);
+    if (l1[k] < t.best || (l1[k] == t.best && col < t.col)) {
+      t.second = std::min(t.best, t.second);
+      t.best = l1[k];
+      t.col = col;
+    } else {
+      t.second = std::min(t.second, l1[k]);
+    }
+    t.second = std::min(t.second, l2[k]);
+  }
+  return t;
+}
+
+template <typename T>
+__attribute__((target("avx2"))) bool cost_bounds_avx2(const T* p, int64_t n, int64_t m, int64_t stride, double& lo,
+                                                      double& hi) {
+  const __m256d big = _mm256_set1_pd(std::numeric_limits<double>::max());
+  const __m256d abs_mask = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7fffffffffffffffLL));
+  __m256d vlo = _mm256_set1_pd(std::numeric_limits<double>::infinity());
+  __m256d vhi = _mm256_set1_pd(-std::numeric_limits<double>::infinity());
+  __m256d ok = _mm256_castsi256_pd(_mm256_set1_epi64x(-1));
+  double tlo, thi;
+  lo = std::numeric_limits<double>::infinity();
+  hi = -lo;
+  for (int64_t i = 0; i < n; ++i) {
+    const T* row = p + i * stride;
+    int64_t j = 0;
+    for (; j + 4 <= m; j += 4) {
+      const __m256d x = load4(row + j);
+      ok = _mm256_and_pd(ok, _mm256_cmp_pd(_mm256_and_pd(x, abs_mask), big, _CMP_LE_OQ));  // false for NaN too
+      vlo = _mm256_min_pd(vlo, x);
+      vhi = _mm256_max_pd(vhi, x);
+    }
+    if (j < m) {
+      if (!cost_bounds_scalar(row + j, 1, m - j, 0, tlo, thi)) return false;
+      lo = std::min(lo, tlo);
+      hi = std::max(hi, thi);
+    }
+  }
+  if (_mm256_movemask_pd(ok) != 0xf) return false;
+  alignas(32) double l[4], h[4];
+  _mm256_store_pd(l, vlo);
+  _mm256_store_pd(h, vhi);
+  for (int k = 0; k < 4; ++k) {
+    lo = std::min(lo, l[k]);
+    hi = std::max(hi, h[k]);
+  }
+  return true;
+}
+
+// Eight costs as float, normalized: (c - shift) * scale, computed in double for double input.
+__attribute__((target("avx2"))) inline __m256 load8_normalized(const float* p, __m256d, __m256d, __m256 shift,
+                                                               __m256 scale) {
+  return _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(p), shift), scale);
+}
+__attribute__((target("avx2"))) inline __m256 load8_normalized(const double* p, __m256d shift, __m256d scale,
+                                                               __m256, __m256) {
+  const __m128 lo = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_sub_pd(_mm256_loadu_pd(p), shift), scale));
+  const __m128 hi = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_sub_pd(_mm256_loadu_pd(p + 4), shift), scale));
+  return _mm256_set_m128(hi, lo);
+}
+
+// Shortlist scan in float, eight lanes: per lane (j mod 8) the two smallest normalized h with
+// their columns and the third smallest; the 16 listed columns plus the < 8 tail columns form the
+// shortlist, and the smallest third, mapped back, is theta. Normalizing by the cost range keeps
+// h and v32 = v * scale O(1) whatever the offset or magnitude of the costs. Only the choice of
+// listed columns and theta see float rounding, so they are approximate: listed values are
+// recomputed exactly in double, and an approximate theta only makes a bid slightly less sharp.
+// Needs m < 2^31.
+template <typename T>
+__attribute__((target("avx2"))) void shortlist_avx2(const T* row, double shift, double scale, const float* v32,
+                                                    int64_t m, Shortlist& s) {
+  const float inf = std::numeric_limits<float>::infinity();
+  const __m256d shift_d = _mm256_set1_pd(shift), scale_d = _mm256_set1_pd(scale);
+  const __m256 shift_f = _mm256_set1_ps(static_cast<float>(shift)), scale_f = _mm256_set1_ps(static_cast<float>(scale));
+  const __m256i step = _mm256_set1_epi32(8);
+  __m256 b1 = _mm256_set1_ps(inf), b2 = b1, b3 = b1;
+  __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), i1 = idx, i2 = idx;
+  int64_t j = 0;
+  for (; j + 8 <= m; j += 8) {
+    const __m256 h = _mm256_sub_ps(load8_normalized(row + j, shift_d, scale_d, shift_f, scale_f), _mm256_loadu_ps(v32 + j));
+    const __m256 lt1 = _mm256_cmp_ps(h, b1, _CMP_LT_OQ);
+    const __m256 lt2 = _mm256_cmp_ps(h, b2, _CMP_LT_OQ);
+    b3 = _mm256_min_ps(b3, _mm256_max_ps(b2, h));
+    // h < b1 pushes (b1, i1) down to slot 2; b1 <= h < b2 replaces slot 2.
+    b2 = _mm256_blendv_ps(_mm256_blendv_ps(b2, h, lt2), b1, lt1);
+    const __m256 fi1 = _mm256_castsi256_ps(i1), fidx = _mm256_castsi256_ps(idx);
+    i2 = _mm256_castps_si256(_mm256_blendv_ps(_mm256_blendv_ps(_mm256_castsi256_ps(i2), fidx, lt2), fi1, lt1));
+    b1 = _mm256_blendv_ps(b1, h, lt1);
+    i1 = _mm256_castps_si256(_mm256_blendv_ps(fi1, fidx, lt1));
+    idx = _mm256_add_epi32(idx, step);
+  }
+  alignas(32) float l3[8];
+  alignas(32) int32_t c1[8], c2[8];
+  _mm256_store_ps(l3, b3);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(c1), i1);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(c2), i2);
+  s.count = 0;
+  if (j >= 16) {
+    float t = l3[0];
+    for (int k = 1; k < 8; ++k) t = std::min(t, l3[k]);
+    s.theta = t;  // normalized; the caller maps it back
+    for (int k = 0; k < 8; ++k) {
+      s.col[s.count++] = c1[k];
+      s.col[s.count++] = c2[k];
+    }
+  } else {  // fewer than two columns per lane: list them all
+    s.theta = std::numeric_limits<double>::infinity();
+    for (int64_t k = 0; k < j; ++k) s.col[s.count++] = k;
+  }
+  for (; j < m; ++j) s.col[s.count++] = j;
+}
+
+__attribute__((target("avx2"))) inline void merge_top2(__m256d& b, __m256d& s, __m256d ob, __m256d os) {
+  s = _mm256_min_pd(_mm256_max_pd(b, ob), _mm256_min_pd(s, os));
+  b = _mm256_min_pd(b, ob);
+}
+
+// Branch-free: the listed columns' current values by gather, then a top-2 merge network.
+__attribute__((target("avx2"))) inline Bid evaluate_shortlist_avx2(const Shortlist& s, const double* v) {
+  const int vectors = (s.count + 3) / 4;
+  __m256d h[kShortlistMax / 4];
+  const __m256d inf = _mm256_set1_pd(std::numeric_limits<double>::infinity());
+  __m256d b = inf, sec = inf;
+  for (int q = 0; q < vectors; ++q) {
+    const __m256i cols = _mm256_load_si256(reinterpret_cast<const __m256i*>(s.col + 4 * q));
+    h[q] = _mm256_sub_pd(_mm256_load_pd(s.cost + 4 * q), _mm256_i64gather_pd(v, cols, 8));
+    sec = _mm256_min_pd(sec, _mm256_max_pd(b, h[q]));
+    b = _mm256_min_pd(b, h[q]);
+  }
+  merge_top2(b, sec, _mm256_permute_pd(b, 0x5), _mm256_permute_pd(sec, 0x5));
+  merge_top2(b, sec, _mm256_permute2f128_pd(b, b, 0x01), _mm256_permute2f128_pd(sec, sec, 0x01));
+  Bid out;
+  out.best = _mm256_cvtsd_f64(b);
+  out.second = _mm256_cvtsd_f64(sec);
+  out.col = s.col[0];
+  for (int q = 0; q < vectors; ++q) {
+    const int mask = _mm256_movemask_pd(_mm256_cmp_pd(h[q], b, _CMP_EQ_OQ));
+    if (mask) {
+      out.col = s.col[4 * q + __builtin_ctz(mask)];
+      break;
+    }
+  }
+  return out;
+}
+
 inline bool cpu_has_avx2() {
   static const bool has = __builtin_cpu_supports("avx2");
   return has;
@@ -138,15 +445,72 @@ inline int64_t find_label(const double* label, double lowest, const int64_t* row
 }
 
 template <typename T>
+Bid top2(const T* row, double sign, const double* v, int64_t m) {
+#if defined(FF_HAVE_AVX2_PATH)
+  if (cpu_has_avx2()) return top2_avx2(row, sign, v, m);
+#endif
+  return top2_scalar(row, sign, v, m);
+}
+
+template <typename T>
+bool cost_bounds(const T* p, int64_t n, int64_t m, int64_t stride, double& lo, double& hi) {
+#if defined(FF_HAVE_AVX2_PATH)
+  if (cpu_has_avx2()) return cost_bounds_avx2(p, n, m, stride, lo, hi);
+#endif
+  return cost_bounds_scalar(p, n, m, stride, lo, hi);
+}
+
+// Shortlist of h_j = (sign*c_j - lo) - v_j. The float scan reads it through
+// v32_j = float(v_j * scale) (normalized prices, see shortlist_avx2); `fast` says the caller
+// keeps v32 and the range suits float.
+template <typename T>
+void build_shortlist(const T* row, double sign, double lo, double scale, const double* v, const float* v32, bool fast,
+                     int64_t m, Shortlist& s) {
+#if defined(FF_HAVE_AVX2_PATH)
+  if (fast && cpu_has_avx2()) {
+    // h * scale = (c - sign*lo) * (sign*scale) - v * scale.
+    shortlist_avx2(row, sign * lo, sign * scale, v32, m, s);
+    s.theta /= scale;
+    finish_shortlist(row, sign, lo, s);
+    return;
+  }
+#endif
+  (void)scale;
+  (void)v32;
+  (void)fast;
+  shortlist_scalar(row, sign, lo, v, m, s);
+  finish_shortlist(row, sign, lo, s);
+}
+
+inline Bid evaluate_shortlist(const Shortlist& s, const double* v) {
+#if defined(FF_HAVE_AVX2_PATH)
+  if (cpu_has_avx2()) return evaluate_shortlist_avx2(s, v);
+#endif
+  return evaluate_shortlist_scalar(s, v);
+}
+
+template <typename T>
 class SapSolver {
  public:
   SapSolver(const T* cost, int64_t n, int64_t m, int64_t row_stride, bool maximize, SapWorkspace& ws)
       : cost_(cost), n_(n), m_(m), row_stride_(row_stride), sign_(maximize ? -1.0 : 1.0), ws_(ws) {}
 
-  void solve(int64_t* col_for_row) {
+  // lo, hi: the smallest and largest cost entry.
+  void solve(int64_t* col_for_row, double lo, double hi) {
     ws_.reset(n_, m_);
-    greedy_row_reduction();
-    if (n_ == m_ && m_ > 1) augmenting_row_reduction();
+    if (sign_ < 0) {
+      std::swap(lo, hi);
+      lo = -lo;
+      hi = -hi;
+    }
+    const double range = hi - lo;
+    if (n_ == m_ && n_ >= kAuctionMinN && range > 0.0 && std::isfinite(range) && !few_distinct_values()) {
+      auction_prices(lo, range);
+      tight_assignment();
+    } else {
+      greedy_row_reduction();
+      if (n_ == m_ && m_ > 1) augmenting_row_reduction();
+    }
     for (int64_t row = 0; row < n_; ++row) {
       if (ws_.col4row[row] < 0) augment_from(row);
     }
@@ -155,6 +519,112 @@ class SapSolver {
 
  private:
   double c(int64_t i, int64_t j) const { return sign_ * static_cast<double>(cost_[i * row_stride_ + j]); }
+
+  // Whether the costs take few distinct values (integer-valued costs, grid distances): in many
+  // sampled rows the entry at some column recurs at another column. The plain path is the faster
+  // one there (see the top of the file). Identical columns (duplicated points) also repeat values
+  // but do not help the plain path, so a repeat only counts if the two columns differ elsewhere.
+  bool few_distinct_values() const {
+    const int64_t probes = std::min<int64_t>(kValueProbeRows, n_);
+    const int64_t r1 = n_ / 3, r2 = 2 * n_ / 3;
+    int64_t repeats = 0;
+    for (int64_t k = 0; k < probes; ++k) {
+      const int64_t i = k * n_ / probes, j0 = (k * 40503 + 17) % m_;
+      const double x = c(i, j0);
+      for (int64_t j = 0; j < m_; ++j) {
+        if (j != j0 && c(i, j) == x && (c(r1, j) != c(r1, j0) || c(r2, j) != c(r2, j0))) {
+          ++repeats;
+          break;
+        }
+      }
+    }
+    return 4 * repeats >= probes;
+  }
+
+  // Forward auction on h_ij = c_ij - v_j (a bid lowers the winner's v_j by the bidder's gap to
+  // its second-best column plus eps), Gauss-Seidel, eps-scaling; each phase starts with every row
+  // unassigned and keeps the prices. Only v is kept: any finite v is a valid start because
+  // tight_assignment recomputes u, so running out of budget costs time, never optimality.
+  void auction_prices(double lo, double range) {
+    auto& v = ws_.v;
+    auto& v32 = ws_.v32;
+    auto& col4row = ws_.col4row;
+    auto& row4col = ws_.row4col;
+    auto& stack = ws_.stack;
+    // The float scan normalizes double costs in double, float costs in float: there c - lo must
+    // not overflow nor 1 / range be denormal.
+    const double scale = 1.0 / range;
+    const bool float_ok = std::is_same<T, double>::value ? std::isfinite(scale) : (range >= 1e-30 && range <= 1e30);
+    const bool fast = m_ < (int64_t{1} << 31) && float_ok;
+    v32.assign(m_, 0.0f);
+    ws_.lists.resize(n_);
+    for (auto& l : ws_.lists) l.count = -1;
+    int64_t budget = kBidsPerRow * n_ + 4096;
+    const double n = static_cast<double>(n_);
+    const double eps_final = std::max(kFinalEpsScale / (n * n), kMinFinalEps) * range;
+    for (double eps = kEpsStart * range;; eps /= kEpsFactor) {
+      std::fill(row4col.begin(), row4col.end(), -1);
+      std::fill(col4row.begin(), col4row.end(), -1);
+      stack.clear();
+      for (int64_t i = n_ - 1; i >= 0; --i) stack.push_back(i);
+      while (!stack.empty()) {
+        if (--budget < 0) return;
+        const int64_t i = stack.back();
+        stack.pop_back();
+        const T* row = cost_ + i * row_stride_;
+        Shortlist& l = ws_.lists[i];
+        if (l.count < 0) {
+          build_shortlist(row, sign_, lo, scale, v.data(), v32.data(), fast, m_, l);
+        }
+        Bid bid = evaluate_shortlist(l, v.data());
+        if (bid.second > l.theta) {
+          build_shortlist(row, sign_, lo, scale, v.data(), v32.data(), fast, m_, l);
+          bid = evaluate_shortlist(l, v.data());
+        }
+        const double second = std::min(bid.second, l.theta);
+        const double gap = std::isfinite(second) ? second - bid.best : 0.0;
+        const int64_t j = bid.col;
+        v[j] -= gap + eps;
+        v32[j] = static_cast<float>(v[j] * scale);
+        const int64_t evicted = row4col[j];
+        row4col[j] = i;
+        col4row[i] = j;
+        if (evicted >= 0) {
+          col4row[evicted] = -1;
+          stack.push_back(evicted);
+        }
+      }
+      if (eps <= eps_final) break;
+    }
+  }
+
+  // u_i = min_j (c_ij - v_j). A row keeps its auction column if that edge is tight (reduced cost
+  // exactly 0); the others take their argmin column when it is left free. Dijkstra does the rest.
+  void tight_assignment() {
+    auto& u = ws_.u;
+    auto& v = ws_.v;
+    auto& col4row = ws_.col4row;
+    auto& row4col = ws_.row4col;
+    auto& argmin = ws_.argmin;
+    argmin.resize(n_);
+    for (int64_t i = 0; i < n_; ++i) {
+      const T* row = cost_ + i * row_stride_;
+      const Bid t = top2<T>(row, sign_, v.data(), m_);
+      u[i] = t.best;
+      argmin[i] = t.col;
+      const int64_t j = col4row[i];
+      if (j >= 0 && !(sign_ * static_cast<double>(row[j]) - v[j] == t.best)) {
+        col4row[i] = -1;
+        row4col[j] = -1;
+      }
+    }
+    for (int64_t i = 0; i < n_; ++i) {
+      if (col4row[i] < 0 && row4col[argmin[i]] < 0) {
+        row4col[argmin[i]] = i;
+        col4row[i] = argmin[i];
+      }
+    }
+  }
 
   // u_i = min_j c_ij with v = 0 keeps every reduced cost >= 0 and every free column at the same
   // potential (0), which is what makes later augmentations optimal in the rectangular case too.
@@ -333,16 +803,14 @@ void solve_batch(const AssignmentParams& p) {
     for (int64_t b = 0; b < B; ++b) {
       try {
         // The CPU can afford this O(nm) scan (the solve is O(n^2 m)); direct _C callers get an
-        // error instead of an arbitrary answer. CUDA callers are checked in Python.
+        // error instead of an arbitrary answer. CUDA callers are checked in Python. The range
+        // it finds sets the auction's eps schedule.
         const T* problem = base + b * cv.strides[0];
-        for (int64_t i = 0; i < n; ++i) {
-          for (int64_t j = 0; j < m; ++j) {
-            FF_CHECK(std::isfinite(static_cast<double>(problem[i * cv.strides[1] + j])),
-                     "linear_assignment: cost contains NaN/Inf (problem ", b, ")");
-          }
-        }
-        SapSolver<T> solver(base + b * cv.strides[0], n, m, cv.strides[1], p.maximize, ws);
-        solver.solve(out + b * n);
+        double lo = 0.0, hi = 0.0;
+        FF_CHECK(cost_bounds(problem, n, m, cv.strides[1], lo, hi),
+                 "linear_assignment: cost contains NaN/Inf (problem ", b, ")");
+        SapSolver<T> solver(problem, n, m, cv.strides[1], p.maximize, ws);
+        solver.solve(out + b * n, lo, hi);
       } catch (const std::exception& e) {
 #if defined(FLOWFAST_WITH_OPENMP)
 #pragma omp critical(ff_assignment_error)
