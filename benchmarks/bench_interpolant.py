@@ -7,7 +7,7 @@ is left out: v is a fixed tensor that requires grad (prepared outside the timed 
 path + loss part that the fused kernels replace is timed. Implementations, on identical x0, x1, v:
 
 - **ff fused**: ``flowfast.ops.interpolant.sample`` (x_t, Philox noise drawn in the kernel, no
-  noise tensor) + ``flowfast.ops.interpolant.loss`` (recomputes u_t and the noise) + its backward,
+  noise tensor) + ``flowfast.ops.interpolant.mean_loss`` (recomputes u_t and the noise) + its backward,
   the same calls ``IndependentCFM.loss(fused=True)`` makes, minus the coupling and the model call
   (in eager mode they call the kernels directly; under torch.compile they are the custom ops).
 - **eager**: the same path in plain torch ops (``torch.rand`` t, ``torch.randn_like`` noise, x_t,
@@ -191,7 +191,7 @@ def make_fused_step(case: Case, x0, x1, v) -> Callable[[], Any]:
         # What flowfast.paths calls: the kernels directly in eager mode (the torch.library custom ops,
         # which torch.compile uses, add ~0.1 ms of dispatcher overhead per call on CPU).
         xt, _ = iops.sample(x0, x1, t, None, kind, sigma, seed, offset)
-        loss = iops.loss(v, x0, x1, t, None, None, kind, sigma, seed, offset).sum() / numel
+        loss = iops.mean_loss(v, x0, x1, t, None, None, kind, sigma, seed, offset)
         (grad,) = torch.autograd.grad(loss, v)
         return xt, loss, grad
 
@@ -497,7 +497,8 @@ def global_notes(runner: Runner, device: torch.device, env: dict, peak: Optional
         f"x1 ~ N(0, I) + 1, seed {SEED}; every implementation returns x_t so nothing is dead code. Times: "
         "median ms per step (adaptive repeats, `benchmarks/_timing.py`; CUDA events on a GPU). Ratios: "
         "row time / ff fused time (> 1: flowfast faster).",
-        "ff fused: `sample(x0, x1, t, None, kind, sigma, seed, offset)` + `loss(v, ...).sum() / numel` + "
+        "ff fused: `sample(x0, x1, t, None, kind, sigma, seed, offset)` + `mean_loss(v, ...)` (the loss kernel's "
+        "per-sample sums, summed and divided by numel, as one autograd node) + "
         "backward (`flowfast.ops.interpolant`, the calls `flowfast.paths` makes: the kernels directly in eager "
         "mode, the torch.library custom ops under torch.compile; Philox noise from (seed, offset), no noise "
         "tensor, u_t recomputed in the loss kernels). (seed, offset) come from a CPU generator "

@@ -172,8 +172,7 @@ class IndependentCFM:
             v = model(xt, t)
             if v.shape != x0.shape:
                 raise ValueError(f"model(x_t, t) returned shape {tuple(v.shape)}, expected {tuple(x0.shape)}")
-            per_sample = ops.interpolant.loss(v, x0, x1, t, None, weight, kind, self.sigma, seed, offset)
-            return per_sample.sum() / v.numel()
+            return ops.interpolant.mean_loss(v, x0, x1, t, None, weight, kind, self.sigma, seed, offset)
         _, xt, ut = self.sample_paired(x0, x1, t, generator=generator)
         v = model(xt, t)
         if v.shape != ut.shape:

@@ -179,7 +179,7 @@ def test_low_precision_matches_rounded_reference(device, dtype, name, kind):
 
 
 def test_eager_path_equals_custom_ops():
-    """paths use ops.interpolant.sample/loss: direct kernel calls in eager mode, the registered
+    """paths use ops.interpolant.sample/loss/mean_loss: direct kernel calls in eager mode, the registered
     custom ops under torch.compile; both give the same values and gradients."""
     x0, x1, t, _, v, w = _inputs((5, 3), torch.float64, "cpu")
     for kind in range(4):
@@ -193,3 +193,8 @@ def test_eager_path_equals_custom_ops():
         (ga,) = torch.autograd.grad(la.sum(), va)
         (gb,) = torch.autograd.grad(lb.sum(), vb)
         torch.testing.assert_close(ga, gb, rtol=0, atol=0)
+        vm = v.clone().requires_grad_(True)
+        mean = ops.interpolant.mean_loss(vm, x0, x1, t, None, w, kind, 0.4, 8, 9)
+        torch.testing.assert_close(mean, lb.sum() / v.numel(), rtol=1e-15, atol=0)
+        (gm,) = torch.autograd.grad(3 * mean, vm)
+        torch.testing.assert_close(gm, 3 * gb / v.numel(), rtol=1e-14, atol=0)

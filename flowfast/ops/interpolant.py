@@ -141,6 +141,23 @@ class EagerLoss(torch.autograd.Function):
         return (loss_backward_impl(grad, v, x0, x1, t, eps, weight, *ctx.config),) + (None,) * 9
 
 
+class EagerMeanLoss(torch.autograd.Function):
+    """``interpolant_loss(...).sum() / v.numel()`` as one autograd node: the scalar a training step
+    needs, without the two extra nodes (sum, div) per step (~35 us on a CPU toy step)."""
+
+    @staticmethod
+    def forward(ctx, v, x0, x1, t, eps, weight, kind, sigma, seed, offset):
+        ctx.save_for_backward(v, x0, x1, t, eps, weight)
+        ctx.config = (kind, sigma, seed, offset)
+        return loss_impl(v, x0, x1, t, eps, weight, kind, sigma, seed, offset).sum() / v.numel()
+
+    @staticmethod
+    def backward(ctx, grad):
+        v, x0, x1, t, eps, weight = ctx.saved_tensors
+        per_sample_grad = (grad / v.numel()).expand(v.shape[0])
+        return (loss_backward_impl(per_sample_grad, v, x0, x1, t, eps, weight, *ctx.config),) + (None,) * 9
+
+
 def sample(x0, x1, t, eps, kind, sigma, seed, offset, return_noise=False):
     """``interpolant_sample``: the custom op while compiling, the direct kernel call otherwise."""
     fn = interpolant_sample if torch.compiler.is_compiling() else sample_impl
@@ -153,3 +170,11 @@ def loss(v, x0, x1, t, eps, weight, kind, sigma, seed, offset):
     if torch.compiler.is_compiling():
         return interpolant_loss(v, x0, x1, t, eps, weight, kind, sigma, seed, offset)
     return EagerLoss.apply(v, x0, x1, t, eps, weight, kind, sigma, seed, offset)
+
+
+def mean_loss(v, x0, x1, t, eps, weight, kind, sigma, seed, offset):
+    """``sum_b w_b sum_d (v - u_t)^2 / v.numel()`` (a scalar, differentiable in v): the custom op
+    plus torch reductions while compiling, :class:`EagerMeanLoss` otherwise."""
+    if torch.compiler.is_compiling():
+        return interpolant_loss(v, x0, x1, t, eps, weight, kind, sigma, seed, offset).sum() / v.numel()
+    return EagerMeanLoss.apply(v, x0, x1, t, eps, weight, kind, sigma, seed, offset)
