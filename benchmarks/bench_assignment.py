@@ -6,9 +6,15 @@ identical inputs: ``scipy.optimize.linear_sum_assignment``, ``lap.lapjv``, POT `
 torchcfm's ``OTPlanSampler(method="exact").sample_plan``. Every peer is optional: a missing one is
 reported as "not installed". Correctness is checked before any case is timed.
 
+Cases: standard Gaussian clouds x0, x1 (n x d, single problems and a batch), plus OT-CFM-like
+structured 2-D couplings (``flowfast.data`` gaussian -> 8gaussians / moons), the batches OT-CFM
+re-pairs every training step: there the optimal dual potentials are far from the zero or
+row/column-minimum potentials that shortest-augmenting-path solvers start from.
+
     python benchmarks/bench_assignment.py                 # full grid, every available device
     python benchmarks/bench_assignment.py --quick         # smoke run (make demo)
     python benchmarks/bench_assignment.py --device cpu --sizes 256 1024 --dims 2
+    python benchmarks/bench_assignment.py --device cpu --sizes 128 --batch 0 --cfm-sizes 512 1024
 """
 
 from __future__ import annotations
@@ -29,12 +35,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _timing  # noqa: E402  (sibling module, not a package)
 
 import flowfast  # noqa: E402
+import flowfast.data  # noqa: E402
 
 FAMILY = "assignment"
 SEED = 0
 SIZES = (128, 256, 512, 1024, 2048)
 DIMS = (2, 784)
 BATCH_N = 128
+CFM_SIZES = (256, 512, 1024)
+CFM_PAIRS = (("gaussian", "8gaussians"), ("gaussian", "moons"))  # (source, target) in flowfast.data
+CFM_LABEL = {"gaussian": "N"}  # as in the toy2d table: N→8gaussians
 POT_MAX_ITER = 10_000_000  # POT's default (100_000) stops early, non-optimal, at n=2048, d=784
 RTOL = 1e-5  # flowfast's optimal total vs scipy's, on the same float32 costs
 RTOL_PAIRING = 1e-4  # ot_pairing builds its own (matmul-form) costs, so ties may break differently
@@ -79,13 +89,19 @@ class Case:
     n: int
     d: int
     B: int | None = None  # None: one (n, n) problem; otherwise a (B, n, n) batch
+    data: tuple[str, str] | None = None  # (source, target) flowfast.data samplers; None: N(0, I) clouds
 
     @property
     def key(self) -> str:
+        if self.data:
+            return f"{self.data[0]}-{self.data[1]}-n{self.n}"
         return f"B{self.B}-n{self.n}-d{self.d}" if self.B else f"n{self.n}-d{self.d}"
 
     @property
     def label(self) -> str:
+        if self.data:
+            src, dst = (CFM_LABEL.get(name, name) for name in self.data)
+            return f"{src}→{dst}"
         return f"B={self.B} x n={self.n}" if self.B else "single"
 
 
@@ -99,9 +115,13 @@ class Inputs:
 
 def make_inputs(case: Case) -> Inputs:
     g = torch.Generator().manual_seed(SEED)
-    shape = (case.B, case.n, case.d) if case.B else (case.n, case.d)
-    x0 = torch.randn(shape, generator=g)
-    x1 = torch.randn(shape, generator=g)
+    if case.data:
+        x0 = flowfast.data.get_sampler(case.data[0])(case.n, g)
+        x1 = flowfast.data.get_sampler(case.data[1])(case.n, g)
+    else:
+        shape = (case.B, case.n, case.d) if case.B else (case.n, case.d)
+        x0 = torch.randn(shape, generator=g)
+        x1 = torch.randn(shape, generator=g)
     cost = torch.cdist(x0, x1).square_().contiguous()
     return Inputs(x0, x1, cost, cost.double().numpy().copy())
 
@@ -314,6 +334,7 @@ def build_row(case: Case, m: dict[str, Any], device: str, notes: list[str]) -> t
     anchor = min(anchors, key=lambda t: t["median_s"]) if anchors else None
     raw = {
         "case": case.key, "B": case.B, "n": case.n, "d": case.d, "device": device,
+        "data": "->".join(case.data) if case.data else "normal",
         "times": m,
         "ratio_anchor_over_ff_cpu": ratio(anchor, m["ff_cpu"]),
         "ratio_scipy_over_ff_cpu": ratio(m.get("scipy"), m["ff_cpu"]),
@@ -352,7 +373,7 @@ def global_notes(runner: Runner, device: str) -> list[str]:
     out = [
         "Times are medians in ms (adaptive repeats, see `benchmarks/_timing.py`). Ratios are "
         "peer time / flowfast time: > 1 means flowfast is faster.",
-        f"Inputs: x0, x1 standard Gaussian (seed {SEED}), cost = squared Euclidean distance (float32, "
+        f"Inputs (single and batched rows): x0, x1 standard Gaussian (seed {SEED}), cost = squared Euclidean distance (float32, "
         "`torch.cdist(x0, x1)**2`). flowfast gets the float32 tensor; scipy, lapjv and POT get a "
         "float64 numpy copy made outside the timed region (they need float64).",
         "Before timing, each case checks that flowfast's total cost equals scipy's optimum "
@@ -364,6 +385,13 @@ def global_notes(runner: Runner, device: str) -> list[str]:
         "Batched rows: flowfast solves the (B, n, n) batch in one call (OpenMP over the batch on the "
         "CPU); scipy / lapjv / POT columns are a Python loop over the B problems (single-threaded).",
     ]
+    if args.cfm_sizes:
+        labels = ", ".join(Case(0, 2, data=pair).label for pair in CFM_PAIRS)
+        samplers = " / ".join(f'`get_sampler("{b}")`' for _, b in CFM_PAIRS)
+        out.insert(2, f"Structured rows ({labels}; d = 2): x0 = `flowfast.data.get_sampler(\"gaussian\")(n, g)`, "
+                      f"x1 = {samplers} (same generator, seed {SEED}), same cost: the batches OT-CFM re-pairs "
+                      "every training step on the 2-D toy tasks. Between two differently shaped clouds the "
+                      "optimal dual potentials are far from zero.")
     if device == "cuda":
         out.append("CPU columns (ff CPU, scipy, lapjv, POT) are measured on this machine's host CPU "
                    "in the same process; ff CUDA gets the cost already on the GPU (CUDA events).")
@@ -387,8 +415,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sizes", type=int, nargs="+", help=f"override the n grid (default {list(SIZES)})")
     p.add_argument("--dims", type=int, nargs="+", help=f"override the d grid (default {list(DIMS)})")
     p.add_argument("--batch", type=int, default=None, help=f"B of the batched case (n={BATCH_N}; default 32; 0 = none)")
+    p.add_argument("--cfm-sizes", type=int, nargs="+",
+                   help=f"n of the structured OT-CFM-like cases ({', '.join(f'{a}->{b}' for a, b in CFM_PAIRS)}) "
+                        f"(d=2; default {list(CFM_SIZES)}; 0 = none)")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: n in {128, 256}, d=2, batched B=8; files named assignment-quick-*")
+                   help="smoke run: n in {128, 256}, d=2, batched B=8, structured n=256; "
+                        "files named assignment-quick-*")
     p.add_argument("--pot-max-n", type=int, default=None, help="skip POT emd above this n (default: never)")
     p.add_argument("--torchcfm-max-n", type=int, default=None, help="skip torchcfm above this n (default: never)")
     p.add_argument("--min-time", type=float, default=None, help="seconds of timed repeats per method and case")
@@ -401,11 +433,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.sizes = args.sizes or [128, 256]
         args.dims = args.dims or [2]
         args.batch = 8 if args.batch is None else args.batch
+        args.cfm_sizes = args.cfm_sizes or [256]
         args.min_time = 0.2 if args.min_time is None else args.min_time
         args.max_time = 2.0 if args.max_time is None else args.max_time
     args.sizes = args.sizes or list(SIZES)
     args.dims = args.dims or list(DIMS)
     args.batch = 32 if args.batch is None else args.batch
+    args.cfm_sizes = [n for n in (args.cfm_sizes or CFM_SIZES) if n > 0]
     args.min_time = 0.5 if args.min_time is None else args.min_time
     args.max_time = 8.0 if args.max_time is None else args.max_time
     return args
@@ -422,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = [Case(n, d) for d in args.dims for n in args.sizes]
     if args.batch:
         cases += [Case(BATCH_N, d, args.batch) for d in args.dims]
+    cases += [Case(n, 2, data=pair) for pair in CFM_PAIRS for n in args.cfm_sizes]
 
     runner = Runner(args)
     t_start = time.perf_counter()
