@@ -8,13 +8,15 @@ kernel on the same input.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 from scipy.optimize import linear_sum_assignment as scipy_lsa
 
 import flowfast
-from flowfast import testing
+from flowfast import data, testing
 from flowfast.reference.assignment import linear_assignment as reference_linear_assignment
 
 RTOL = testing.OBJECTIVE_RTOL
@@ -170,6 +172,30 @@ def test_huge_dynamic_range(device, dtype, shape):
     cost = torch.from_numpy(10.0 ** rng.uniform(-6.0, 6.0, size=shape)).to(device, dtype)
     _solve_and_check(cost)
     _solve_and_check(cost, maximize=True)
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (40, 40), (100, 100), (3, 33, 33)])
+@pytest.mark.parametrize("outlier", [1e8, 1e20])
+def test_few_huge_outliers(device, dtype, shape, outlier):
+    """Unit costs plus a few entries many orders larger: the range is the outliers', the optimum
+    the unit costs'. (A warm start that prices columns on the range's scale would round the unit
+    costs away; the CPU solver falls back to the plain start there.)"""
+    g = _gen(sum(shape) + int(math.log10(outlier)))
+    cost = torch.rand(shape, generator=g, dtype=torch.float64)
+    flat = cost.view(-1)
+    flat[torch.randint(0, flat.numel(), (3,), generator=g)] = outlier
+    _solve_and_check(cost.to(device, dtype))
+    _solve_and_check(cost.to(device, dtype), maximize=True)
+
+
+@pytest.mark.parametrize("source,target", [("gaussian", "8gaussians"), ("gaussian", "moons"), ("moons", "8gaussians")])
+@pytest.mark.parametrize("n", [16, 100, 256])
+def test_structured_2d_clouds(device, dtype, source, target, n):
+    """The OT-CFM case: squared distances between two differently shaped 2-D clouds (on the CPU
+    these take the auction warm start)."""
+    g = _gen(n)
+    x0, x1 = data.get_sampler(source)(n, g), data.get_sampler(target)(n, g)
+    _solve_and_check(_point_cloud_cost(x0, x1).to(device, dtype))
 
 
 @pytest.mark.parametrize("low,high", [(-10.0, 0.0), (-5.0, 5.0), (-1e4, -1e3)])

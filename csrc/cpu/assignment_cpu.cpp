@@ -40,6 +40,8 @@ constexpr double kFinalEpsScale = 10.0;
 constexpr double kMinFinalEps = 1e-7;  // about float resolution: the shortlist scan is float32
 constexpr int64_t kBidsPerRow = 256;   // a safety net (typical: 5 to 60); past it the prices so far are used
 constexpr int kValueProbeRows = 32;
+constexpr int64_t kValueProbeCols = 64;       // entries per probed row for the median below
+constexpr double kMaxRangeOverMedian = 1e6;  // range / median(c - lo) above it: plain path
 
 // A row's auction shortlist: some columns with their costs, and a lower bound `theta` on
 // h_j = (sign*c_j - lo) - v_j over the columns not listed (lo: the smallest sign*c, so shifted
@@ -504,7 +506,8 @@ class SapSolver {
       hi = -hi;
     }
     const double range = hi - lo;
-    if (n_ == m_ && n_ >= kAuctionMinN && range > 0.0 && std::isfinite(range) && !few_distinct_values()) {
+    if (n_ == m_ && n_ >= kAuctionMinN && range > 0.0 && std::isfinite(range) && !outlier_dominated(lo, range) &&
+        !few_distinct_values()) {
       auction_prices(lo, range);
       tight_assignment();
     } else {
@@ -519,6 +522,25 @@ class SapSolver {
 
  private:
   double c(int64_t i, int64_t j) const { return sign_ * static_cast<double>(cost_[i * row_stride_ + j]); }
+
+  // Whether a few huge entries set the cost range: the median of sampled c - lo is below
+  // range / kMaxRangeOverMedian. Auction prices move in steps of eps ~ range, and c - v in double
+  // then loses the low digits of the typical costs (one 1e20 entry among costs ~1 left nothing of
+  // them), so the Dijkstra would run on rounded reduced costs. The plain path's potentials only
+  // grow by the reduced costs along actual augmenting paths, which avoid such entries.
+  bool outlier_dominated(double lo, double range) const {
+    const int64_t probes = std::min<int64_t>(kValueProbeRows, n_);
+    const int64_t per_row = std::min<int64_t>(kValueProbeCols, m_);
+    std::vector<double> sample;
+    sample.reserve(static_cast<size_t>(probes * per_row));
+    for (int64_t k = 0; k < probes; ++k) {
+      const int64_t i = k * n_ / probes;
+      for (int64_t q = 0; q < per_row; ++q) sample.push_back(c(i, (q * m_ / per_row + k) % m_) - lo);
+    }
+    auto middle = sample.begin() + static_cast<std::ptrdiff_t>(sample.size() / 2);
+    std::nth_element(sample.begin(), middle, sample.end());
+    return !(*middle * kMaxRangeOverMedian >= range);
+  }
 
   // Whether the costs take few distinct values (integer-valued costs, grid distances): in many
   // sampled rows the entry at some column recurs at another column. The plain path is the faster
