@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import statistics
 import sys
 import time
@@ -334,6 +335,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return args
 
 
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     if args.threads:
@@ -355,37 +360,48 @@ def main(argv: Optional[list[str]] = None) -> int:
     baselines: dict[str, float] = {}
     warmed: set = set()
     t_start = time.perf_counter()
-    for task in args.tasks:
-        label, src_name, tgt_name = TASKS[task]
-        src, tgt = data.get_sampler(src_name), data.get_sampler(tgt_name)
-        baselines[task] = source_target_w2(src, tgt, args.eval_n, args.seeds[0], dev)
-        for seed in args.seeds:
-            g = torch.Generator().manual_seed(DATA_SEED_BASE + seed)
-            x0_all = src(args.steps * BATCH, generator=g).to(dev)
-            x1_all = tgt(args.steps * BATCH, generator=g).to(dev)
-            for method in args.methods:
-                for lib in libs:
-                    if (lib, method) not in warmed:  # first calls (custom-op registration, POT import, ...)
+    interrupted = False
+    # Ctrl-C or SIGTERM (`kill`, a job time limit) still writes the runs finished so far; background
+    # jobs of a non-interactive shell ignore SIGINT, hence SIGTERM too.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        for task in args.tasks:
+            label, src_name, tgt_name = TASKS[task]
+            src, tgt = data.get_sampler(src_name), data.get_sampler(tgt_name)
+            baselines[task] = source_target_w2(src, tgt, args.eval_n, args.seeds[0], dev)
+            for seed in args.seeds:
+                g = torch.Generator().manual_seed(DATA_SEED_BASE + seed)
+                x0_all = src(args.steps * BATCH, generator=g).to(dev)
+                x1_all = tgt(args.steps * BATCH, generator=g).to(dev)
+                for method in args.methods:
+                    for lib in libs:
+                        if (lib, method) not in warmed:  # first calls (custom-op registration, POT import, ...)
+                            model, opt, loss_fn = make_model_and_loss(lib, method, seed, dev, tcfm)
+                            train(model, opt, loss_fn, x0_all, x1_all, min(WARMUP_STEPS, args.steps), dev)
+                            warmed.add((lib, method))
                         model, opt, loss_fn = make_model_and_loss(lib, method, seed, dev, tcfm)
-                        train(model, opt, loss_fn, x0_all, x1_all, min(WARMUP_STEPS, args.steps), dev)
-                        warmed.add((lib, method))
-                    model, opt, loss_fn = make_model_and_loss(lib, method, seed, dev, tcfm)
-                    seconds, final_loss, msgs = train(model, opt, loss_fn, x0_all, x1_all, args.steps, dev)
-                    w2, nfe = evaluate(model, src, tgt, args.eval_n, seed, dev)
-                    results.setdefault((task, method, lib), []).append(
-                        {"seed": seed, "w2": w2, "nfe": nfe, "seconds": seconds, "steps": args.steps,
-                         "final_loss": final_loss, "warnings": msgs})
-                    print(f"[{dev}] {label} {METHODS[method]} {lib} seed {seed}: W2 {w2:.3f}, NFE {nfe}, "
-                          f"{seconds / args.steps * 1000:.2f} s / 1k steps, loss {final_loss:.3f}",
-                          file=sys.stderr, flush=True)
-            del x0_all, x1_all
+                        seconds, final_loss, msgs = train(model, opt, loss_fn, x0_all, x1_all, args.steps, dev)
+                        w2, nfe = evaluate(model, src, tgt, args.eval_n, seed, dev)
+                        results.setdefault((task, method, lib), []).append(
+                            {"seed": seed, "w2": w2, "nfe": nfe, "seconds": seconds, "steps": args.steps,
+                             "final_loss": final_loss, "warnings": msgs})
+                        print(f"[{dev}] {label} {METHODS[method]} {lib} seed {seed}: W2 {w2:.3f}, NFE {nfe}, "
+                              f"{seconds / args.steps * 1000:.2f} s / 1k steps, loss {final_loss:.3f}",
+                              file=sys.stderr, flush=True)
+                del x0_all, x1_all
+    except KeyboardInterrupt:
+        interrupted = True
+        print("toy2d: interrupted; writing the runs finished so far", file=sys.stderr)
+    if not results:
+        return 130 if interrupted else 1
 
     rows, raws = build_rows(results, args, missing)
     _timing.write_results(
         FAMILY + ("-quick" if args.quick else "") + (f"-threads{args.threads}" if args.threads else "")
         + (f"-{args.tag}" if args.tag else ""),
         rows, env, args.out,
-        notes=global_notes(args, dev, missing, baselines),
+        notes=global_notes(args, dev, missing, baselines)
+        + (["Interrupted: only the runs listed finished (see `seeds`)."] if interrupted else []),
         extra={"raw": raws, "args": vars(args), "source_target_w2": baselines},
         title=f"toy2d — I-CFM / OT-CFM, flowfast vs torchcfm, W2 and training time on {env['device_name']} ({dev.type})",
     )
