@@ -188,6 +188,44 @@ def test_few_huge_outliers(device, dtype, shape, outlier):
     _solve_and_check(cost.to(device, dtype), maximize=True)
 
 
+def _tiny_matching(rng, n):
+    """U(0, 1) costs plus a sparse set of 1e-20-scale entries that holds a perfect matching."""
+    cost = rng.random((n, n))
+    for extra in range(4):
+        cols = rng.permutation(n) if extra == 0 else rng.integers(0, n, n)
+        cost[np.arange(n), cols] = 1e-20 * rng.random(n)
+    return cost
+
+
+def _clustered_duplicates(rng, n):
+    """Squared distances between two copies of 4-point clusters jittered by 1e-8."""
+    centers = rng.random((n // 4 + 1, 2))
+    labels = np.repeat(np.arange(n // 4 + 1), 4)[:n]
+    x = centers[labels] + 1e-8 * rng.standard_normal((n, 2))
+    y = centers[rng.permutation(labels)] + 1e-8 * rng.standard_normal((n, 2))
+    return ((x[:, None] - y[None]) ** 2).sum(-1)
+
+
+def _bimodal(rng, n):
+    """U(0, 1) costs, 60% of them lifted by 1e12 (a low-cost permutation kept)."""
+    cost = rng.random((n, n))
+    high = rng.random((n, n)) < 0.6
+    high[np.arange(n), rng.permutation(n)] = False
+    cost[high] += 1e12
+    return cost
+
+
+@pytest.mark.parametrize("family", [_tiny_matching, _clustered_duplicates, _bimodal])
+@pytest.mark.parametrize("n", [17, 64, 128])
+def test_optimum_far_below_the_cost_range(device, family, n):
+    """The costs that decide the optimum are 1e-12..1e-20 of the range: solved to their own
+    resolution. (Auction prices on the range's scale round them away; the CPU solver detects this
+    and keeps the plain start.)"""
+    cost = torch.from_numpy(family(np.random.default_rng(n), n)).to(device)
+    _solve_and_check(cost)
+    _solve_and_check(cost, maximize=True)
+
+
 @pytest.mark.parametrize("source,target", [("gaussian", "8gaussians"), ("gaussian", "moons"), ("moons", "8gaussians")])
 @pytest.mark.parametrize("n", [16, 100, 256])
 def test_structured_2d_clouds(device, dtype, source, target, n):

@@ -40,8 +40,8 @@ constexpr double kFinalEpsScale = 10.0;
 constexpr double kMinFinalEps = 1e-7;  // about float resolution: the shortlist scan is float32
 constexpr int64_t kBidsPerRow = 256;   // a safety net (typical: 5 to 60); past it the prices so far are used
 constexpr int kValueProbeRows = 32;
-constexpr int64_t kValueProbeCols = 64;       // entries per probed row for the median below
-constexpr double kMaxRangeOverMedian = 1e6;  // range / median(c - lo) above it: plain path
+constexpr int64_t kProbeSmallest = 16;       // a probed row's best candidates (auction_prices_resolve)
+constexpr double kMinGapOverRange = 1e-11;   // closer candidates need the plain path's precision
 
 // A row's auction shortlist: some columns with their costs, and a lower bound `theta` on
 // h_j = (sign*c_j - lo) - v_j over the columns not listed (lo: the smallest sign*c, so shifted
@@ -506,9 +506,10 @@ class SapSolver {
       hi = -hi;
     }
     const double range = hi - lo;
-    if (n_ == m_ && n_ >= kAuctionMinN && range > 0.0 && std::isfinite(range) && !outlier_dominated(lo, range) &&
-        !few_distinct_values()) {
-      auction_prices(lo, range);
+    const double eps_final = final_auction_eps(range);
+    if (n_ == m_ && n_ >= kAuctionMinN && range > 0.0 && std::isfinite(range) &&
+        auction_prices_resolve(lo, range, eps_final) && !few_distinct_values()) {
+      auction_prices(lo, range, eps_final);
       tight_assignment();
     } else {
       greedy_row_reduction();
@@ -523,23 +524,38 @@ class SapSolver {
  private:
   double c(int64_t i, int64_t j) const { return sign_ * static_cast<double>(cost_[i * row_stride_ + j]); }
 
-  // Whether a few huge entries set the cost range: the median of sampled c - lo is below
-  // range / kMaxRangeOverMedian. Auction prices move in steps of eps ~ range, and c - v in double
-  // then loses the low digits of the typical costs (one 1e20 entry among costs ~1 left nothing of
-  // them), so the Dijkstra would run on rounded reduced costs. The plain path's potentials only
-  // grow by the reduced costs along actual augmenting paths, which avoid such entries.
-  bool outlier_dominated(double lo, double range) const {
+  // Whether auction prices can be trusted here, judged on kValueProbeRows sampled rows from each
+  // row's kProbeSmallest smallest (shifted) costs s_1 <= ... <= s_k. The prices end within
+  // eps_final of optimal and of the range's magnitude, so c - v in double keeps only the digits
+  // of the costs down to ~1e-16 range:
+  //  - precision: if two of a row's best candidates differ by less than kMinGapOverRange * range
+  //    (tiny costs next to a unit-scale range, clusters of near-duplicate points, a bimodal cost
+  //    whose low mode is 1e12 below the high one), the Dijkstra on such reduced costs would pick
+  //    among them by rounding; the plain path's potentials only move by reduced costs along actual
+  //    augmenting paths and keep those digits.
+  //  - use: if the best candidates of a typical row lie within eps_final of each other (huge
+  //    outliers set the range), the prices carry no information and the auction is pure cost.
+  bool auction_prices_resolve(double lo, double range, double eps_final) {
     const int64_t probes = std::min<int64_t>(kValueProbeRows, n_);
-    const int64_t per_row = std::min<int64_t>(kValueProbeCols, m_);
-    std::vector<double> sample;
-    sample.reserve(static_cast<size_t>(probes * per_row));
-    for (int64_t k = 0; k < probes; ++k) {
-      const int64_t i = k * n_ / probes;
-      for (int64_t q = 0; q < per_row; ++q) sample.push_back(c(i, (q * m_ / per_row + k) % m_) - lo);
+    const int64_t k = std::min<int64_t>(kProbeSmallest, m_);
+    auto& row = ws_.shortest;  // scratch: augment_from refills it before every use
+    row.resize(static_cast<size_t>(m_));
+    std::vector<double> spreads;
+    spreads.reserve(static_cast<size_t>(probes));
+    double finest = std::numeric_limits<double>::infinity();
+    for (int64_t q = 0; q < probes; ++q) {
+      const int64_t i = q * n_ / probes;
+      for (int64_t j = 0; j < m_; ++j) row[static_cast<size_t>(j)] = c(i, j) - lo;
+      std::partial_sort(row.begin(), row.begin() + k, row.end());
+      spreads.push_back(row[static_cast<size_t>(k - 1)] - row[0]);
+      for (int64_t j = 1; j < k; ++j) {
+        const double gap = row[static_cast<size_t>(j)] - row[static_cast<size_t>(j - 1)];
+        if (gap > 0.0) finest = std::min(finest, gap);  // exact ties are harmless: any choice is optimal
+      }
     }
-    auto middle = sample.begin() + static_cast<std::ptrdiff_t>(sample.size() / 2);
-    std::nth_element(sample.begin(), middle, sample.end());
-    return !(*middle * kMaxRangeOverMedian >= range);
+    auto middle = spreads.begin() + static_cast<std::ptrdiff_t>(spreads.size() / 2);
+    std::nth_element(spreads.begin(), middle, spreads.end());
+    return finest >= kMinGapOverRange * range && *middle >= eps_final;
   }
 
   // Whether the costs take few distinct values (integer-valued costs, grid distances): in many
@@ -567,7 +583,12 @@ class SapSolver {
   // its second-best column plus eps), Gauss-Seidel, eps-scaling; each phase starts with every row
   // unassigned and keeps the prices. Only v is kept: any finite v is a valid start because
   // tight_assignment recomputes u, so running out of budget costs time, never optimality.
-  void auction_prices(double lo, double range) {
+  double final_auction_eps(double range) const {
+    const double n = static_cast<double>(n_);
+    return std::max(kFinalEpsScale / (n * n), kMinFinalEps) * range;
+  }
+
+  void auction_prices(double lo, double range, double eps_final) {
     auto& v = ws_.v;
     auto& v32 = ws_.v32;
     auto& col4row = ws_.col4row;
@@ -582,8 +603,6 @@ class SapSolver {
     ws_.lists.resize(n_);
     for (auto& l : ws_.lists) l.count = -1;
     int64_t budget = kBidsPerRow * n_ + 4096;
-    const double n = static_cast<double>(n_);
-    const double eps_final = std::max(kFinalEpsScale / (n * n), kMinFinalEps) * range;
     for (double eps = kEpsStart * range;; eps /= kEpsFactor) {
       std::fill(row4col.begin(), row4col.end(), -1);
       std::fill(col4row.begin(), col4row.end(), -1);
