@@ -524,38 +524,42 @@ class SapSolver {
  private:
   double c(int64_t i, int64_t j) const { return sign_ * static_cast<double>(cost_[i * row_stride_ + j]); }
 
-  // Whether auction prices can be trusted here, judged on kValueProbeRows sampled rows from each
-  // row's kProbeSmallest smallest (shifted) costs s_1 <= ... <= s_k. The prices end within
-  // eps_final of optimal and of the range's magnitude, so c - v in double keeps only the digits
-  // of the costs down to ~1e-16 range:
+  // Whether auction prices can be trusted here. They end within eps_final of optimal and of the
+  // range's magnitude, so c - v in double keeps the costs' digits only down to ~1e-16 range:
   //  - precision: if two of a row's best candidates differ by less than kMinGapOverRange * range
   //    (tiny costs next to a unit-scale range, clusters of near-duplicate points, a bimodal cost
   //    whose low mode is 1e12 below the high one), the Dijkstra on such reduced costs would pick
   //    among them by rounding; the plain path's potentials only move by reduced costs along actual
-  //    augmenting paths and keep those digits.
-  //  - use: if the best candidates of a typical row lie within eps_final of each other (huge
-  //    outliers set the range), the prices carry no information and the auction is pure cost.
+  //    augmenting paths and keep those digits. Checked on every row's two best (one vector pass)
+  //    and on kValueProbeRows sampled rows' kProbeSmallest best.
+  //  - use: if some sampled row's best candidates lie within eps_final of each other (huge
+  //    outliers set the range, rows on very different scales), the prices carry no information
+  //    there and the auction is pure cost.
+  // What remains is rounding of ~n ulp(range) in the total: structure finer than that which no
+  // row's two best nor the sampled rows show (e.g. an additive x_i + y_j cost plus 1e-12 range
+  // noise) is resolved only to that level.
   bool auction_prices_resolve(double lo, double range, double eps_final) {
+    const double min_gap = kMinGapOverRange * range;
+    for (int64_t i = 0; i < n_; ++i) {
+      const Bid t = top2(cost_ + i * row_stride_, sign_, ws_.v.data(), m_);  // v = 0 here
+      const double gap = t.second - t.best;
+      if (gap > 0.0 && gap < min_gap) return false;  // exact ties are harmless: any choice is optimal
+    }
     const int64_t probes = std::min<int64_t>(kValueProbeRows, n_);
     const int64_t k = std::min<int64_t>(kProbeSmallest, m_);
     auto& row = ws_.shortest;  // scratch: augment_from refills it before every use
     row.resize(static_cast<size_t>(m_));
-    std::vector<double> spreads;
-    spreads.reserve(static_cast<size_t>(probes));
-    double finest = std::numeric_limits<double>::infinity();
     for (int64_t q = 0; q < probes; ++q) {
       const int64_t i = q * n_ / probes;
       for (int64_t j = 0; j < m_; ++j) row[static_cast<size_t>(j)] = c(i, j) - lo;
       std::partial_sort(row.begin(), row.begin() + k, row.end());
-      spreads.push_back(row[static_cast<size_t>(k - 1)] - row[0]);
+      if (row[static_cast<size_t>(k - 1)] - row[0] < eps_final) return false;
       for (int64_t j = 1; j < k; ++j) {
         const double gap = row[static_cast<size_t>(j)] - row[static_cast<size_t>(j - 1)];
-        if (gap > 0.0) finest = std::min(finest, gap);  // exact ties are harmless: any choice is optimal
+        if (gap > 0.0 && gap < min_gap) return false;
       }
     }
-    auto middle = spreads.begin() + static_cast<std::ptrdiff_t>(spreads.size() / 2);
-    std::nth_element(spreads.begin(), middle, spreads.end());
-    return finest >= kMinGapOverRange * range && *middle >= eps_final;
+    return true;
   }
 
   // Whether the costs take few distinct values (integer-valued costs, grid distances): in many
