@@ -17,10 +17,7 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
-
+#include "cpu/cpu_features.h"
 #include "flowfast/assignment.h"
 
 namespace ff {
@@ -212,7 +209,7 @@ inline Bid evaluate_shortlist_scalar(const Shortlist& s, const double* v) {
   return b;
 }
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if defined(FF_CPU_X86_SIMD)
 #define FF_HAVE_AVX2_PATH 1
 __attribute__((target("avx2"))) inline __m256d load4(const double* p) { return _mm256_loadu_pd(p); }
 __attribute__((target("avx2"))) inline __m256d load4(const float* p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
@@ -424,24 +421,20 @@ __attribute__((target("avx2"))) inline Bid evaluate_shortlist_avx2(const Shortli
   return out;
 }
 
-inline bool cpu_has_avx2() {
-  static const bool has = __builtin_cpu_supports("avx2");
-  return has;
-}
 #endif
 
 template <typename T>
 double scan_row(const T* row, double sign, double base, const double* v, double* label, int64_t* path, int64_t i,
                 int64_t m) {
 #if defined(FF_HAVE_AVX2_PATH)
-  if (cpu_has_avx2()) return scan_row_avx2(row, sign, base, v, label, path, i, m);
+  if (cpu::has_avx2()) return scan_row_avx2(row, sign, base, v, label, path, i, m);
 #endif
   return scan_row_scalar(row, sign, base, v, label, path, i, m);
 }
 
 inline int64_t find_label(const double* label, double lowest, const int64_t* row4col, int64_t m) {
 #if defined(FF_HAVE_AVX2_PATH)
-  if (cpu_has_avx2()) return find_label_avx2(label, lowest, row4col, m);
+  if (cpu::has_avx2()) return find_label_avx2(label, lowest, row4col, m);
 #endif
   return find_label_scalar(label, lowest, row4col, 0, m, -1);
 }
@@ -449,7 +442,7 @@ inline int64_t find_label(const double* label, double lowest, const int64_t* row
 template <typename T>
 Bid top2(const T* row, double sign, const double* v, int64_t m) {
 #if defined(FF_HAVE_AVX2_PATH)
-  if (cpu_has_avx2()) return top2_avx2(row, sign, v, m);
+  if (cpu::has_avx2()) return top2_avx2(row, sign, v, m);
 #endif
   return top2_scalar(row, sign, v, m);
 }
@@ -457,7 +450,7 @@ Bid top2(const T* row, double sign, const double* v, int64_t m) {
 template <typename T>
 bool cost_bounds(const T* p, int64_t n, int64_t m, int64_t stride, double& lo, double& hi) {
 #if defined(FF_HAVE_AVX2_PATH)
-  if (cpu_has_avx2()) return cost_bounds_avx2(p, n, m, stride, lo, hi);
+  if (cpu::has_avx2()) return cost_bounds_avx2(p, n, m, stride, lo, hi);
 #endif
   return cost_bounds_scalar(p, n, m, stride, lo, hi);
 }
@@ -469,7 +462,7 @@ template <typename T>
 void build_shortlist(const T* row, double sign, double lo, double scale, const double* v, const float* v32, bool fast,
                      int64_t m, Shortlist& s) {
 #if defined(FF_HAVE_AVX2_PATH)
-  if (fast && cpu_has_avx2()) {
+  if (fast && cpu::has_avx2()) {
     // h * scale = (c - sign*lo) * (sign*scale) - v * scale.
     shortlist_avx2(row, sign * lo, sign * scale, v32, m, s);
     s.theta /= scale;
@@ -486,7 +479,7 @@ void build_shortlist(const T* row, double sign, double lo, double scale, const d
 
 inline Bid evaluate_shortlist(const Shortlist& s, const double* v) {
 #if defined(FF_HAVE_AVX2_PATH)
-  if (cpu_has_avx2()) return evaluate_shortlist_avx2(s, v);
+  if (cpu::has_avx2()) return evaluate_shortlist_avx2(s, v);
 #endif
   return evaluate_shortlist_scalar(s, v);
 }

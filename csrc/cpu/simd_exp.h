@@ -9,8 +9,9 @@
 #include <cstdint>
 #include <limits>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
+#include "cpu/cpu_features.h"
+
+#if defined(FF_CPU_X86_SIMD)
 #define FF_SIMD_EXP_AVX2 1
 #endif
 
@@ -18,11 +19,6 @@ namespace ff {
 namespace cpu {
 
 #if defined(FF_SIMD_EXP_AVX2)
-inline bool has_avx2_fma() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-}
-
 // exp(x) for x <= 0: x = n ln2 + r with |r| <= ln2/2, e^r by its degree-12 Taylor polynomial
 // (truncation error < 2e-16 relative), 2^n assembled in the exponent bits.
 __attribute__((target("avx2,fma"))) inline __m256d exp4_nonpositive(__m256d x) {

@@ -11,10 +11,10 @@
 
 #include <cstdint>
 
+#include "cpu/cpu_features.h"
 #include "flowfast/interpolant_math.h"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
+#if defined(FF_CPU_X86_SIMD)
 #define FF_SIMD_NORMAL_AVX2 1
 #endif
 
@@ -22,11 +22,6 @@ namespace ff {
 namespace cpu {
 
 #if defined(FF_SIMD_NORMAL_AVX2)
-inline bool normal_has_avx2_fma() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-}
-
 // 32x32 -> (hi, lo) for eight lanes: _mm256_mul_epu32 multiplies the even lanes only, so the odd
 // lanes go through a second multiply after a 32-bit shift.
 __attribute__((target("avx2,fma"))) inline void mulhilo8(__m256i a, __m256i b, __m256i* hi, __m256i* lo) {
@@ -170,7 +165,7 @@ __attribute__((target("avx2,fma"))) inline void standard_normal_pairs_avx2(uint6
 /// out[2i] and out[2i + 1] are the two halves of pair first_pair + i (ff::standard_normal_pair).
 inline void standard_normal_pairs(uint64_t seed, uint64_t offset, uint64_t first_pair, int64_t npairs, float* out) {
 #if defined(FF_SIMD_NORMAL_AVX2)
-  if (normal_has_avx2_fma()) return standard_normal_pairs_avx2(seed, offset, first_pair, npairs, out);
+  if (has_avx2_fma()) return standard_normal_pairs_avx2(seed, offset, first_pair, npairs, out);
 #endif
   for (int64_t i = 0; i < npairs; ++i)
     standard_normal_pair<float>(seed, offset, first_pair + static_cast<uint64_t>(i), out + 2 * i, out + 2 * i + 1);
