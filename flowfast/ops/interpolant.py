@@ -107,17 +107,27 @@ def _(v, x0, x1, t, eps, weight, kind, sigma, seed, offset):
     return v.new_empty(v.shape[0])
 
 
-def _loss_setup(ctx, inputs, output):
-    v, x0, x1, t, eps, weight, kind, sigma, seed, offset = inputs
+def _save_loss_inputs(ctx, inputs) -> None:
+    """Keep what the loss backward recomputes u_t from: (v, x0, x1, t, eps, weight) and the config
+    (kind, sigma, seed, offset). Shared by the custom op's autograd and the eager Functions."""
+    v, x0, x1, t, eps, weight, *config = inputs
     ctx.save_for_backward(v, x0, x1, t, eps, weight)
-    ctx.config = (kind, sigma, seed, offset)
+    ctx.config = tuple(config)
+
+
+def _saved_loss_inputs(ctx) -> tuple:
+    """(v, x0, x1, t, eps, weight, kind, sigma, seed, offset) as saved by :func:`_save_loss_inputs`."""
+    return (*ctx.saved_tensors, *ctx.config)
+
+
+def _loss_setup(ctx, inputs, output):
+    _save_loss_inputs(ctx, inputs)
 
 
 def _loss_backward(ctx, grad):
-    v, x0, x1, t, eps, weight = ctx.saved_tensors
     grad_v = None
     if ctx.needs_input_grad[0]:
-        grad_v = interpolant_loss_backward(grad, v, x0, x1, t, eps, weight, *ctx.config)
+        grad_v = interpolant_loss_backward(grad, *_saved_loss_inputs(ctx))
     return grad_v, None, None, None, None, None, None, None, None, None
 
 
@@ -130,15 +140,13 @@ class EagerLoss(torch.autograd.Function):
     custom ops (:func:`loss`)."""
 
     @staticmethod
-    def forward(ctx, v, x0, x1, t, eps, weight, kind, sigma, seed, offset):
-        ctx.save_for_backward(v, x0, x1, t, eps, weight)
-        ctx.config = (kind, sigma, seed, offset)
-        return loss_impl(v, x0, x1, t, eps, weight, kind, sigma, seed, offset)
+    def forward(ctx, *inputs):
+        _save_loss_inputs(ctx, inputs)
+        return loss_impl(*inputs)
 
     @staticmethod
     def backward(ctx, grad):
-        v, x0, x1, t, eps, weight = ctx.saved_tensors
-        return (loss_backward_impl(grad, v, x0, x1, t, eps, weight, *ctx.config),) + (None,) * 9
+        return (loss_backward_impl(grad, *_saved_loss_inputs(ctx)),) + (None,) * 9
 
 
 class EagerMeanLoss(torch.autograd.Function):
@@ -146,16 +154,16 @@ class EagerMeanLoss(torch.autograd.Function):
     needs, without the two extra nodes (sum, div) per step (~35 us on a CPU toy step)."""
 
     @staticmethod
-    def forward(ctx, v, x0, x1, t, eps, weight, kind, sigma, seed, offset):
-        ctx.save_for_backward(v, x0, x1, t, eps, weight)
-        ctx.config = (kind, sigma, seed, offset)
-        return loss_impl(v, x0, x1, t, eps, weight, kind, sigma, seed, offset).sum() / v.numel()
+    def forward(ctx, *inputs):
+        _save_loss_inputs(ctx, inputs)
+        return loss_impl(*inputs).sum() / inputs[0].numel()
 
     @staticmethod
     def backward(ctx, grad):
-        v, x0, x1, t, eps, weight = ctx.saved_tensors
+        saved = _saved_loss_inputs(ctx)
+        v = saved[0]
         per_sample_grad = (grad / v.numel()).expand(v.shape[0])
-        return (loss_backward_impl(per_sample_grad, v, x0, x1, t, eps, weight, *ctx.config),) + (None,) * 9
+        return (loss_backward_impl(per_sample_grad, *saved),) + (None,) * 9
 
 
 def sample(x0, x1, t, eps, kind, sigma, seed, offset, return_noise=False):
