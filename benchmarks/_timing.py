@@ -311,6 +311,54 @@ def write_results(
     return {"json": json_path, "md": md_path, "markdown": markdown}
 
 
+# Loaders of the peers several scripts time (for import_optional); script-specific ones stay there.
+def load_scipy_lsa():
+    from scipy.optimize import linear_sum_assignment
+
+    return linear_sum_assignment
+
+
+def load_lap():
+    import lap
+
+    return lap
+
+
+def load_pot():
+    import ot
+
+    return ot
+
+
+def load_torchcfm_plan_sampler():
+    from torchcfm.optimal_transport import OTPlanSampler
+
+    return OTPlanSampler
+
+
+def load_torchcfm_matchers():
+    import torchcfm.conditional_flow_matching as cfm
+
+    return cfm
+
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def add_run_args(p, *, timing: bool = True, tag_prefix: str | None = None) -> None:
+    """The flags the benchmark scripts share: --min-time / --max-time (scripts that time with
+    :func:`time_fn`), --threads, --tag (scripts that name their files with it) and --out."""
+    if timing:
+        p.add_argument("--min-time", type=float, default=None, help="seconds of timed repeats per method and case")
+        p.add_argument("--max-time", type=float, default=None, help="cap on timed seconds per method and case")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads(N) first (default: torch's default; recorded in the results)")
+    if tag_prefix:
+        p.add_argument("--tag", default=None,
+                       help=f"appended to the result file names ({tag_prefix}-TAG-…), e.g. to split a long run")
+    p.add_argument("--out", default=str(RESULTS_DIR), help="results directory")
+
+
 def import_optional(loaders: dict) -> tuple[dict, dict]:
     """Run every ``name -> loader()``; a peer that fails to import is reported, never a crash.
 

@@ -54,31 +54,11 @@ RTOL_PAIRING = 1e-4  # ot_pairing builds its own (matmul-form) costs, so ties ma
 
 def _import_peers() -> tuple[dict, dict]:
     """-> (modules, why_missing). A peer that fails to import is "not installed", never a crash."""
-    def scipy_lsa():
-        from scipy.optimize import linear_sum_assignment
-
-        return linear_sum_assignment
-
-    def lap_mod():
-        import lap
-
-        return lap
-
-    def pot_mod():
-        import ot
-
-        return ot
-
-    def torchcfm_sampler():
-        from torchcfm.optimal_transport import OTPlanSampler
-
-        return OTPlanSampler
-
     return _timing.import_optional({
-        "scipy": scipy_lsa,
-        "lapjv": lap_mod,
-        "pot": pot_mod,
-        "torchcfm": torchcfm_sampler,
+        "scipy": _timing.load_scipy_lsa,
+        "lapjv": _timing.load_lap,
+        "pot": _timing.load_pot,
+        "torchcfm": _timing.load_torchcfm_plan_sampler,
     })
 
 
@@ -423,11 +403,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "files named assignment-quick-*")
     p.add_argument("--pot-max-n", type=int, default=None, help="skip POT emd above this n (default: never)")
     p.add_argument("--torchcfm-max-n", type=int, default=None, help="skip torchcfm above this n (default: never)")
-    p.add_argument("--min-time", type=float, default=None, help="seconds of timed repeats per method and case")
-    p.add_argument("--max-time", type=float, default=None, help="cap on timed seconds per method and case")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch.set_num_threads(N) first (default: torch's default; recorded in the results)")
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="results directory")
+    _timing.add_run_args(p)
     args = p.parse_args(argv)
     if args.quick:
         args.sizes = args.sizes or [128, 256]

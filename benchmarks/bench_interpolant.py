@@ -379,7 +379,7 @@ def ratio(num: Any, den: Any) -> Optional[float]:
 class Runner:
     def __init__(self, args):
         self.args = args
-        self.peers, self.missing = _timing.import_optional({"torchcfm": _load_torchcfm})
+        self.peers, self.missing = _timing.import_optional({"torchcfm": _timing.load_torchcfm_matchers})
         self.tcfm = self.peers.get("torchcfm")
         self.compile_failures: dict[str, str] = {}
         self.unsupported: set[str] = set()
@@ -456,12 +456,6 @@ class Runner:
         for k in ("eager", "torchcfm", "compile"):
             raw[f"ratio_{k}_over_ff"] = ratio(m.get(k), ff)
         return m, raw
-
-
-def _load_torchcfm():
-    import torchcfm.conditional_flow_matching as cfm
-
-    return cfm
 
 
 def build_row(case: Case, raw: dict, device: torch.device, peak: Optional[float]) -> dict:
@@ -563,12 +557,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--peak-gbs", type=float, default=None, help="device peak bandwidth for the %% column (GB/s)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: B=256, shapes 2 and 3x32x32, no compile, short timing; files interpolant-quick-*")
-    p.add_argument("--min-time", type=float, default=None, help="seconds of timed repeats per implementation")
-    p.add_argument("--max-time", type=float, default=None, help="cap on timed seconds per implementation")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(N) first")
-    p.add_argument("--tag", default=None,
-                   help="appended to the result file names (interpolant-TAG-…), e.g. to split a long run")
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="results directory")
+    _timing.add_run_args(p, tag_prefix="interpolant")
     args = p.parse_args(argv)
     if args.quick:
         args.batches = args.batches or [256]

@@ -88,11 +88,6 @@ class CorrectnessError(AssertionError):
 
 def _import_peers() -> tuple[dict, dict]:
     """-> (modules, why_missing). A peer that fails to import is "not installed", never a crash."""
-    def pot():
-        import ot
-
-        return ot
-
     def solve_batch():
         from ot.batch import solve_batch  # POT >= 0.9.6
 
@@ -111,22 +106,12 @@ def _import_peers() -> tuple[dict, dict]:
                 continue
         return SamplesLoss, schedule
 
-    def torchcfm():
-        from torchcfm.optimal_transport import OTPlanSampler
-
-        return OTPlanSampler
-
-    def scipy_lsa():
-        from scipy.optimize import linear_sum_assignment
-
-        return linear_sum_assignment
-
     return _timing.import_optional({
-        "pot": pot,
+        "pot": _timing.load_pot,
         "pot_batch": solve_batch,
         "geomloss": geomloss,
-        "torchcfm": torchcfm,
-        "scipy": scipy_lsa,
+        "torchcfm": _timing.load_torchcfm_plan_sampler,
+        "scipy": _timing.load_scipy_lsa,
     })
 
 
@@ -982,11 +967,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--only", choices=("sinkhorn", "coupling"), default=None, help="run only one of the two tables")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: n in {256, 1024}, d=2, B in {1, 8}, coupling batch 256, d=2; files *-quick-*")
-    p.add_argument("--min-time", type=float, default=None, help="seconds of timed repeats per method and case")
-    p.add_argument("--max-time", type=float, default=None, help="cap on timed seconds per method and case")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch.set_num_threads(N) first (default: torch's default; recorded in the results)")
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="results directory")
+    _timing.add_run_args(p)
     args = p.parse_args(argv)
     if args.quick:
         args.sizes = args.sizes or [256, 1024]

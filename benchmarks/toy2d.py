@@ -294,12 +294,6 @@ def global_notes(args, device: torch.device, missing: dict, baselines: dict) -> 
 
 # ---------------------------------------------------------------- main
 
-def _load_torchcfm():
-    import torchcfm.conditional_flow_matching as cfm
-
-    return cfm
-
-
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -314,10 +308,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 300 steps, seed 42, N→8gaussians and moons→8gaussians, eval-n 500; "
                         "files toy2d-quick-*")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(N) first")
-    p.add_argument("--tag", default=None,
-                   help="appended to the result file names (toy2d-TAG-…), e.g. one file per task of a split run")
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="results directory")
+    _timing.add_run_args(p, timing=False, tag_prefix="toy2d")
     args = p.parse_args(argv)
     if args.quick:
         args.steps = args.steps or 300
@@ -351,7 +342,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if dev.type == "cuda":
         dev = torch.device("cuda", torch.cuda.current_device())
 
-    peers, missing = _timing.import_optional({"torchcfm": _load_torchcfm}) if "torchcfm" in args.libraries else ({}, {})
+    peers, missing = _timing.import_optional({"torchcfm": _timing.load_torchcfm_matchers}) if "torchcfm" in args.libraries else ({}, {})
     tcfm = peers.get("torchcfm")
     libs = [lib for lib in args.libraries if lib != "torchcfm" or tcfm is not None]
     env = _timing.environment(dev)
