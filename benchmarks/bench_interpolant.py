@@ -181,7 +181,6 @@ def eager_terms(kind: str, sigma: float, x0, x1, t, eps):
 
 def make_fused_step(case: Case, x0, x1, v) -> Callable[[], Any]:
     kind, sigma = iops.KINDS[case.path], SIGMA[case.path]
-    numel = v.numel()
     seed_gen = torch.Generator().manual_seed(SEED + 1)  # CPU generator: no device sync for the seed
     t_gen = torch.Generator(device=x0.device).manual_seed(SEED + 2)
 
