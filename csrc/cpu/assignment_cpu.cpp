@@ -669,19 +669,11 @@ class SapSolver {
   // Each row whose argmin column is still free is assigned on the spot (a tight edge).
   void greedy_row_reduction() {
     for (int64_t i = 0; i < n_; ++i) {
-      double best = std::numeric_limits<double>::infinity();
-      int64_t best_j = 0;
-      for (int64_t j = 0; j < m_; ++j) {
-        const double cij = c(i, j);
-        if (cij < best) {
-          best = cij;
-          best_j = j;
-        }
-      }
-      ws_.u[i] = best;
-      if (ws_.row4col[best_j] < 0) {
-        ws_.row4col[best_j] = i;
-        ws_.col4row[i] = best_j;
+      const Bid t = top2<T>(cost_ + i * row_stride_, sign_, ws_.v.data(), m_);  // v = 0: the row minimum
+      ws_.u[i] = t.best;
+      if (ws_.row4col[t.col] < 0) {
+        ws_.row4col[t.col] = i;
+        ws_.col4row[i] = t.col;
       }
     }
   }
@@ -753,9 +745,7 @@ class SapSolver {
       if (col4row[i] >= 0) {
         u[i] = sign_ * static_cast<double>(row[col4row[i]]) - v[col4row[i]];
       } else {
-        double best = std::numeric_limits<double>::infinity();
-        for (int64_t j = 0; j < m_; ++j) best = std::min(best, sign_ * static_cast<double>(row[j]) - v[j]);
-        u[i] = best;
+        u[i] = top2<T>(row, sign_, v.data(), m_).best;
       }
     }
   }
