@@ -105,11 +105,40 @@ py::dict build_info() {
 
 }  // namespace
 
-PYBIND11_MODULE(_C, m) {
+#if defined(FLOWFAST_CUDA_EMULATION)
+#include "emu_controls.h"
+#endif
+
+// The product module is flowfast._C; the test-only SIMT emulation builds (cmake/emulation.cmake)
+// compile this same file as _C_emu_race / _C_emu_asan.
+#ifndef FLOWFAST_MODULE_NAME
+#define FLOWFAST_MODULE_NAME _C
+#endif
+
+PYBIND11_MODULE(FLOWFAST_MODULE_NAME, m) {
   m.doc() = "flowfast kernel core (torch-free; see flowfast/ops for the torch layer)";
   py::register_exception<ff::Error>(m, "KernelError", PyExc_ValueError);
 
   m.def("build_info", &build_info);
+#if defined(FLOWFAST_CUDA_EMULATION)
+  m.def("emu_set_schedule_seed", &ff_emu::set_schedule_seed, py::arg("seed"));
+  m.def("emu_race_detector", &ff_emu::race_detector_enabled);
+  m.def("emu_selftest", &ff_emu::run_selftest, py::arg("name"));
+  m.def("emu_reset_stats", &ff_emu::reset_stats);
+  m.def("emu_stats", [] {
+    const ff_emu::Stats s = ff_emu::stats();
+    py::dict d;
+    d["launches"] = s.launches;
+    d["failed_launches"] = s.failed_launches;
+    d["blocks"] = s.blocks;
+    d["threads"] = s.threads;
+    d["barriers"] = s.barriers;
+    d["warp_ops"] = s.warp_ops;
+    d["switches"] = s.switches;
+    d["checked_bytes"] = s.checked_bytes;
+    return d;
+  });
+#endif
   m.def("cuda_runtime_available", &cuda_runtime_available);
 
   m.def("assignment_workspace_bytes", [](int32_t device, int64_t B, int64_t n, int64_t mm) {

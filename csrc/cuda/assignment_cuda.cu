@@ -36,6 +36,9 @@ constexpr int kAuctionMinN = 32;
 constexpr float kEpsScaling = 8.0f;      // eps shrinks by this factor per auction phase
 constexpr float kFinalEpsRel = 1e-6f;    // final eps relative to the cost range
 constexpr int64_t kBidsPerRow = 256;     // auction budget; past it the warm start is dropped
+constexpr int kValueProbeRows = 32;      // resolution check: sampled rows ...
+constexpr int kProbeSmallest = 16;       // ... and how many of their best candidates
+constexpr double kMinGapOverRange = 1e-11;  // closer candidates need the plain path's precision
 
 // Per-problem slices of the caller's workspace (all 8-byte aligned).
 struct Slices {
@@ -135,47 +138,129 @@ __device__ __forceinline__ unsigned long long make_bid(float price, uint32_t row
   return (static_cast<unsigned long long>(__float_as_uint(price)) << 32) | row;
 }
 
+// Two smallest values seen (second == best on a tie), merged across lanes.
+struct Top2 {
+  double best, second;
+};
+
+__device__ __forceinline__ Top2 top2_push(Top2 t, double x) {
+  if (x < t.best) return Top2{x, t.best};
+  return Top2{t.best, fmin(t.second, x)};
+}
+
+__device__ __forceinline__ Top2 warp_top2(Top2 t) {
+  for (int offset = cuda::kWarp / 2; offset > 0; offset >>= 1) {
+    const Top2 o{__shfl_xor_sync(0xffffffffu, t.best, offset), __shfl_xor_sync(0xffffffffu, t.second, offset)};
+    t = Top2{fmin(t.best, o.best), fmin(fmax(t.best, o.best), fmin(t.second, o.second))};
+  }
+  return t;
+}
+
+// The CPU solver's resolution check (csrc/cpu/assignment_cpu.cpp, auction_prices_resolve), for
+// the auction's final eps of kFinalEpsRel * range: auction prices end on the range's scale, so
+// c - v in double keeps the costs' digits only down to ~1e-16 range. The warm start is skipped
+// when (a) some row's two best candidates differ by less than kMinGapOverRange * range (tiny
+// costs under a unit range, near-duplicate points, a bimodal cost 1e12 apart), or (b) a sampled
+// row's kProbeSmallest best lie within the final eps of each other or have such a gap (huge
+// outliers set the range: the prices carry no information). Exact ties are harmless. One warp
+// per row; block-uniform result.
+struct CostRange {
+  double lo, hi;  // smallest and largest sign * cost
+};
+
+// Every thread gets the block's (min, max) of sign * cost over the whole matrix.
+template <typename T, int BLOCK>
+__device__ CostRange block_cost_range(const CostRows<T>& cost, int n, int m) {
+  __shared__ double bound_scratch[2 * (BLOCK / cuda::kWarp)];
+  const int lane = threadIdx.x % cuda::kWarp, warp = threadIdx.x / cuda::kWarp;
+  constexpr int kWarps = BLOCK / cuda::kWarp;
+  double lo = CUDART_INF, hi = -CUDART_INF;
+  for (int i = warp; i < n; i += kWarps) {
+    for (int j = lane; j < m; j += cuda::kWarp) {
+      const double c = cost(i, j);
+      lo = fmin(lo, c);
+      hi = fmax(hi, c);
+    }
+  }
+  for (int offset = cuda::kWarp / 2; offset > 0; offset >>= 1) {
+    lo = fmin(lo, __shfl_xor_sync(0xffffffffu, lo, offset));
+    hi = fmax(hi, __shfl_xor_sync(0xffffffffu, hi, offset));
+  }
+  if (lane == 0) {
+    bound_scratch[warp] = lo;
+    bound_scratch[kWarps + warp] = hi;
+  }
+  __syncthreads();
+  CostRange r{CUDART_INF, -CUDART_INF};
+  for (int w = 0; w < kWarps; ++w) {
+    r.lo = fmin(r.lo, bound_scratch[w]);
+    r.hi = fmax(r.hi, bound_scratch[kWarps + w]);
+  }
+  __syncthreads();  // bound_scratch is reused by the next call
+  return r;
+}
+
+template <typename T, int BLOCK>
+__device__ bool auction_prices_resolve(const CostRows<T>& cost, int n, int m, const CostRange& bounds) {
+  __shared__ int resolves;
+  const int lane = threadIdx.x % cuda::kWarp, warp = threadIdx.x / cuda::kWarp;
+  constexpr int kWarps = BLOCK / cuda::kWarp;
+  if (threadIdx.x == 0) resolves = 1;
+  __syncthreads();
+  const double lo = bounds.lo, range = bounds.hi - bounds.lo;
+  const double min_gap = kMinGapOverRange * range, eps_final = static_cast<double>(kFinalEpsRel) * range;
+  bool ok = true;
+  for (int i = warp; i < n && ok; i += kWarps) {  // (a) every row's two best
+    Top2 t{CUDART_INF, CUDART_INF};
+    for (int j = lane; j < m; j += cuda::kWarp) t = top2_push(t, cost(i, j));
+    t = warp_top2(t);
+    const double gap = t.second - t.best;
+    ok = !(gap > 0.0 && gap < min_gap);
+  }
+  const int probes = n < kValueProbeRows ? n : kValueProbeRows;
+  const int k = m < kProbeSmallest ? m : kProbeSmallest;
+  for (int q = warp; q < probes && ok; q += kWarps) {  // (b) sampled rows' k best, in order
+    const int i = static_cast<int>(static_cast<int64_t>(q) * n / probes);
+    Candidate previous{-CUDART_INF, -1, 0}, first{0.0, 0, 0};
+    for (int r = 0; r < k && ok; ++r) {
+      // The next (value, column) pair after `previous`: duplicates are kept, as a sort would.
+      Candidate c = no_candidate();
+      for (int j = lane; j < m; j += cuda::kWarp) {
+        const Candidate o{cost(i, j) - lo, j, 0};
+        const bool after = o.value > previous.value || (o.value == previous.value && o.index > previous.index);
+        if (after && better(o, c)) c = o;
+      }
+      c = warp_argmin(c);
+      if (r == 0) first = c;
+      const double gap = c.value - previous.value;
+      if (r > 0 && gap > 0.0 && gap < min_gap) ok = false;
+      if (r == k - 1 && c.value - first.value < eps_final) ok = false;
+      previous = c;
+    }
+  }
+  if (!ok && lane == 0) atomicExch(&resolves, 0);
+  __syncthreads();
+  return resolves != 0;
+}
+
 // Forward auction on benefits -(c - min c) / range with eps-scaling, so prices are O(1) and float32
 // resolves them whatever the cost offset. Leaves v = -price * range: any finite v is a valid warm
 // start because step 2 recomputes u, also when the bid budget ran out.
 template <typename T, int BLOCK>
-__device__ void auction_warm_start(const CostRows<T>& cost, int n, int m, const Slices& s) {
-  __shared__ float range_scratch[2 * (BLOCK / cuda::kWarp)];
+__device__ void auction_warm_start(const CostRows<T>& cost, int n, int m, const Slices& s, const CostRange& bounds) {
   __shared__ int queue_head;
   __shared__ unsigned long long bids_made;
   __shared__ int aborted;
-  const int lane = threadIdx.x % cuda::kWarp, warp = threadIdx.x / cuda::kWarp;
-  constexpr int kWarps = BLOCK / cuda::kWarp;
+  const int lane = threadIdx.x % cuda::kWarp;
 
-  // Cost range (min, max) over the whole matrix sets the eps schedule.
-  float lo = FLT_MAX, hi = -FLT_MAX;
-  for (int i = warp; i < n; i += kWarps) {
-    for (int j = lane; j < m; j += cuda::kWarp) {
-      const float c = static_cast<float>(cost(i, j));
-      lo = fminf(lo, c);
-      hi = fmaxf(hi, c);
-    }
-  }
-  for (int offset = cuda::kWarp / 2; offset > 0; offset >>= 1) {
-    lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, offset));
-    hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, offset));
-  }
-  if (lane == 0) {
-    range_scratch[warp] = lo;
-    range_scratch[kWarps + warp] = hi;
-  }
+  // The cost range sets the eps schedule; float(min) is the min of the float-rounded costs.
+  const float lo = static_cast<float>(bounds.lo), hi = static_cast<float>(bounds.hi);
   for (int j = threadIdx.x; j < m; j += BLOCK) s.bids[j] = make_bid(0.0f, kNoOwner);
   if (threadIdx.x == 0) {
     bids_made = 0;
     aborted = 0;
   }
   __syncthreads();
-  lo = FLT_MAX;
-  hi = -FLT_MAX;
-  for (int w = 0; w < kWarps; ++w) {
-    lo = fminf(lo, range_scratch[w]);
-    hi = fmaxf(hi, range_scratch[kWarps + w]);
-  }
   const float range = hi - lo;
   const double lo_d = lo, inv_range = 1.0 / static_cast<double>(range);
   const unsigned long long budget = static_cast<unsigned long long>(kBidsPerRow) * n + 4096;
@@ -227,7 +312,7 @@ __device__ void auction_warm_start(const CostRows<T>& cost, int n, int m, const 
           new_price = fmaxf(new_price, nextafterf(price, FLT_MAX));
           mine = make_bid(new_price, static_cast<uint32_t>(row));
           previous = atomicMax(&s.bids[best_j], mine);
-          if (atomicAdd(&bids_made, 1ull) > budget) aborted = 1;
+          if (atomicAdd(&bids_made, 1ull) > budget) atomicExch(&aborted, 1);
         }
         previous = __shfl_sync(0xffffffffu, previous, 0);
         mine = __shfl_sync(0xffffffffu, mine, 0);
@@ -358,7 +443,10 @@ __global__ void __launch_bounds__(BLOCK)
     s.v[j] = 0.0;
   }
   __syncthreads();
-  if (n == m && n >= kAuctionMinN) auction_warm_start<T, BLOCK>(cost, n, m, s);
+  if (n == m && n >= kAuctionMinN) {
+    const CostRange bounds = block_cost_range<T, BLOCK>(cost, n, m);
+    if (auction_prices_resolve<T, BLOCK>(cost, n, m, bounds)) auction_warm_start<T, BLOCK>(cost, n, m, s, bounds);
+  }
   greedy_tight_assignment<T, BLOCK>(cost, n, m, s);
   for (int i = 0; i < n; ++i) {
     if (s.col4row[i] < 0) augment_from<T, BLOCK>(cost, i, m, s, scratch);
@@ -370,7 +458,7 @@ template <typename T, int BLOCK>
 void launch(const AssignmentParams& p) {
   const int64_t B = p.cost.shape[0], n = p.cost.shape[1], m = p.cost.shape[2];
   const int64_t per_problem = cuda::align_up(slice_bytes(n, m));
-  assignment_kernel<T, BLOCK><<<static_cast<unsigned>(B), BLOCK, 0, cuda::as_stream(p.stream)>>>(
+  FF_LAUNCH(static_cast<unsigned>(B), BLOCK, 0, cuda::as_stream(p.stream), assignment_kernel<T, BLOCK>)(
       static_cast<const T*>(p.cost.data), p.cost.strides[0], p.cost.strides[1], static_cast<int>(n),
       static_cast<int>(m), p.maximize ? -1.0 : 1.0, static_cast<char*>(p.workspace), per_problem,
       static_cast<int64_t*>(p.col_for_row.data));

@@ -6,6 +6,13 @@
 
 #include "flowfast/common.h"
 
+// FF_LAUNCH(grid, block, shared_bytes, stream, kernel)(args...): the one launch syntax of every
+// .cu file. The SIMT emulation (csrc/emu/include/cuda_runtime.h) defines it to run the same
+// kernel on CPU fibers; here it is the triple-chevron launch.
+#if !defined(FLOWFAST_CUDA_EMULATION)
+#define FF_LAUNCH(GRID, BLOCK, SMEM, STREAM, ...) __VA_ARGS__<<<GRID, BLOCK, SMEM, STREAM>>>
+#endif
+
 #define FF_CUDA_CHECK(expr)                                                             \
   do {                                                                                  \
     cudaError_t ff_err_ = (expr);                                                       \

@@ -140,7 +140,7 @@ void interpolant_sample_cuda(const InterpolantSampleParams& p) {
   cuda::DeviceGuard guard(p.in.x0.device_index);
   FF_DISPATCH_FLOATING_AND_HALF(p.in.x0.dtype, T, __half, __nv_bfloat16, "interpolant", [&] {
     const auto in = InterpolantRows<T>::from(p.in);
-    sample_kernel<T><<<grid_for((in.B * in.D + 1) / 2), kThreads, 0, cuda::as_stream(p.stream)>>>(
+    FF_LAUNCH(grid_for((in.B * in.D + 1) / 2), kThreads, 0, cuda::as_stream(p.stream), sample_kernel<T>)(
         in, static_cast<T*>(p.xt.data), static_cast<T*>(p.eps_out.data));
     FF_CUDA_CHECK(cudaGetLastError());
   });
@@ -151,7 +151,7 @@ void interpolant_loss_forward_cuda(const InterpolantLossParams& p) {
   FF_CHECK(p.in.x0.shape[0] <= 2147483647LL, "interpolant: batch too large for one launch");
   FF_DISPATCH_FLOATING_AND_HALF(p.in.x0.dtype, T, __half, __nv_bfloat16, "interpolant", [&] {
     const auto in = InterpolantRows<T>::from(p.in);
-    loss_forward_kernel<T><<<static_cast<unsigned>(in.B), kThreads, 0, cuda::as_stream(p.stream)>>>(
+    FF_LAUNCH(static_cast<unsigned>(in.B), kThreads, 0, cuda::as_stream(p.stream), loss_forward_kernel<T>)(
         in, static_cast<const T*>(p.v.data), static_cast<const T*>(p.weight.data), static_cast<T*>(p.per_sample.data));
     FF_CUDA_CHECK(cudaGetLastError());
   });
@@ -161,7 +161,7 @@ void interpolant_loss_backward_cuda(const InterpolantLossParams& p) {
   cuda::DeviceGuard guard(p.in.x0.device_index);
   FF_DISPATCH_FLOATING_AND_HALF(p.in.x0.dtype, T, __half, __nv_bfloat16, "interpolant", [&] {
     const auto in = InterpolantRows<T>::from(p.in);
-    loss_backward_kernel<T><<<grid_for((in.B * in.D + 1) / 2), kThreads, 0, cuda::as_stream(p.stream)>>>(
+    FF_LAUNCH(grid_for((in.B * in.D + 1) / 2), kThreads, 0, cuda::as_stream(p.stream), loss_backward_kernel<T>)(
         in, static_cast<const T*>(p.v.data), static_cast<const T*>(p.weight.data), static_cast<const T*>(p.grad.data),
         static_cast<T*>(p.grad_v.data));
     FF_CUDA_CHECK(cudaGetLastError());

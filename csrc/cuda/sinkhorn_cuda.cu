@@ -365,11 +365,11 @@ struct Solver {
     const int64_t splits = split_count(B, m, n);
     if constexpr (kDense) {
       dim3 grid((m + kThreads - 1) / kThreads, splits, B);
-      dense_column_partial<T><<<grid, kThreads, 0, stream>>>(make_cost<T, true>(pr, false), f, log_a, n, m, splits,
+      FF_LAUNCH(grid, kThreads, 0, stream, dense_column_partial<T>)(make_cost<T, true>(pr, false), f, log_a, n, m, splits,
                                                               eps, ws.stats, partial);
     } else {
       dim3 grid((m + kTileQueries - 1) / kTileQueries, splits, B);
-      online_partial<T><<<grid, kTileQueries, 0, stream>>>(
+      FF_LAUNCH(grid, kTileQueries, 0, stream, online_partial<T>)(
           static_cast<const T*>(pr.y.data), pr.y.strides[0], pr.y.strides[1], static_cast<const T*>(pr.x.data),
           pr.x.strides[0], pr.x.strides[1], f, log_a, m, n, d, splits, eps, ws.stats, partial);
     }
@@ -384,14 +384,14 @@ struct Solver {
     if constexpr (kDense) {
       const int warps = kThreads / cuda::kWarp;
       dim3 grid((n + warps - 1) / warps, 1, B);
-      dense_row_lse<T><<<grid, kThreads, 0, stream>>>(make_cost<T, true>(pr, false), g, log_b, n, m, eps, ws.stats,
+      FF_LAUNCH(grid, kThreads, 0, stream, dense_row_lse<T>)(make_cost<T, true>(pr, false), g, log_b, n, m, eps, ws.stats,
                                                        partial);
       FF_CUDA_CHECK(cudaGetLastError());
       return 1;
     } else {
       const int64_t splits = split_count(B, n, m);
       dim3 grid((n + kTileQueries - 1) / kTileQueries, splits, B);
-      online_partial<T><<<grid, kTileQueries, 0, stream>>>(
+      FF_LAUNCH(grid, kTileQueries, 0, stream, online_partial<T>)(
           static_cast<const T*>(pr.x.data), pr.x.strides[0], pr.x.strides[1], static_cast<const T*>(pr.y.data),
           pr.y.strides[0], pr.y.strides[1], g, log_b, n, m, d, splits, eps, ws.stats, partial);
       FF_CUDA_CHECK(cudaGetLastError());
@@ -401,7 +401,7 @@ struct Solver {
 
   void finish(int64_t splits, int64_t N, T* potential, const T* log_w, T eps, T lam, bool write, bool measure) {
     dim3 grid((N + kThreads - 1) / kThreads, B);
-    finish_potential<T><<<grid, kThreads, 0, stream>>>(static_cast<const T*>(ws.partial), splits, N, potential, log_w,
+    FF_LAUNCH(grid, kThreads, 0, stream, finish_potential<T>)(static_cast<const T*>(ws.partial), splits, N, potential, log_w,
                                                         eps, lam, write, measure, ws.stats);
     FF_CUDA_CHECK(cudaGetLastError());
   }
@@ -413,7 +413,7 @@ struct Solver {
     const T* log_b = static_cast<const T*>(pr.log_b.data);
     int64_t* n_iter = static_cast<int64_t*>(p.n_iter.data);
     const bool balanced = !(p.reg_m > 0.0);
-    init_stats<<<1, kThreads, 0, stream>>>(ws.stats, B, n_iter);
+    FF_LAUNCH(1, kThreads, 0, stream, init_stats)(ws.stats, B, n_iter);
     FF_CUDA_CHECK(cudaGetLastError());
 
     int64_t iter = 0;
@@ -421,14 +421,14 @@ struct Solver {
       const double eps = eps_at(iter, p.eps_start, p.eps_decay, p.eps);
       const T lam = static_cast<T>(unbalanced_factor(eps, p.reg_m));
       const bool check = eps == p.eps && ((iter + 1) % p.check_every == 0);
-      if (check) reset_measures<<<1, kThreads, 0, stream>>>(ws.stats, B);
+      if (check) FF_LAUNCH(1, kThreads, 0, stream, reset_measures)(ws.stats, B);
       // g-update (measuring the column error of the plan before it and the change of g), then
       // f-update (its change only matters to the unbalanced stopping rule).
       finish(column_side(static_cast<T>(eps)), m, g, log_b, static_cast<T>(eps), lam, true, check);
       finish(row_side(static_cast<T>(eps)), n, f, log_a, static_cast<T>(eps), lam, true, check && !balanced);
       ++iter;
       if (check) {
-        check_convergence<<<1, kThreads, 0, stream>>>(ws.stats, B, n_iter, iter, balanced, eps, p.tol, ws.any_active);
+        FF_LAUNCH(1, kThreads, 0, stream, check_convergence)(ws.stats, B, n_iter, iter, balanced, eps, p.tol, ws.any_active);
         FF_CUDA_CHECK(cudaGetLastError());
         int any = 0;
         FF_CUDA_CHECK(cudaMemcpyAsync(&any, ws.any_active, sizeof(int), cudaMemcpyDeviceToHost, stream));
@@ -444,14 +444,14 @@ struct Solver {
     const T eps = static_cast<T>(p.eps);
     int64_t* n_iter = static_cast<int64_t*>(p.n_iter.data);
     // Record n_iter of still-active problems before reactivating everything for the measurement.
-    record_iterations<<<1, kThreads, 0, stream>>>(ws.stats, B, n_iter, iter);
-    activate_all<<<1, kThreads, 0, stream>>>(ws.stats, B);
-    reset_measures<<<1, kThreads, 0, stream>>>(ws.stats, B);
+    FF_LAUNCH(1, kThreads, 0, stream, record_iterations)(ws.stats, B, n_iter, iter);
+    FF_LAUNCH(1, kThreads, 0, stream, activate_all)(ws.stats, B);
+    FF_LAUNCH(1, kThreads, 0, stream, reset_measures)(ws.stats, B);
     finish(column_side(eps), m, static_cast<T*>(p.g.data), static_cast<const T*>(pr.log_b.data), eps, T(1), false, true);
     if (p.reg_m > 0.0) {
       finish(row_side(eps), n, static_cast<T*>(p.f.data), static_cast<const T*>(pr.log_a.data), eps, T(1), false, true);
     }
-    write_error<T><<<1, kThreads, 0, stream>>>(ws.stats, B, static_cast<T*>(p.marginal_error.data));
+    FF_LAUNCH(1, kThreads, 0, stream, write_error<T>)(ws.stats, B, static_cast<T*>(p.marginal_error.data));
     FF_CUDA_CHECK(cudaGetLastError());
   }
 };
@@ -465,7 +465,8 @@ __global__ void plan_rows(DevCost<T, kDense> C, const T* f, const T* g, const T*
                           int64_t m, T eps, T* mass, T* transport, const T* keys, int64_t key_batch, int64_t key_row,
                           int64_t d, T* weighted_keys, int64_t out_batch, int64_t out_row) {
   __shared__ T weights[kThreads];
-  __shared__ T red_mass[kThreads / cuda::kWarp], red_cost[kThreads / cuda::kWarp];
+  __shared__ T red_mass[kThreads / cuda::kWarp];
+  __shared__ T red_cost[kThreads / cuda::kWarp];
   const int64_t i = blockIdx.x, b = blockIdx.y;
   const T fi = f[b * n + i], lai = log_a[b * n + i];
   T my_mass = 0, my_cost = 0;
@@ -588,7 +589,7 @@ void plan_impl(const SinkhornPlanParams& p) {
   if (p.plan.data) {
     const int64_t total = B * n * m;
     const int blocks = static_cast<int>(std::min<int64_t>((total + kThreads - 1) / kThreads, 65535));
-    plan_dense<T, kDense><<<blocks, kThreads, 0, stream>>>(make_cost<T, kDense>(pr, false), f, g, la, lb, B, n, m, eps,
+    FF_LAUNCH(blocks, kThreads, 0, stream, plan_dense<T, kDense>)(make_cost<T, kDense>(pr, false), f, g, la, lb, B, n, m, eps,
                                                            static_cast<T*>(p.plan.data), p.plan.strides[0],
                                                            p.plan.strides[1], p.plan.strides[2]);
     FF_CUDA_CHECK(cudaGetLastError());
@@ -596,7 +597,7 @@ void plan_impl(const SinkhornPlanParams& p) {
   if (p.transport_cost.data) FF_CUDA_CHECK(cudaMemsetAsync(p.transport_cost.data, 0, B * sizeof(T), stream));
   if (p.row_mass.data || p.transport_cost.data || p.plan_y.data) {
     const T* keys = kDense ? nullptr : static_cast<const T*>(pr.y.data);
-    plan_rows<T, kDense><<<dim3(n, B), kThreads, 0, stream>>>(
+    FF_LAUNCH(dim3(n, B), kThreads, 0, stream, plan_rows<T, kDense>)(
         make_cost<T, kDense>(pr, false), f, g, la, lb, n, m, eps, static_cast<T*>(p.row_mass.data),
         static_cast<T*>(p.transport_cost.data), keys, kDense ? 0 : pr.y.strides[0], kDense ? 0 : pr.y.strides[1], d,
         static_cast<T*>(p.plan_y.data), p.plan_y.strides[0], p.plan_y.strides[1]);
@@ -604,13 +605,13 @@ void plan_impl(const SinkhornPlanParams& p) {
   }
   if constexpr (kDense) {
     if (p.col_mass.data) {
-      dense_plan_columns<T><<<dim3((m + kThreads - 1) / kThreads, B), kThreads, 0, stream>>>(
+      FF_LAUNCH(dim3((m + kThreads - 1) / kThreads, B), kThreads, 0, stream, dense_plan_columns<T>)(
           make_cost<T, true>(pr, false), f, g, la, lb, n, m, eps, static_cast<T*>(p.col_mass.data));
       FF_CUDA_CHECK(cudaGetLastError());
     }
   } else if (p.col_mass.data || p.plan_t_x.data) {
     // The transpose: rows become columns, f and g, log_a and log_b, x and y swap places.
-    plan_rows<T, false><<<dim3(m, B), kThreads, 0, stream>>>(
+    FF_LAUNCH(dim3(m, B), kThreads, 0, stream, plan_rows<T, false>)(
         make_cost<T, false>(pr, true), g, f, lb, la, m, n, eps, static_cast<T*>(p.col_mass.data), nullptr,
         static_cast<const T*>(pr.x.data), pr.x.strides[0], pr.x.strides[1], d, static_cast<T*>(p.plan_t_x.data),
         p.plan_t_x.strides[0], p.plan_t_x.strides[1]);
@@ -624,7 +625,7 @@ void sample_impl(const SinkhornSampleParams& p) {
   const int64_t B = pr.batch(), n = pr.rows(), m = pr.cols();
   const int warps = kThreads / cuda::kWarp;
   const int64_t blocks = (B * n + warps - 1) / warps;
-  sample_rows<T, kDense><<<static_cast<unsigned>(blocks), kThreads, 0, cuda::as_stream(p.stream)>>>(
+  FF_LAUNCH(static_cast<unsigned>(blocks), kThreads, 0, cuda::as_stream(p.stream), sample_rows<T, kDense>)(
       make_cost<T, kDense>(pr, false), static_cast<const T*>(p.g.data), static_cast<const T*>(pr.log_b.data), B, n, m,
       p.eps, p.seed, p.offset, static_cast<int64_t*>(p.cols.data), p.cols.strides[0],
       p.cols.strides[1]);

@@ -1,0 +1,3 @@
+// flowfast SIMT emulation: see cuda_runtime.h.
+#pragma once
+#include "cuda_runtime.h"

@@ -1,0 +1,72 @@
+"""One small call of every CUDA kernel family, for compute-sanitizer (memcheck, racecheck) in
+`make gpu-check`. Each call is checked against the CPU kernels, so a wrong value fails too."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+import flowfast
+from flowfast.ops import interpolant, sinkhorn
+
+
+def main() -> int:
+    assert flowfast.cuda_available(), "no usable CUDA device for flowfast"
+    g = torch.Generator().manual_seed(0)
+    failures = []
+
+    def check(name, got, want, **tol):
+        try:
+            torch.testing.assert_close(got.cpu(), want, **tol)
+        except AssertionError as e:
+            failures.append(f"{name}: {e}")
+
+    for n, m in [(40, 40), (33, 200), (5, 600)]:  # auction path, rectangular, 1024-thread block
+        cost = torch.rand(3, n, m, generator=g, dtype=torch.float64)
+        want = flowfast.linear_assignment(cost)
+        got = flowfast.linear_assignment(cost.cuda())
+        check(f"assignment {n}x{m}", got, want, rtol=0, atol=0)
+
+    for kind in ("dense", "cloud"):
+        B, n, m, d = 2, 300, 130, 40
+        if kind == "dense":
+            geo = (torch.rand(B, n, m, generator=g, dtype=torch.float64), None, None)
+        else:
+            geo = (None, torch.randn(B, n, d, generator=g, dtype=torch.float64) / 4,
+                   torch.randn(B, m, d, generator=g, dtype=torch.float64) / 4)
+        la = torch.full((B, n), -torch.log(torch.tensor(float(n))), dtype=torch.float64)
+        lb = torch.full((B, m), -torch.log(torch.tensor(float(m))), dtype=torch.float64)
+        args = (la, lb, torch.zeros(B, n, dtype=torch.float64), torch.zeros(B, m, dtype=torch.float64),
+                0.05, 0.8, 0.5, 0.0, 12, 4, 0.0)
+        cuda = lambda t: None if t is None else t.cuda()  # noqa: E731
+        want = sinkhorn.sinkhorn_solve(*geo, *args)
+        got = sinkhorn.sinkhorn_solve(*map(cuda, geo), *map(lambda a: cuda(a) if torch.is_tensor(a) else a, args))
+        check(f"sinkhorn {kind} f", got[0], want[0], rtol=0, atol=1e-9)
+        f, gg = want[0], want[1]
+        check(f"sinkhorn {kind} plan", sinkhorn.sinkhorn_plan(*map(cuda, geo), la.cuda(), lb.cuda(), f.cuda(), gg.cuda(), 0.05),
+              sinkhorn.sinkhorn_plan(*geo, la, lb, f, gg, 0.05), rtol=1e-9, atol=1e-12)
+        check(f"sinkhorn {kind} sample",
+              sinkhorn.sinkhorn_sample(*map(cuda, geo), la.cuda(), lb.cuda(), gg.cuda(), 0.05, 3, 4),
+              sinkhorn.sinkhorn_sample(*geo, la, lb, gg, 0.05, 3, 4), rtol=0, atol=0)
+
+    for dtype in (torch.float32, torch.float16):
+        x0, x1 = (torch.randn(257, 3, generator=g).to(dtype) for _ in range(2))
+        t = torch.rand(257, generator=g).to(dtype)
+        v = torch.randn(257, 3, generator=g).to(dtype)
+        want = interpolant.interpolant_sample(x0, x1, t, None, 1, 0.3, 5, 6, True)[0]
+        got = interpolant.interpolant_sample(x0.cuda(), x1.cuda(), t.cuda(), None, 1, 0.3, 5, 6, True)[0]
+        check(f"interpolant sample {dtype}", got, want, rtol=2e-3, atol=2e-3)
+        want = interpolant.interpolant_loss(v, x0, x1, t, None, None, 1, 0.3, 5, 6)
+        got = interpolant.interpolant_loss(v.cuda(), x0.cuda(), x1.cuda(), t.cuda(), None, None, 1, 0.3, 5, 6)
+        check(f"interpolant loss {dtype}", got, want, rtol=2e-3, atol=2e-3)
+
+    torch.cuda.synchronize()
+    for f in failures:
+        print("FAILED", f)
+    print(f"gpu_sanitizer_cases: {len(failures)} failure(s)")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
