@@ -10,8 +10,10 @@ mkdir -p "$OUT"
 fetch() { "$BASE_PY" -m pip download -q --only-binary=:all: --python-version "$TARGET" \
             --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
             -d "$OUT" "$@"; }
-# Build and test deps, and POT/lap with their dependencies (numpy and scipy among them).
-fetch pybind11 scikit-build-core pytest hypothesis scipy pot lap
+# Build and test deps, and POT/lap with their dependencies (numpy and scipy among them). POT is
+# pinned to 0.9.5: its wheel is 0.9 MB where 0.9.7's is 33 MB, and the whole wheelhouse must fit
+# the device tool's 64 MiB carry limit (same solvers and torch backend).
+fetch pybind11 scikit-build-core pytest hypothesis scipy "pot==0.9.5" lap
 # torchcfm's declared deps pull another torch: only the package (its optimal_transport module
 # needs numpy/scipy/POT, fetched above).
 fetch --no-deps torchcfm

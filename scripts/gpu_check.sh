@@ -39,11 +39,11 @@ if command -v compute-sanitizer > /dev/null; then
 else
   SUMMARY+=("compute-sanitizer                  MISSING (not on PATH)")
 fi
-step "benchmarks (all, cuda, vs peers)" 240 "$PY" benchmarks/run_all.py --device cuda --tag gpu --max-time 0.5
+step "benchmarks (all, cuda, vs peers)" 240 "$PY" benchmarks/run_all.py --device cuda --max-time 0.5
 
 {
   echo "flowfast gpu-check on: $DEVICE (sm_$ARCH), $(date -u +%Y-%m-%dT%H:%MZ), torch $("$PY" -c 'import torch; print(torch.__version__)')"
   printf '%s\n' "${SUMMARY[@]}"
-  echo "full log: $LOG; benchmark tables: $RESULTS/*gpu*.md"
+  echo "full log: $LOG; benchmark tables: $RESULTS/*.md (device name inside)"
 } | tee "$RESULTS/gpu-check-summary.txt"
 ! grep -q FAIL "$RESULTS/gpu-check-summary.txt"
