@@ -13,6 +13,9 @@
 #if defined(FLOWFAST_WITH_CUDA)
 #include <cuda_runtime_api.h>
 #endif
+#if defined(FLOWFAST_CUDA_EMULATION)  // defined by the emulation's cuda_runtime_api.h
+#include "emu_controls.h"
+#endif
 
 namespace py = pybind11;
 
@@ -104,10 +107,6 @@ py::dict build_info() {
 }
 
 }  // namespace
-
-#if defined(FLOWFAST_CUDA_EMULATION)
-#include "emu_controls.h"
-#endif
 
 // The product module is flowfast._C; the test-only SIMT emulation builds (cmake/emulation.cmake)
 // compile this same file as _C_emu_race / _C_emu_asan.

@@ -156,14 +156,6 @@ __device__ __forceinline__ Top2 warp_top2(Top2 t) {
   return t;
 }
 
-// The CPU solver's resolution check (csrc/cpu/assignment_cpu.cpp, auction_prices_resolve), for
-// the auction's final eps of kFinalEpsRel * range: auction prices end on the range's scale, so
-// c - v in double keeps the costs' digits only down to ~1e-16 range. The warm start is skipped
-// when (a) some row's two best candidates differ by less than kMinGapOverRange * range (tiny
-// costs under a unit range, near-duplicate points, a bimodal cost 1e12 apart), or (b) a sampled
-// row's kProbeSmallest best lie within the final eps of each other or have such a gap (huge
-// outliers set the range: the prices carry no information). Exact ties are harmless. One warp
-// per row; block-uniform result.
 struct CostRange {
   double lo, hi;  // smallest and largest sign * cost
 };
@@ -196,10 +188,17 @@ __device__ CostRange block_cost_range(const CostRows<T>& cost, int n, int m) {
     r.lo = fmin(r.lo, bound_scratch[w]);
     r.hi = fmax(r.hi, bound_scratch[kWarps + w]);
   }
-  __syncthreads();  // bound_scratch is reused by the next call
   return r;
 }
 
+// The CPU solver's resolution check (csrc/cpu/assignment_cpu.cpp, auction_prices_resolve), for
+// the auction's final eps of kFinalEpsRel * range: auction prices end on the range's scale, so
+// c - v in double keeps the costs' digits only down to ~1e-16 range. The warm start is skipped
+// when (a) some row's two best candidates differ by less than kMinGapOverRange * range (tiny
+// costs under a unit range, near-duplicate points, a bimodal cost 1e12 apart), or (b) a sampled
+// row's kProbeSmallest best lie within the final eps of each other or have such a gap (huge
+// outliers set the range: the prices carry no information). Exact ties are harmless. One warp
+// per row; block-uniform result.
 template <typename T, int BLOCK>
 __device__ bool auction_prices_resolve(const CostRows<T>& cost, int n, int m, const CostRange& bounds) {
   __shared__ int resolves;

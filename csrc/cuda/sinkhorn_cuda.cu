@@ -365,8 +365,8 @@ struct Solver {
     const int64_t splits = split_count(B, m, n);
     if constexpr (kDense) {
       dim3 grid((m + kThreads - 1) / kThreads, splits, B);
-      FF_LAUNCH(grid, kThreads, 0, stream, dense_column_partial<T>)(make_cost<T, true>(pr, false), f, log_a, n, m, splits,
-                                                              eps, ws.stats, partial);
+      FF_LAUNCH(grid, kThreads, 0, stream, dense_column_partial<T>)(
+          make_cost<T, true>(pr, false), f, log_a, n, m, splits, eps, ws.stats, partial);
     } else {
       dim3 grid((m + kTileQueries - 1) / kTileQueries, splits, B);
       FF_LAUNCH(grid, kTileQueries, 0, stream, online_partial<T>)(
@@ -384,8 +384,8 @@ struct Solver {
     if constexpr (kDense) {
       const int warps = kThreads / cuda::kWarp;
       dim3 grid((n + warps - 1) / warps, 1, B);
-      FF_LAUNCH(grid, kThreads, 0, stream, dense_row_lse<T>)(make_cost<T, true>(pr, false), g, log_b, n, m, eps, ws.stats,
-                                                       partial);
+      FF_LAUNCH(grid, kThreads, 0, stream, dense_row_lse<T>)(
+          make_cost<T, true>(pr, false), g, log_b, n, m, eps, ws.stats, partial);
       FF_CUDA_CHECK(cudaGetLastError());
       return 1;
     } else {
@@ -401,8 +401,8 @@ struct Solver {
 
   void finish(int64_t splits, int64_t N, T* potential, const T* log_w, T eps, T lam, bool write, bool measure) {
     dim3 grid((N + kThreads - 1) / kThreads, B);
-    FF_LAUNCH(grid, kThreads, 0, stream, finish_potential<T>)(static_cast<const T*>(ws.partial), splits, N, potential, log_w,
-                                                        eps, lam, write, measure, ws.stats);
+    FF_LAUNCH(grid, kThreads, 0, stream, finish_potential<T>)(
+        static_cast<const T*>(ws.partial), splits, N, potential, log_w, eps, lam, write, measure, ws.stats);
     FF_CUDA_CHECK(cudaGetLastError());
   }
 
@@ -589,9 +589,9 @@ void plan_impl(const SinkhornPlanParams& p) {
   if (p.plan.data) {
     const int64_t total = B * n * m;
     const int blocks = static_cast<int>(std::min<int64_t>((total + kThreads - 1) / kThreads, 65535));
-    FF_LAUNCH(blocks, kThreads, 0, stream, plan_dense<T, kDense>)(make_cost<T, kDense>(pr, false), f, g, la, lb, B, n, m, eps,
-                                                           static_cast<T*>(p.plan.data), p.plan.strides[0],
-                                                           p.plan.strides[1], p.plan.strides[2]);
+    FF_LAUNCH(blocks, kThreads, 0, stream, plan_dense<T, kDense>)(
+        make_cost<T, kDense>(pr, false), f, g, la, lb, B, n, m, eps, static_cast<T*>(p.plan.data), p.plan.strides[0],
+        p.plan.strides[1], p.plan.strides[2]);
     FF_CUDA_CHECK(cudaGetLastError());
   }
   if (p.transport_cost.data) FF_CUDA_CHECK(cudaMemsetAsync(p.transport_cost.data, 0, B * sizeof(T), stream));

@@ -13,15 +13,11 @@ struct Stats {
 
 /// 0 runs blocks and threads in index order; any other seed shuffles both, per launch.
 void set_schedule_seed(uint64_t seed);
-uint64_t schedule_seed();
 Stats stats();
 void reset_stats();
 bool race_detector_enabled();
 /// Runs a deliberately broken kernel of csrc/emu/selftest_kernels.cpp; throws ff::Error with the
 /// emulation's report (tests assert the report).
 void run_selftest(const std::string& name);
-
-int running_thread();
-std::string describe_thread(int thread);
 
 }  // namespace ff_emu

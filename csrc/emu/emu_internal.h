@@ -25,18 +25,16 @@ Fiber* fiber_at(int index, FiberMain main, void* user);  // (re)initialized fibe
 void* fiber_user(Fiber* f);
 bool in_fiber_stacks(uintptr_t addr);
 
+// ---- scheduler (scheduler.cpp) ----
+std::string describe_thread(int thread);  // "thread (x,y,z) [warp w lane l] of block (...)"
+
 // ---- race detector (race_detector.cpp) ----
-struct Shadowed {
-  int thread;   // linear thread index in the block
-  int block;    // linear block index in the launch
-};
-void race_begin_launch(const LaunchConfig& config, const KernelBody& body);
-void race_begin_block(int block, const uint3& block_index);
+void race_begin_launch(const KernelBody& body);
+void race_begin_block(int block);
 void race_set_thread(int thread);
 void race_block_barrier();
 void race_warp_barrier(int warp);
 void race_leave_kernel();
-bool race_detector_enabled();
 std::string race_first_report();  // "" when the launch was clean
 uint64_t race_checked_bytes();
 

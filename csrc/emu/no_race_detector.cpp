@@ -1,13 +1,14 @@
 // The AddressSanitizer build has no race detector (ThreadSanitizer's instrumentation and ASan's
 // cannot share a build); it poisons the __shared__ guards instead, so ASan reports an access
 // past the end of a shared array.
+#include "emu_controls.h"
 #include "emu_internal.h"
 
 namespace ff_emu {
 
 bool race_detector_enabled() { return false; }
-void race_begin_launch(const LaunchConfig&, const KernelBody&) { poison_shared_guards(); }
-void race_begin_block(int, const uint3&) {}
+void race_begin_launch(const KernelBody&) { poison_shared_guards(); }
+void race_begin_block(int) {}
 void race_set_thread(int) {}
 void race_block_barrier() {}
 void race_warp_barrier(int) {}

@@ -7,7 +7,6 @@
 // same block and no __syncthreads between them, or different blocks of the same launch (global
 // memory only: shared memory is per block). Atomics, __ldcg and volatile accesses count as
 // atomic. Fiber stacks (thread-local variables) are ignored; launches reset the shadow.
-#include <cstdio>
 #include <sstream>
 
 #include "emu_controls.h"
@@ -35,10 +34,8 @@ struct Detector {
   size_t used = 0;
   uint32_t generation = 1;
   bool in_kernel = false;
-  const LaunchConfig* config = nullptr;
   const KernelBody* body = nullptr;
   int block = 0, thread = 0;
-  uint3 block_index{0, 0, 0};
   uint32_t epoch = 0;
   uint32_t warp_epochs[kMaxBlockThreads / kWarp] = {};
   std::string report;
@@ -210,18 +207,16 @@ void on_access(const volatile void* p, size_t size, Kind kind) {
 
 bool race_detector_enabled() { return true; }
 
-void race_begin_launch(const LaunchConfig& config, const KernelBody& body) {
+void race_begin_launch(const KernelBody& body) {
   ++g.generation;
   g.used = 0;
-  g.config = &config;
   g.body = &body;
   g.report.clear();
   g.races = 0;
   shared_symbols();
 }
-void race_begin_block(int block, const uint3& index) {
+void race_begin_block(int block) {
   g.block = block;
-  g.block_index = index;
   g.epoch = 0;
   for (uint32_t& e : g.warp_epochs) e = 0;
   g.in_kernel = true;

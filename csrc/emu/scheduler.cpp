@@ -6,7 +6,6 @@
 // complete (exited lanes in a mask, lanes waiting at a block barrier, disagreeing masks) is
 // reported instead of hanging, like the hazards compute-sanitizer's synccheck reports.
 #include <algorithm>
-#include <cstdio>
 #include <mutex>
 #include <random>
 #include <sstream>
@@ -199,7 +198,7 @@ bool resolve_warp_ops(std::string* blocked_reason) {
 void run_block(const uint3& block, int linear_block) {
   const dim3 bd = g_launch.config->block;
   g_launch.block = block;
-  race_begin_block(linear_block, block);
+  race_begin_block(linear_block);
   for (int t = 0; t < g_launch.n_threads; ++t) {
     Thread& th = g_launch.threads[t];
     th = Thread{};
@@ -255,14 +254,15 @@ void sync_threads() { wait_here(State::AtBlockBarrier); }
 
 uint64_t warp_exchange(WarpOp op, unsigned mask, uint64_t bits, int param, int width) {
   Thread* t = g_launch.current;
-  if (width <= 0 || width > kWarp || (width & (width - 1))) {
+  const bool valid_width = width > 0 && width <= kWarp && !(width & (width - 1));
+  if (!valid_width) {
     fail(std::string(op_name(op)) + " by " + where(current_thread()) + ": width must be a power of 2 <= 32");
   }
   t->op = op;
   t->mask = mask;
   t->bits = bits;
   t->param = param;
-  t->width = (width > 0 && width <= kWarp && !(width & (width - 1))) ? width : kWarp;
+  t->width = valid_width ? width : kWarp;
   wait_here(State::AtWarpOp);
   return t->result;
 }
@@ -283,7 +283,7 @@ void run_launch(const LaunchConfig& config, KernelBody& body) {
   g_launch.error.clear();
   g_launch.rng.seed(g_seed * 0x9E3779B97F4A7C15ull + (++g_launch_counter));
   ++g_stats.launches;
-  race_begin_launch(config, body);
+  race_begin_launch(body);
 
   std::vector<uint64_t> block_order(blocks);
   for (uint64_t b = 0; b < blocks; ++b) block_order[b] = b;
@@ -308,7 +308,6 @@ void run_launch(const LaunchConfig& config, KernelBody& body) {
 }
 
 void set_schedule_seed(uint64_t seed) { g_seed = seed; }
-uint64_t schedule_seed() { return g_seed; }
 Stats stats() {
   Stats s = g_stats;
   s.checked_bytes = race_checked_bytes();
@@ -316,8 +315,6 @@ Stats stats() {
 }
 void reset_stats() { g_stats = Stats{}; }
 
-// Linear index of the running thread, for the race detector's reports.
-int running_thread() { return g_launch.current ? current_thread() : -1; }
 std::string describe_thread(int thread) { return where(thread); }
 
 }  // namespace ff_emu
