@@ -1,5 +1,5 @@
 # Test-only SIMT emulation builds (csrc/emu): the product's csrc/cuda/*.cu compiled by the host
-# C++ compiler against csrc/emu/include, linked with the CPU kernels, dispatch and bindings into
+# C++ compiler against csrc/emu/include, linked with the CPU kernels, dispatch and bindings (csrc/{cpu,dispatch,bindings}) into
 # two pybind11 modules that are never installed:
 #   _C_emu_race  kernels instrumented (-fsanitize=thread ABI) for the emulation's own race and
 #                shared-memory bounds detector (csrc/emu/race_detector.cpp)
@@ -9,7 +9,8 @@ set(PYBIND11_FINDPYTHON ON)
 find_package(pybind11 CONFIG REQUIRED)
 
 set(FF_ROOT ${CMAKE_CURRENT_SOURCE_DIR})
-file(GLOB FF_EMU_CPU_SOURCES CONFIGURE_DEPENDS ${FF_ROOT}/csrc/cpu/*.cpp)
+file(GLOB FF_EMU_CPU_SOURCES CONFIGURE_DEPENDS ${FF_ROOT}/csrc/cpu/*.cpp ${FF_ROOT}/csrc/dispatch/*.cpp
+     ${FF_ROOT}/csrc/bindings/*.cpp)
 file(GLOB FF_EMU_KERNEL_SOURCES CONFIGURE_DEPENDS ${FF_ROOT}/csrc/cuda/*.cu)
 list(APPEND FF_EMU_KERNEL_SOURCES ${FF_ROOT}/csrc/emu/selftest_kernels.cpp)
 set_source_files_properties(${FF_EMU_KERNEL_SOURCES} PROPERTIES LANGUAGE CXX)
@@ -20,8 +21,7 @@ set(FF_ASAN_FLAGS -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -f
 
 function(flowfast_emulation_module NAME MODE)
   add_library(${NAME}_kernels OBJECT ${FF_EMU_KERNEL_SOURCES})
-  add_library(${NAME}_host OBJECT ${FF_EMU_CPU_SOURCES} ${FF_ROOT}/csrc/dispatch.cpp
-              ${FF_ROOT}/csrc/bindings.cpp ${FF_EMU_RUNTIME} ${ARGN})
+  add_library(${NAME}_host OBJECT ${FF_EMU_CPU_SOURCES} ${FF_EMU_RUNTIME} ${ARGN})
   foreach(part ${NAME}_kernels ${NAME}_host)
     target_include_directories(${part} PRIVATE ${FF_ROOT}/csrc/emu/include ${FF_ROOT}/csrc/emu ${FF_ROOT}/csrc/include
                                                ${FF_ROOT}/csrc ${FF_ROOT}/csrc/cuda)

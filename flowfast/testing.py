@@ -60,3 +60,60 @@ def bad_input_settings(max_examples: int):
 
     return settings(max_examples=max_examples, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+class HostReads:
+    """Counts the reads of tensor values by the host (``bool(t)``, ``float(t)``, ``int(t)``,
+    ``t.item()``, ``t.tolist()``, ``t.numpy()``) while active: each one is a device synchronization
+    when ``t`` lives on a GPU. On CPU-only machines this is how the suite measures a training step's
+    CUDA syncs. ``sites`` lists ``"module:function"`` of every read, in order.
+    """
+
+    _METHODS = ("__bool__", "__float__", "__int__", "__index__", "item", "tolist", "numpy")
+    # torch functions that return a Python value computed on the device.
+    _FUNCTIONS = ("allclose", "equal")
+
+    def __init__(self) -> None:
+        self.sites: list[str] = []
+        self._saved: dict = {}
+
+    def __enter__(self) -> "HostReads":
+        import sys
+
+        for name in self._METHODS:
+            original = getattr(torch.Tensor, name)
+            self._saved[name] = original
+
+            def counted(t, *args, __original=original, **kwargs):
+                frame = sys._getframe(1)
+                self.sites.append(f"{frame.f_globals.get('__name__', '?')}:{frame.f_code.co_name}")
+                return __original(t, *args, **kwargs)
+
+            setattr(torch.Tensor, name, counted)
+        for name in self._FUNCTIONS:
+            original = getattr(torch, name)
+            self._saved["torch." + name] = original
+            setattr(torch, name, self._counted_function(original))
+        return self
+
+    def _counted_function(self, original):
+        import sys
+
+        def counted(*args, **kwargs):
+            frame = sys._getframe(1)
+            self.sites.append(f"{frame.f_globals.get('__name__', '?')}:{frame.f_code.co_name}")
+            return original(*args, **kwargs)
+
+        return counted
+
+    def __exit__(self, *exc) -> None:
+        for name, original in self._saved.items():
+            if name.startswith("torch."):
+                setattr(torch, name[len("torch."):], original)
+            else:
+                setattr(torch.Tensor, name, original)
+        self._saved.clear()
+
+    def count(self, exclude: tuple[str, ...] = ()) -> int:
+        """Reads whose site starts with none of ``exclude``."""
+        return sum(not s.startswith(exclude) for s in self.sites)

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "cpu/simd_exp.h"
-#include "flowfast/philox.h"
+#include "flowfast/random.h"
 #include "flowfast/sinkhorn.h"
 #include "flowfast/sinkhorn_math.h"
 

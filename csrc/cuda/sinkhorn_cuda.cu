@@ -1,5 +1,5 @@
 // CUDA twin of csrc/cpu/sinkhorn_cpu.cpp: batched log-domain Sinkhorn, plan reductions and
-// Gumbel-max sampling. The formulas are those of flowfast/sinkhorn_math.h and flowfast/philox.h.
+// Gumbel-max sampling. The formulas are those of flowfast/sinkhorn_math.h, lse.h and random.h.
 //
 // One Sinkhorn iteration = a g-update then an f-update. Each update is a "partial" kernel that
 // streams log-sum-exp accumulators over one slice of the reduced dimension (the slices add
@@ -21,7 +21,7 @@
 #include <cstdint>
 
 #include "cuda_utils.cuh"
-#include "flowfast/philox.h"
+#include "flowfast/random.h"
 #include "flowfast/sinkhorn.h"
 #include "flowfast/sinkhorn_math.h"
 

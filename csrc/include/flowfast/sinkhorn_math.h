@@ -10,46 +10,9 @@
 #include <cmath>
 
 #include "flowfast/common.h"
+#include "flowfast/lse.h"
 
 namespace ff {
-
-// Streaming log-sum-exp: running max and the sum of exp(s - max). A is double on the CPU and the
-// input's dtype on CUDA (float32 kernels stay in float32; the max shift keeps them stable).
-template <typename A>
-struct LseAcc {
-  A max;
-  A sum;
-};
-
-template <typename A>
-FF_HD LseAcc<A> lse_empty() {
-  return LseAcc<A>{static_cast<A>(-INFINITY), static_cast<A>(0)};
-}
-
-template <typename A>
-FF_HD LseAcc<A> lse_push(LseAcc<A> acc, A s) {
-  if (s <= acc.max) {
-    // s == max == -inf (a -inf score into an empty accumulator) would add exp(nan).
-    if (s > static_cast<A>(-INFINITY)) acc.sum += exp(s - acc.max);
-  } else {
-    acc.sum = acc.sum * exp(acc.max - s) + static_cast<A>(1);  // exp(-inf) = 0: empty accumulator
-    acc.max = s;
-  }
-  return acc;
-}
-
-template <typename A>
-FF_HD LseAcc<A> lse_merge(LseAcc<A> a, LseAcc<A> b) {
-  if (b.max == static_cast<A>(-INFINITY)) return a;
-  if (a.max == static_cast<A>(-INFINITY)) return b;
-  if (a.max >= b.max) return LseAcc<A>{a.max, a.sum + b.sum * exp(b.max - a.max)};
-  return LseAcc<A>{b.max, b.sum + a.sum * exp(a.max - b.max)};
-}
-
-template <typename A>
-FF_HD A lse_value(LseAcc<A> acc) {
-  return acc.max + log(acc.sum);
-}
 
 FF_HD double unbalanced_factor(double eps, double reg_m) { return reg_m > 0.0 ? reg_m / (reg_m + eps) : 1.0; }
 

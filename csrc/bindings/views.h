@@ -1,0 +1,53 @@
+// What every family's binding file shares: array descriptors -> ff::TensorView, raw handles ->
+// pointers. Arrays arrive as the plain tuples flowfast/_arrays.py builds:
+// (data_ptr, dtype_code, device_type, device_index, shape, strides); streams and workspaces as
+// integers.
+#pragma once
+
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "flowfast/common.h"
+
+namespace ff::bind {
+
+namespace py = pybind11;
+
+inline TensorView to_view(const py::tuple& t) {
+  FF_CHECK(t.size() == 6, "internal: array descriptor must have 6 fields");
+  TensorView v;
+  v.data = reinterpret_cast<void*>(t[0].cast<uintptr_t>());
+  v.dtype = static_cast<DType>(t[1].cast<int32_t>());
+  v.device = static_cast<DeviceType>(t[2].cast<int32_t>());
+  v.device_index = t[3].cast<int32_t>();
+  const auto shape = t[4].cast<std::vector<int64_t>>();
+  const auto strides = t[5].cast<std::vector<int64_t>>();
+  FF_CHECK(shape.size() == strides.size() && shape.size() <= static_cast<size_t>(kMaxDims),
+           "internal: array descriptor has inconsistent or too many dims");
+  v.ndim = static_cast<int32_t>(shape.size());
+  for (int i = 0; i < v.ndim; ++i) {
+    v.shape[i] = shape[i];
+    v.strides[i] = strides[i];
+  }
+  return v;
+}
+
+/// None -> an empty view (kernels treat a null data pointer as "not given / not requested").
+inline TensorView to_view_or_empty(const py::object& o) {
+  if (o.is_none()) return TensorView{};
+  return to_view(o.cast<py::tuple>());
+}
+
+inline void* to_ptr(uintptr_t handle) { return reinterpret_cast<void*>(handle); }
+
+/// Runs a family's dispatch function with the GIL released (kernels never touch Python objects).
+template <typename Params>
+void call_released(void (*dispatch)(const Params&), const Params& p) {
+  py::gil_scoped_release release;
+  dispatch(p);
+}
+
+}  // namespace ff::bind
