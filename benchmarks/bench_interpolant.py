@@ -45,7 +45,7 @@ import _timing  # noqa: E402  (sibling module, not a package)
 
 import flowfast  # noqa: E402
 from flowfast import reference  # noqa: E402
-from flowfast.couplings.sinkhorn import draw_seed  # noqa: E402
+from flowfast._rng import draw_seed  # noqa: E402
 from flowfast.ops import interpolant as iops  # noqa: E402
 
 FAMILY = "interpolant"

@@ -27,6 +27,24 @@ def device_code(device: torch.device) -> int:
         raise ValueError(f"flowfast kernels run on CPU or CUDA, got device {device}") from None
 
 
+def plain(t):
+    """The storage-backed tensor under functorch's wrappers (torch.func.jvp / grad / vmap wrap
+    the tensors an autograd.Function's rules see); kernels need the raw memory. None passes.
+    Use inside :func:`kernel_scope`, where torch ops on it do not re-wrap their results."""
+    if t is None:
+        return None
+    while torch._C._functorch.is_functorch_wrapped_tensor(t):
+        t = torch._C._functorch.get_unwrapped(t)
+    return t
+
+
+def kernel_scope():
+    """Context for a kernel call's tensor preparation and outputs: functorch transforms are
+    suspended, so outputs are plain tensors (the autograd.Function rules that call kernels
+    compute values, never derivatives, inside it)."""
+    return torch._C._DisableFuncTorch()
+
+
 def describe(t: torch.Tensor) -> tuple:
     """(data_ptr, dtype_code, device_type, device_index, shape, strides) for flowfast._C."""
     return (

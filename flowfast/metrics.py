@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from flowfast._core import check_finite, check_float, check_same_device
+from flowfast._validate import check_finite, check_float, check_same_device
 from flowfast.couplings.assignment import linear_assignment, pairwise_cost
 
 __all__ = ["wasserstein2"]

@@ -15,9 +15,13 @@ and regresses the model on the conditional velocity :math:`u_t(x_t \mid x_0, x_1
 | :class:`TargetCFM` (Lipman FM) | x1 only | t x1 | 1 - (1-sigma) t | (x1 - (1-sigma) x_t) / (1 - (1-sigma) t) |
 | :class:`VariancePreservingCFM` | independent | cos(pi t/2) x0 + sin(pi t/2) x1 | sigma | pi/2 (cos(pi t/2) x1 - sin(pi t/2) x0) |
 
-The couplings differ from torchcfm on purpose: OT-CFM and SB-CFM re-pair the batch with a
-*permutation* (``flowfast.couplings.pair``, every sample used once) instead of drawing pairs with
-replacement. ``flowfast.compat.torchcfm`` keeps torchcfm's exact behaviour.
+The coupling is an argument, not a subclass: every class takes ``coupling=`` (a
+:class:`flowfast.couplings.Coupling`: ``"independent"``, ``"exact"``, ``"sinkhorn"``,
+``"unbalanced"`` or any object such as ``SinkhornCoupling(reg=0.1)``), and OT-CFM / SB-CFM are the
+linear / bridge paths with their paper's coupling preset. The couplings differ from torchcfm on
+purpose: OT-CFM and SB-CFM re-pair the batch with a *permutation* (every sample used once)
+instead of drawing pairs with replacement. ``flowfast.compat.torchcfm`` keeps torchcfm's exact
+behaviour.
 """
 
 from __future__ import annotations
@@ -27,9 +31,9 @@ from typing import Callable, Optional
 
 import torch
 
-from flowfast import ops
-from flowfast._core import check_finite, check_float, check_same_device
-from flowfast.couplings.pairing import pair
+from flowfast import _path_kinds, ops
+from flowfast._rng import draw_seed
+from flowfast.couplings.coupling import Coupling, ExactOTCoupling, SinkhornCoupling, as_coupling
 
 __all__ = [
     "IndependentCFM",
@@ -40,8 +44,7 @@ __all__ = [
     "pad_t_like_x",
 ]
 
-# The SB-CFM velocity divides by 2t(1-t); torchcfm adds this guard, kept for identical values.
-_BRIDGE_GUARD = 1e-8
+_BRIDGE_GUARD = _path_kinds.BRIDGE_GUARD
 
 
 def pad_t_like_x(t, x: torch.Tensor):
@@ -51,45 +54,24 @@ def pad_t_like_x(t, x: torch.Tensor):
     return t.reshape(-1, *([1] * (x.dim() - 1)))
 
 
-def _check_pair(x0: torch.Tensor, x1: torch.Tensor) -> None:
-    for name, x in (("x0", x0), ("x1", x1)):
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-        check_float(name, x, (torch.float16, torch.bfloat16, torch.float32, torch.float64))
-        if x.dim() < 1 or x.shape[0] == 0:
-            raise ValueError(f"{name} must be a non-empty (B, *shape) batch, got shape {tuple(x.shape)}")
-    check_same_device(x0=x0, x1=x1)
-    if x0.shape != x1.shape:
-        raise ValueError(f"x0 and x1 must have the same shape, got {tuple(x0.shape)} and {tuple(x1.shape)}")
-
-
-def _check_t(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-    if t.dim() == 0:
-        t = t.expand(x.shape[0])
-    if t.shape != (x.shape[0],):
-        raise ValueError(f"t must be a scalar or have shape ({x.shape[0]},), got {tuple(t.shape)}")
-    check_finite("t", t)
-    if bool(((t < 0) | (t > 1)).any()):
-        raise ValueError("t must lie in [0, 1]")
-    return t.to(device=x.device, dtype=x.dtype)
-
-
 class IndependentCFM:
     r"""I-CFM: independent coupling, straight path, constant noise ``sigma``.
 
     Args:
         sigma: standard deviation of the Gaussian around the straight path (torchcfm's ``sigma``).
+        coupling: how a batch is paired before the path is sampled (default: as drawn).
     """
 
-    #: which path of the `interpolant` kernels implements this class's formulas
+    #: which path of the `interpolant` kernels implements this class's formulas (flowfast._path_kinds)
     kernel_path = "linear"
 
-    def __init__(self, sigma: float = 0.0) -> None:
+    def __init__(self, sigma: float = 0.0, coupling: Optional[Coupling] = None) -> None:
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (math.isfinite(sigma) and sigma >= 0):
             raise ValueError(f"sigma must be a finite number >= 0, got {sigma!r}")
+        if _path_kinds.KINDS[self.kernel_path] in _path_kinds.NEEDS_POSITIVE_SIGMA and not sigma > 0:
+            raise ValueError(f"{type(self).__name__} needs sigma > 0, got {sigma!r}")
         self.sigma = float(sigma)
+        self.coupling = as_coupling(coupling)
 
     # --- the path -----------------------------------------------------------------------------
     def compute_mu_t(self, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -114,8 +96,8 @@ class IndependentCFM:
 
     # --- couplings ------------------------------------------------------------------------------
     def couple(self, x0: torch.Tensor, x1: torch.Tensor, generator: Optional[torch.Generator] = None):
-        """Re-pair the batch; the independent coupling keeps it as drawn."""
-        return x0, x1
+        """Re-pair the batch by :attr:`coupling`."""
+        return self.coupling(x0, x1, generator)
 
     # --- a training step ------------------------------------------------------------------------
     def sample_location_and_conditional_flow(self, x0: torch.Tensor, x1: torch.Tensor, t=None,
@@ -125,7 +107,7 @@ class IndependentCFM:
 
         Shapes: x0, x1 ``(B, *shape)``; t ``(B,)``; x_t, u_t, eps like x0.
         """
-        _check_pair(x0, x1)
+        ops.interpolant.validate_batches(x0, x1)
         x0, x1 = self.couple(x0, x1, generator)
         return self.sample_paired(x0, x1, t, return_noise, generator)
 
@@ -135,7 +117,7 @@ class IndependentCFM:
         if t is None:
             t = torch.rand(x0.shape[0], dtype=x0.dtype, device=x0.device, generator=generator)
         else:
-            t = _check_t(t, x0)
+            t = ops.interpolant.validate_t(t, x0)
         eps = self.sample_noise_like(x0, generator)
         xt = self.sample_xt(x0, x1, t, eps)
         ut = self.compute_conditional_flow(x0, x1, t, xt)
@@ -155,19 +137,17 @@ class IndependentCFM:
                 them; its backward returns only dL/dv. ``fused=False`` uses the eager torch formulas
                 (same math, noise from torch's RNG).
         """
-        _check_pair(x0, x1)
+        ops.interpolant.validate_batches(x0, x1)
         x0, x1 = self.couple(x0, x1, generator)
         t = (torch.rand(x0.shape[0], dtype=x0.dtype, device=x0.device, generator=generator) if t is None
-             else _check_t(t, x0))
+             else ops.interpolant.validate_t(t, x0))
         if weight is not None:
             if not isinstance(weight, torch.Tensor) or weight.shape != (x0.shape[0],):
                 raise ValueError(f"weight must be a ({x0.shape[0]},) tensor")
             weight = weight.to(device=x0.device, dtype=x0.dtype)
-        if fused and x0.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
-            from flowfast.couplings.sinkhorn import draw_seed
-
+        if fused and x0.dtype in ops.interpolant.KERNEL_DTYPES:
             seed, offset = draw_seed(generator)
-            kind = ops.interpolant.KINDS[self.kernel_path]
+            kind = _path_kinds.KINDS[self.kernel_path]
             xt, _ = ops.interpolant.sample(x0, x1, t, None, kind, self.sigma, seed, offset)
             v = model(xt, t)
             if v.shape != x0.shape:
@@ -184,21 +164,18 @@ class IndependentCFM:
 
 
 class OptimalTransportCFM(IndependentCFM):
-    """OT-CFM: I-CFM after re-pairing the batch by exact minibatch OT (a permutation).
+    """OT-CFM: the I-CFM path on the exact minibatch-OT coupling (:class:`ExactOTCoupling`).
 
     Args:
         sigma: path noise.
         replace: False (default) = the optimal permutation; True = torchcfm's pairs drawn with
             replacement from the exact plan (about 37% of the batch repeated).
+        coupling: another coupling instead (then ``replace`` is unused).
     """
 
-    def __init__(self, sigma: float = 0.0, replace: bool = False) -> None:
-        super().__init__(sigma)
+    def __init__(self, sigma: float = 0.0, replace: bool = False, coupling: Optional[Coupling] = None) -> None:
+        super().__init__(sigma, coupling if coupling is not None else ExactOTCoupling(replace))
         self.replace = replace
-
-    def couple(self, x0, x1, generator=None):
-        x0p, x1p, _ = pair(x0, x1, method="exact", replace=self.replace, generator=generator)
-        return x0p, x1p
 
 
 class SchrodingerBridgeCFM(IndependentCFM):
@@ -209,16 +186,19 @@ class SchrodingerBridgeCFM(IndependentCFM):
         sigma: bridge noise, > 0.
         ot_method: "sinkhorn" (entropic, the paper's choice) or "exact" (torchcfm's default).
         replace: as in :class:`OptimalTransportCFM`.
+        coupling: another coupling instead of the preset (then ``ot_method``/``replace`` are unused).
     """
 
     kernel_path = "bridge"
 
-    def __init__(self, sigma: float = 1.0, ot_method: str = "sinkhorn", replace: bool = False) -> None:
-        super().__init__(sigma)
-        if not self.sigma > 0:
-            raise ValueError("SB-CFM needs sigma > 0")
+    def __init__(self, sigma: float = 1.0, ot_method: str = "sinkhorn", replace: bool = False,
+                 coupling: Optional[Coupling] = None) -> None:
         if ot_method not in ("sinkhorn", "exact"):
             raise ValueError(f"ot_method must be 'sinkhorn' or 'exact', got {ot_method!r}")
+        super().__init__(sigma, coupling)
+        if coupling is None:
+            self.coupling = (ExactOTCoupling(replace) if ot_method == "exact"
+                             else SinkhornCoupling(eps=2 * self.sigma**2, replace=replace))
         self.ot_method = ot_method
         self.replace = replace
 
@@ -230,13 +210,6 @@ class SchrodingerBridgeCFM(IndependentCFM):
         mu_t = t * x1 + (1 - t) * x0
         return (1 - 2 * t) / (2 * t * (1 - t) + _BRIDGE_GUARD) * (xt - mu_t) + x1 - x0
 
-    def couple(self, x0, x1, generator=None):
-        if self.ot_method == "exact":
-            x0p, x1p, _ = pair(x0, x1, method="exact", replace=self.replace, generator=generator)
-            return x0p, x1p
-        x0p, x1p, _ = pair(x0, x1, method="sinkhorn", eps=2 * self.sigma**2, replace=self.replace,
-                           generator=generator)
-        return x0p, x1p
 
 
 class TargetCFM(IndependentCFM):

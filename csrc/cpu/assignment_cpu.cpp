@@ -58,7 +58,8 @@ struct Bid {
   int64_t col;
 };
 
-// Scratch for one problem; reused across the problems a thread solves.
+// One problem's state (potentials u, v; the matching col4row/row4col) and scratch; reused across
+// the problems a thread solves.
 struct SapWorkspace {
   std::vector<double> u, v, shortest, v_masked, settled_label;
   std::vector<int64_t> col4row, row4col, path, settled_cols, visited_rows;
@@ -484,330 +485,406 @@ inline Bid evaluate_shortlist(const Shortlist& s, const double* v) {
   return evaluate_shortlist_scalar(s, v);
 }
 
+// The cost matrix as every step reads it: entry (i, j) is sign * c_ij, so maximizing is
+// minimizing -c.
 template <typename T>
-class SapSolver {
- public:
-  SapSolver(const T* cost, int64_t n, int64_t m, int64_t row_stride, bool maximize, SapWorkspace& ws)
-      : cost_(cost), n_(n), m_(m), row_stride_(row_stride), sign_(maximize ? -1.0 : 1.0), ws_(ws) {}
+struct SignedCosts {
+  const T* data;
+  int64_t n, m, row_stride;
+  double sign;
 
-  // lo, hi: the smallest and largest cost entry.
-  void solve(int64_t* col_for_row, double lo, double hi) {
-    ws_.reset(n_, m_);
-    if (sign_ < 0) {
-      std::swap(lo, hi);
-      lo = -lo;
-      hi = -hi;
+  const T* row(int64_t i) const { return data + i * row_stride; }
+  double operator()(int64_t i, int64_t j) const { return sign * static_cast<double>(data[i * row_stride + j]); }
+};
+
+inline double final_auction_eps(int64_t rows, double range) {
+  const double n = static_cast<double>(rows);
+  return std::max(kFinalEpsScale / (n * n), kMinFinalEps) * range;
+}
+
+// Whether auction prices can be trusted here. They end within eps_final of optimal and of the
+// range's magnitude, so c - v in double keeps the costs' digits only down to ~1e-16 range:
+//  - precision: if two of a row's best candidates differ by less than kMinGapOverRange * range
+//    (tiny costs next to a unit-scale range, clusters of near-duplicate points, a bimodal cost
+//    whose low mode is 1e12 below the high one), the Dijkstra on such reduced costs would pick
+//    among them by rounding; the plain path's potentials only move by reduced costs along actual
+//    augmenting paths and keep those digits. Checked on every row's two best (one vector pass)
+//    and on kValueProbeRows sampled rows' kProbeSmallest best.
+//  - use: if some sampled row's best candidates lie within eps_final of each other (huge
+//    outliers set the range, rows on very different scales), the prices carry no information
+//    there and the auction is pure cost.
+// What remains is rounding of ~n ulp(range) in the total: structure finer than that which no
+// row's two best nor the sampled rows show (e.g. an additive x_i + y_j cost plus 1e-12 range
+// noise) is resolved only to that level.
+template <typename T>
+bool auction_prices_resolve(const SignedCosts<T>& c, double lo, double range, double eps_final, SapWorkspace& ws) {
+  const double min_gap = kMinGapOverRange * range;
+  for (int64_t i = 0; i < c.n; ++i) {
+    const Bid t = top2(c.row(i), c.sign, ws.v.data(), c.m);  // v = 0 here
+    const double gap = t.second - t.best;
+    if (gap > 0.0 && gap < min_gap) return false;  // exact ties are harmless: any choice is optimal
+  }
+  const int64_t probes = std::min<int64_t>(kValueProbeRows, c.n);
+  const int64_t k = std::min<int64_t>(kProbeSmallest, c.m);
+  auto& row = ws.shortest;  // scratch: augment_from refills it before every use
+  row.resize(static_cast<size_t>(c.m));
+  for (int64_t q = 0; q < probes; ++q) {
+    const int64_t i = q * c.n / probes;
+    for (int64_t j = 0; j < c.m; ++j) row[static_cast<size_t>(j)] = c(i, j) - lo;
+    std::partial_sort(row.begin(), row.begin() + k, row.end());
+    if (row[static_cast<size_t>(k - 1)] - row[0] < eps_final) return false;
+    for (int64_t j = 1; j < k; ++j) {
+      const double gap = row[static_cast<size_t>(j)] - row[static_cast<size_t>(j - 1)];
+      if (gap > 0.0 && gap < min_gap) return false;
     }
-    const double range = hi - lo;
-    const double eps_final = final_auction_eps(range);
-    if (n_ == m_ && n_ >= kAuctionMinN && range > 0.0 && std::isfinite(range) &&
-        auction_prices_resolve(lo, range, eps_final) && !few_distinct_values()) {
-      auction_prices(lo, range, eps_final);
-      tight_assignment();
-    } else {
-      greedy_row_reduction();
-      if (n_ == m_ && m_ > 1) augmenting_row_reduction();
+  }
+  return true;
+}
+
+// Whether the costs take few distinct values (integer-valued costs, grid distances): in many
+// sampled rows the entry at some column recurs at another column. The plain path is the faster
+// one there (see the top of the file). Identical columns (duplicated points) also repeat values
+// but do not help the plain path, so a repeat only counts if the two columns differ elsewhere.
+template <typename T>
+bool few_distinct_values(const SignedCosts<T>& c) {
+  const int64_t probes = std::min<int64_t>(kValueProbeRows, c.n);
+  const int64_t r1 = c.n / 3, r2 = 2 * c.n / 3;
+  int64_t repeats = 0;
+  for (int64_t k = 0; k < probes; ++k) {
+    const int64_t i = k * c.n / probes, j0 = (k * 40503 + 17) % c.m;
+    const double x = c(i, j0);
+    for (int64_t j = 0; j < c.m; ++j) {
+      if (j != j0 && c(i, j) == x && (c(r1, j) != c(r1, j0) || c(r2, j) != c(r2, j0))) {
+        ++repeats;
+        break;
+      }
     }
-    for (int64_t row = 0; row < n_; ++row) {
-      if (ws_.col4row[row] < 0) augment_from(row);
+  }
+  return 4 * repeats >= probes;
+}
+
+template <typename T>
+bool use_auction(const SignedCosts<T>& c, double lo, double range, double eps_final, SapWorkspace& ws) {
+  return c.n == c.m && c.n >= kAuctionMinN && range > 0.0 && std::isfinite(range) &&
+         auction_prices_resolve(c, lo, range, eps_final, ws) && !few_distinct_values(c);
+}
+
+// Forward auction on h_ij = c_ij - v_j (a bid lowers the winner's v_j by the bidder's gap to
+// its second-best column plus eps), Gauss-Seidel, eps-scaling; each phase starts with every row
+// unassigned and keeps the prices. Only v is kept: any finite v is a valid start because
+// tight_assignment recomputes u, so running out of budget costs time, never optimality.
+template <typename T>
+class Auction {
+ public:
+  // lo, range: of the signed costs.
+  Auction(const SignedCosts<T>& c, double lo, double range, SapWorkspace& ws)
+      : c_(c), lo_(lo), range_(range), scale_(1.0 / range), fast_(float_scan_ok(c.m, range, scale_)), ws_(ws) {}
+
+  // Leaves the prices in v and the last phase's (possibly partial) assignment in col4row/row4col.
+  void run(double eps_final) {
+    ws_.v32.assign(c_.m, 0.0f);
+    ws_.lists.resize(c_.n);
+    for (auto& l : ws_.lists) l.count = -1;
+    int64_t budget = kBidsPerRow * c_.n + 4096;
+    for (double eps = kEpsStart * range_;; eps /= kEpsFactor) {
+      if (!phase(eps, budget)) return;  // out of budget: the prices so far are used
+      if (eps <= eps_final) break;
     }
-    std::copy(ws_.col4row.begin(), ws_.col4row.end(), col_for_row);
   }
 
  private:
-  double c(int64_t i, int64_t j) const { return sign_ * static_cast<double>(cost_[i * row_stride_ + j]); }
+  // The float scan normalizes double costs in double, float costs in float: there c - lo must
+  // not overflow nor 1 / range be denormal.
+  static bool float_scan_ok(int64_t m, double range, double scale) {
+    const bool float_ok = std::is_same<T, double>::value ? std::isfinite(scale) : (range >= 1e-30 && range <= 1e30);
+    return m < (int64_t{1} << 31) && float_ok;
+  }
 
-  // Whether auction prices can be trusted here. They end within eps_final of optimal and of the
-  // range's magnitude, so c - v in double keeps the costs' digits only down to ~1e-16 range:
-  //  - precision: if two of a row's best candidates differ by less than kMinGapOverRange * range
-  //    (tiny costs next to a unit-scale range, clusters of near-duplicate points, a bimodal cost
-  //    whose low mode is 1e12 below the high one), the Dijkstra on such reduced costs would pick
-  //    among them by rounding; the plain path's potentials only move by reduced costs along actual
-  //    augmenting paths and keep those digits. Checked on every row's two best (one vector pass)
-  //    and on kValueProbeRows sampled rows' kProbeSmallest best.
-  //  - use: if some sampled row's best candidates lie within eps_final of each other (huge
-  //    outliers set the range, rows on very different scales), the prices carry no information
-  //    there and the auction is pure cost.
-  // What remains is rounding of ~n ulp(range) in the total: structure finer than that which no
-  // row's two best nor the sampled rows show (e.g. an additive x_i + y_j cost plus 1e-12 range
-  // noise) is resolved only to that level.
-  bool auction_prices_resolve(double lo, double range, double eps_final) {
-    const double min_gap = kMinGapOverRange * range;
-    for (int64_t i = 0; i < n_; ++i) {
-      const Bid t = top2(cost_ + i * row_stride_, sign_, ws_.v.data(), m_);  // v = 0 here
-      const double gap = t.second - t.best;
-      if (gap > 0.0 && gap < min_gap) return false;  // exact ties are harmless: any choice is optimal
-    }
-    const int64_t probes = std::min<int64_t>(kValueProbeRows, n_);
-    const int64_t k = std::min<int64_t>(kProbeSmallest, m_);
-    auto& row = ws_.shortest;  // scratch: augment_from refills it before every use
-    row.resize(static_cast<size_t>(m_));
-    for (int64_t q = 0; q < probes; ++q) {
-      const int64_t i = q * n_ / probes;
-      for (int64_t j = 0; j < m_; ++j) row[static_cast<size_t>(j)] = c(i, j) - lo;
-      std::partial_sort(row.begin(), row.begin() + k, row.end());
-      if (row[static_cast<size_t>(k - 1)] - row[0] < eps_final) return false;
-      for (int64_t j = 1; j < k; ++j) {
-        const double gap = row[static_cast<size_t>(j)] - row[static_cast<size_t>(j - 1)];
-        if (gap > 0.0 && gap < min_gap) return false;
+  // One eps phase; false when the bid budget ran out.
+  bool phase(double eps, int64_t& budget) {
+    auto& v = ws_.v;
+    auto& col4row = ws_.col4row;
+    auto& row4col = ws_.row4col;
+    auto& stack = ws_.stack;
+    std::fill(row4col.begin(), row4col.end(), -1);
+    std::fill(col4row.begin(), col4row.end(), -1);
+    stack.clear();
+    for (int64_t i = c_.n - 1; i >= 0; --i) stack.push_back(i);
+    while (!stack.empty()) {
+      if (--budget < 0) return false;
+      const int64_t i = stack.back();
+      stack.pop_back();
+      const Bid bid = row_bid(i);
+      const double gap = std::isfinite(bid.second) ? bid.second - bid.best : 0.0;
+      const int64_t j = bid.col;
+      v[j] -= gap + eps;
+      ws_.v32[j] = static_cast<float>(v[j] * scale_);
+      const int64_t evicted = row4col[j];
+      row4col[j] = i;
+      col4row[i] = j;
+      if (evicted >= 0) {
+        col4row[evicted] = -1;
+        stack.push_back(evicted);
       }
     }
     return true;
   }
 
-  // Whether the costs take few distinct values (integer-valued costs, grid distances): in many
-  // sampled rows the entry at some column recurs at another column. The plain path is the faster
-  // one there (see the top of the file). Identical columns (duplicated points) also repeat values
-  // but do not help the plain path, so a repeat only counts if the two columns differ elsewhere.
-  bool few_distinct_values() const {
-    const int64_t probes = std::min<int64_t>(kValueProbeRows, n_);
-    const int64_t r1 = n_ / 3, r2 = 2 * n_ / 3;
-    int64_t repeats = 0;
-    for (int64_t k = 0; k < probes; ++k) {
-      const int64_t i = k * n_ / probes, j0 = (k * 40503 + 17) % m_;
-      const double x = c(i, j0);
-      for (int64_t j = 0; j < m_; ++j) {
-        if (j != j0 && c(i, j) == x && (c(r1, j) != c(r1, j0) || c(r2, j) != c(r2, j0))) {
-          ++repeats;
-          break;
-        }
-      }
+  // Row i's bid from its shortlist. The second value is capped by theta, the bound on the unlisted
+  // columns, and a list whose second exceeds theta is rebuilt first: an unlisted column may now
+  // be the better one.
+  Bid row_bid(int64_t i) {
+    Shortlist& l = ws_.lists[i];
+    if (l.count < 0) refresh_shortlist(i);
+    Bid bid = evaluate_shortlist(l, ws_.v.data());
+    if (bid.second > l.theta) {
+      refresh_shortlist(i);
+      bid = evaluate_shortlist(l, ws_.v.data());
     }
-    return 4 * repeats >= probes;
+    bid.second = std::min(bid.second, l.theta);
+    return bid;
   }
 
-  // Forward auction on h_ij = c_ij - v_j (a bid lowers the winner's v_j by the bidder's gap to
-  // its second-best column plus eps), Gauss-Seidel, eps-scaling; each phase starts with every row
-  // unassigned and keeps the prices. Only v is kept: any finite v is a valid start because
-  // tight_assignment recomputes u, so running out of budget costs time, never optimality.
-  double final_auction_eps(double range) const {
-    const double n = static_cast<double>(n_);
-    return std::max(kFinalEpsScale / (n * n), kMinFinalEps) * range;
+  void refresh_shortlist(int64_t i) {
+    build_shortlist(c_.row(i), c_.sign, lo_, scale_, ws_.v.data(), ws_.v32.data(), fast_, c_.m, ws_.lists[i]);
   }
 
-  void auction_prices(double lo, double range, double eps_final) {
-    auto& v = ws_.v;
-    auto& v32 = ws_.v32;
-    auto& col4row = ws_.col4row;
-    auto& row4col = ws_.row4col;
-    auto& stack = ws_.stack;
-    // The float scan normalizes double costs in double, float costs in float: there c - lo must
-    // not overflow nor 1 / range be denormal.
-    const double scale = 1.0 / range;
-    const bool float_ok = std::is_same<T, double>::value ? std::isfinite(scale) : (range >= 1e-30 && range <= 1e30);
-    const bool fast = m_ < (int64_t{1} << 31) && float_ok;
-    v32.assign(m_, 0.0f);
-    ws_.lists.resize(n_);
-    for (auto& l : ws_.lists) l.count = -1;
-    int64_t budget = kBidsPerRow * n_ + 4096;
-    for (double eps = kEpsStart * range;; eps /= kEpsFactor) {
-      std::fill(row4col.begin(), row4col.end(), -1);
-      std::fill(col4row.begin(), col4row.end(), -1);
-      stack.clear();
-      for (int64_t i = n_ - 1; i >= 0; --i) stack.push_back(i);
-      while (!stack.empty()) {
-        if (--budget < 0) return;
-        const int64_t i = stack.back();
-        stack.pop_back();
-        const T* row = cost_ + i * row_stride_;
-        Shortlist& l = ws_.lists[i];
-        if (l.count < 0) {
-          build_shortlist(row, sign_, lo, scale, v.data(), v32.data(), fast, m_, l);
-        }
-        Bid bid = evaluate_shortlist(l, v.data());
-        if (bid.second > l.theta) {
-          build_shortlist(row, sign_, lo, scale, v.data(), v32.data(), fast, m_, l);
-          bid = evaluate_shortlist(l, v.data());
-        }
-        const double second = std::min(bid.second, l.theta);
-        const double gap = std::isfinite(second) ? second - bid.best : 0.0;
-        const int64_t j = bid.col;
-        v[j] -= gap + eps;
-        v32[j] = static_cast<float>(v[j] * scale);
-        const int64_t evicted = row4col[j];
-        row4col[j] = i;
-        col4row[i] = j;
-        if (evicted >= 0) {
-          col4row[evicted] = -1;
-          stack.push_back(evicted);
-        }
-      }
-      if (eps <= eps_final) break;
+  const SignedCosts<T> c_;
+  const double lo_, range_, scale_;
+  const bool fast_;
+  SapWorkspace& ws_;
+};
+
+// Starts for the Dijkstra: potentials u, v with every reduced cost c_ij - u_i - v_j >= 0 and a
+// partial assignment on tight edges.
+
+// u_i = min_j (c_ij - v_j). A row keeps its auction column if that edge is tight (reduced cost
+// exactly 0); the others take their argmin column when it is left free. Dijkstra does the rest.
+template <typename T>
+void tight_assignment(const SignedCosts<T>& c, SapWorkspace& ws) {
+  auto& u = ws.u;
+  auto& v = ws.v;
+  auto& col4row = ws.col4row;
+  auto& row4col = ws.row4col;
+  auto& argmin = ws.argmin;
+  argmin.resize(c.n);
+  for (int64_t i = 0; i < c.n; ++i) {
+    const Bid t = top2(c.row(i), c.sign, v.data(), c.m);
+    u[i] = t.best;
+    argmin[i] = t.col;
+    const int64_t j = col4row[i];
+    if (j >= 0 && !(c(i, j) - v[j] == t.best)) {
+      col4row[i] = -1;
+      row4col[j] = -1;
     }
   }
-
-  // u_i = min_j (c_ij - v_j). A row keeps its auction column if that edge is tight (reduced cost
-  // exactly 0); the others take their argmin column when it is left free. Dijkstra does the rest.
-  void tight_assignment() {
-    auto& u = ws_.u;
-    auto& v = ws_.v;
-    auto& col4row = ws_.col4row;
-    auto& row4col = ws_.row4col;
-    auto& argmin = ws_.argmin;
-    argmin.resize(n_);
-    for (int64_t i = 0; i < n_; ++i) {
-      const T* row = cost_ + i * row_stride_;
-      const Bid t = top2<T>(row, sign_, v.data(), m_);
-      u[i] = t.best;
-      argmin[i] = t.col;
-      const int64_t j = col4row[i];
-      if (j >= 0 && !(sign_ * static_cast<double>(row[j]) - v[j] == t.best)) {
-        col4row[i] = -1;
-        row4col[j] = -1;
-      }
+  for (int64_t i = 0; i < c.n; ++i) {
+    if (col4row[i] < 0 && row4col[argmin[i]] < 0) {
+      row4col[argmin[i]] = i;
+      col4row[i] = argmin[i];
     }
-    for (int64_t i = 0; i < n_; ++i) {
-      if (col4row[i] < 0 && row4col[argmin[i]] < 0) {
-        row4col[argmin[i]] = i;
-        col4row[i] = argmin[i];
+  }
+}
+
+// u_i = min_j c_ij with v = 0 keeps every reduced cost >= 0 and every free column at the same
+// potential (0), which is what makes later augmentations optimal in the rectangular case too.
+// Each row whose argmin column is still free is assigned on the spot (a tight edge).
+template <typename T>
+void greedy_row_reduction(const SignedCosts<T>& c, SapWorkspace& ws) {
+  for (int64_t i = 0; i < c.n; ++i) {
+    const Bid t = top2(c.row(i), c.sign, ws.v.data(), c.m);  // v = 0: the row minimum
+    ws.u[i] = t.best;
+    if (ws.row4col[t.col] < 0) {
+      ws.row4col[t.col] = i;
+      ws.col4row[i] = t.col;
+    }
+  }
+}
+
+// The two smallest h_j = sign*c_j - v_j and their columns; ties keep the first column as best.
+struct TwoBest {
+  double u1, u2;
+  int64_t j1, j2;
+};
+
+template <typename T>
+TwoBest two_best_columns(const T* row, double sign, const double* v, int64_t m) {
+  TwoBest t{std::numeric_limits<double>::infinity(), std::numeric_limits<double>::infinity(), 0, 0};
+  for (int64_t j = 0; j < m; ++j) {
+    const double h = sign * static_cast<double>(row[j]) - v[j];
+    if (h < t.u2) {
+      if (h < t.u1) {
+        t.u2 = t.u1;
+        t.j2 = t.j1;
+        t.u1 = h;
+        t.j1 = j;
+      } else {
+        t.u2 = h;
+        t.j2 = j;
       }
     }
   }
+  return t;
+}
 
-  // u_i = min_j c_ij with v = 0 keeps every reduced cost >= 0 and every free column at the same
-  // potential (0), which is what makes later augmentations optimal in the rectangular case too.
-  // Each row whose argmin column is still free is assigned on the spot (a tight edge).
-  void greedy_row_reduction() {
-    for (int64_t i = 0; i < n_; ++i) {
-      const Bid t = top2<T>(cost_ + i * row_stride_, sign_, ws_.v.data(), m_);  // v = 0: the row minimum
-      ws_.u[i] = t.best;
-      if (ws_.row4col[t.col] < 0) {
-        ws_.row4col[t.col] = i;
-        ws_.col4row[i] = t.col;
-      }
-    }
+// Jonker-Volgenant's augmenting row reduction (square problems only): each free row takes its
+// best column at the price of lowering that column's potential to the row's second-best value,
+// which evicts the previous owner. Cheap O(m) steps that leave few rows for Dijkstra. Afterwards
+// every assigned row is tight at its minimum reduced cost, so u is recomputed from v. Not used
+// when n < m: it moves free columns off potential 0, which would break optimality there.
+template <typename T>
+void augmenting_row_reduction(const SignedCosts<T>& c, SapWorkspace& ws) {
+  auto& u = ws.u;
+  auto& v = ws.v;
+  auto& col4row = ws.col4row;
+  auto& row4col = ws.row4col;
+  std::vector<int64_t> free_rows, next_free;
+  for (int64_t i = 0; i < c.n; ++i) {
+    if (col4row[i] < 0) free_rows.push_back(i);
   }
-
-  // Jonker-Volgenant's augmenting row reduction (square problems only): each free row takes its
-  // best column at the price of lowering that column's potential to the row's second-best value,
-  // which evicts the previous owner. Cheap O(m) steps that leave few rows for Dijkstra. Afterwards
-  // every assigned row is tight at its minimum reduced cost, so u is recomputed from v. Not used
-  // when n < m: it moves free columns off potential 0, which would break optimality there.
-  void augmenting_row_reduction() {
-    auto& u = ws_.u;
-    auto& v = ws_.v;
-    auto& col4row = ws_.col4row;
-    auto& row4col = ws_.row4col;
-    std::vector<int64_t> free_rows, next_free;
-    for (int64_t i = 0; i < n_; ++i) {
-      if (col4row[i] < 0) free_rows.push_back(i);
-    }
-    int64_t budget = 8 * n_ + 64;  // bounds float-rounding ping-pong; leftovers go to Dijkstra
-    for (int pass = 0; pass < kArrPasses && !free_rows.empty(); ++pass) {
-      next_free.clear();
-      size_t k = 0;
-      while (k < free_rows.size()) {
-        const int64_t i = free_rows[k++];
-        if (--budget < 0) {
-          next_free.push_back(i);
-          continue;
-        }
-        const T* row = cost_ + i * row_stride_;
-        double u1 = std::numeric_limits<double>::infinity(), u2 = u1;
-        int64_t j1 = 0, j2 = 0;
-        for (int64_t j = 0; j < m_; ++j) {
-          const double h = sign_ * static_cast<double>(row[j]) - v[j];
-          if (h < u2) {
-            if (h < u1) {
-              u2 = u1;
-              j2 = j1;
-              u1 = h;
-              j1 = j;
-            } else {
-              u2 = h;
-              j2 = j;
-            }
-          }
-        }
-        int64_t evicted = row4col[j1];
-        const bool lowered = u1 < u2;
+  int64_t budget = 8 * c.n + 64;  // bounds float-rounding ping-pong; leftovers go to Dijkstra
+  for (int pass = 0; pass < kArrPasses && !free_rows.empty(); ++pass) {
+    next_free.clear();
+    size_t k = 0;
+    while (k < free_rows.size()) {
+      const int64_t i = free_rows[k++];
+      if (--budget < 0) {
+        next_free.push_back(i);
+        continue;
+      }
+      const TwoBest t = two_best_columns(c.row(i), c.sign, v.data(), c.m);
+      int64_t j = t.j1;
+      int64_t evicted = row4col[j];
+      const bool lowered = t.u1 < t.u2;
+      if (lowered) {
+        v[j] -= t.u2 - t.u1;
+      } else if (evicted >= 0) {
+        j = t.j2;
+        evicted = row4col[j];
+      }
+      row4col[j] = i;
+      col4row[i] = j;
+      if (evicted >= 0) {
+        col4row[evicted] = -1;
         if (lowered) {
-          v[j1] -= u2 - u1;
-        } else if (evicted >= 0) {
-          j1 = j2;
-          evicted = row4col[j2];
-        }
-        row4col[j1] = i;
-        col4row[i] = j1;
-        if (evicted >= 0) {
-          col4row[evicted] = -1;
-          if (lowered) {
-            free_rows[--k] = evicted;  // retry it at once: its old column just got dearer
-          } else {
-            next_free.push_back(evicted);
-          }
+          free_rows[--k] = evicted;  // retry it at once: its old column just got dearer
+        } else {
+          next_free.push_back(evicted);
         }
       }
-      free_rows.swap(next_free);
     }
-    for (int64_t i = 0; i < n_; ++i) {
-      const T* row = cost_ + i * row_stride_;
-      if (col4row[i] >= 0) {
-        u[i] = sign_ * static_cast<double>(row[col4row[i]]) - v[col4row[i]];
-      } else {
-        u[i] = top2<T>(row, sign_, v.data(), m_).best;
-      }
+    free_rows.swap(next_free);
+  }
+  for (int64_t i = 0; i < c.n; ++i) {
+    if (col4row[i] >= 0) {
+      u[i] = c(i, col4row[i]) - v[col4row[i]];
+    } else {
+      u[i] = top2(c.row(i), c.sign, v.data(), c.m).best;
     }
   }
+}
 
-  // Dijkstra from the free row `start` over reduced costs c_ij - u_i - v_j until it reaches a
-  // free column, then update the potentials and flip the path. Dense layout: every step scans
-  // all m columns with SIMD; a settled column is masked by label = +inf and v_masked = -inf, so
-  // its reduced cost is +inf and it can never be relabelled or chosen again.
-  void augment_from(int64_t start) {
-    auto& u = ws_.u;
-    auto& v = ws_.v;
-    auto& label = ws_.shortest;
-    auto& v_masked = ws_.v_masked;
-    auto& settled_label = ws_.settled_label;
-    auto& settled = ws_.settled_cols;
-    const double inf = std::numeric_limits<double>::infinity();
+// The exact step: one shortest augmenting path per free row.
 
-    std::copy(v.begin(), v.end(), v_masked.begin());
-    std::fill(label.begin(), label.end(), inf);
-    settled.clear();
-    ws_.visited_rows.clear();
+struct AugmentingPath {
+  int64_t sink;   // the free column reached
+  double length;  // its reduced length: the last (largest) settled label
+};
 
-    double min_val = 0.0;
-    int64_t i = start;
-    int64_t sink = -1;
-    while (sink < 0) {
-      ws_.visited_rows.push_back(i);
-      const double lowest = scan_row<T>(cost_ + i * row_stride_, sign_, min_val - u[i], v_masked.data(),
-                                        label.data(), ws_.path.data(), i, m_);
-      FF_CHECK(std::isfinite(lowest), "linear_assignment: no feasible augmenting path (non-finite costs?)");
-      const int64_t j = find_label(label.data(), lowest, ws_.row4col.data(), m_);
-      min_val = lowest;
-      settled_label[j] = lowest;
-      settled.push_back(j);
-      label[j] = inf;
-      v_masked[j] = -inf;
-      if (ws_.row4col[j] < 0) {
-        sink = j;
-      } else {
-        i = ws_.row4col[j];
-      }
+// Dijkstra from the free row `start` over reduced costs c_ij - u_i - v_j until it reaches a
+// free column. Dense layout: every step scans all m columns with SIMD; a settled column is masked
+// by label = +inf and v_masked = -inf, so its reduced cost is +inf and it can never be relabelled
+// or chosen again. Leaves the settled columns' labels, the rows visited and the search tree
+// (path) in ws.
+template <typename T>
+AugmentingPath shortest_augmenting_path(const SignedCosts<T>& c, int64_t start, SapWorkspace& ws) {
+  auto& label = ws.shortest;
+  auto& v_masked = ws.v_masked;
+  const double inf = std::numeric_limits<double>::infinity();
+
+  std::copy(ws.v.begin(), ws.v.end(), v_masked.begin());
+  std::fill(label.begin(), label.end(), inf);
+  ws.settled_cols.clear();
+  ws.visited_rows.clear();
+
+  double min_val = 0.0;
+  int64_t i = start;
+  while (true) {
+    ws.visited_rows.push_back(i);
+    const double lowest = scan_row(c.row(i), c.sign, min_val - ws.u[i], v_masked.data(), label.data(),
+                                   ws.path.data(), i, c.m);
+    FF_CHECK(std::isfinite(lowest), "linear_assignment: no feasible augmenting path (non-finite costs?)");
+    const int64_t j = find_label(label.data(), lowest, ws.row4col.data(), c.m);
+    min_val = lowest;
+    ws.settled_label[j] = lowest;
+    ws.settled_cols.push_back(j);
+    label[j] = inf;
+    v_masked[j] = -inf;
+    if (ws.row4col[j] < 0) return {j, min_val};
+    i = ws.row4col[j];
+  }
+}
+
+// Moves each visited row and settled column by the path length minus its own label: reduced costs
+// stay >= 0 and the search tree, the augmenting path with it, becomes tight.
+inline void update_potentials(int64_t start, double length, SapWorkspace& ws) {
+  ws.u[start] += length;
+  for (size_t k = 1; k < ws.visited_rows.size(); ++k) {
+    const int64_t r = ws.visited_rows[k];
+    ws.u[r] += length - ws.settled_label[ws.col4row[r]];
+  }
+  for (int64_t j : ws.settled_cols) ws.v[j] -= length - ws.settled_label[j];
+}
+
+// Walks the path back from the sink: each column on it goes to the row that reached it.
+inline void flip_path(int64_t start, int64_t sink, SapWorkspace& ws) {
+  int64_t j = sink;
+  while (true) {
+    const int64_t r = ws.path[j];
+    ws.row4col[j] = r;
+    std::swap(ws.col4row[r], j);
+    if (r == start) break;
+  }
+}
+
+template <typename T>
+void augment_from(const SignedCosts<T>& c, int64_t start, SapWorkspace& ws) {
+  const AugmentingPath p = shortest_augmenting_path(c, start, ws);
+  update_potentials(start, p.length, ws);
+  flip_path(start, p.sink, ws);
+}
+
+template <typename T>
+class SapSolver {
+ public:
+  SapSolver(const T* cost, int64_t n, int64_t m, int64_t row_stride, bool maximize, SapWorkspace& ws)
+      : c_{cost, n, m, row_stride, maximize ? -1.0 : 1.0}, ws_(ws) {}
+
+  // lo, hi: the smallest and largest cost entry.
+  void solve(int64_t* col_for_row, double lo, double hi) {
+    ws_.reset(c_.n, c_.m);
+    if (c_.sign < 0) {
+      std::swap(lo, hi);
+      lo = -lo;
+      hi = -hi;
     }
-
-    u[start] += min_val;
-    for (size_t k = 1; k < ws_.visited_rows.size(); ++k) {
-      const int64_t r = ws_.visited_rows[k];
-      u[r] += min_val - settled_label[ws_.col4row[r]];
+    const double range = hi - lo;
+    const double eps_final = final_auction_eps(c_.n, range);
+    if (use_auction(c_, lo, range, eps_final, ws_)) {
+      Auction<T>(c_, lo, range, ws_).run(eps_final);
+      tight_assignment(c_, ws_);
+    } else {
+      greedy_row_reduction(c_, ws_);
+      if (c_.n == c_.m && c_.m > 1) augmenting_row_reduction(c_, ws_);
     }
-    for (int64_t j : settled) v[j] -= min_val - settled_label[j];
-
-    int64_t j = sink;
-    while (true) {
-      const int64_t r = ws_.path[j];
-      ws_.row4col[j] = r;
-      std::swap(ws_.col4row[r], j);
-      if (r == start) break;
+    for (int64_t row = 0; row < c_.n; ++row) {
+      if (ws_.col4row[row] < 0) augment_from(c_, row, ws_);
     }
+    std::copy(ws_.col4row.begin(), ws_.col4row.end(), col_for_row);
   }
 
-  const T* cost_;
-  int64_t n_, m_, row_stride_;
-  double sign_;
+ private:
+  const SignedCosts<T> c_;
   SapWorkspace& ws_;
 };
 

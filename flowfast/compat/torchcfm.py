@@ -22,8 +22,8 @@ from typing import Optional
 
 import torch
 
-from flowfast import paths
-from flowfast._core import check_choice
+from flowfast import ops, paths
+from flowfast._validate import check_choice
 from flowfast.couplings.assignment import linear_assignment, pairwise_cost
 from flowfast.couplings.pairing import flat
 from flowfast.couplings.sinkhorn import sinkhorn
@@ -218,7 +218,7 @@ class _PlanSampled:
                                                     return_noise: bool = False, generator=None):
         """Couple with labels carried along; returns ``(t, xt, ut, y0, y1)`` (``eps`` before the labels
         when ``return_noise``), as torchcfm."""
-        paths._check_pair(x0, x1)
+        ops.interpolant.validate_batches(x0, x1)
         x0, x1, y0, y1 = self.ot_sampler.sample_plan_with_labels(x0, x1, y0, y1, generator=generator)
         out = self.sample_paired(x0, x1, t, return_noise, generator)
         return (*out, y0, y1)

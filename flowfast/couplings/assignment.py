@@ -6,28 +6,12 @@ from typing import Any
 
 import torch
 
-from flowfast import ops, reference
-from flowfast._backend import cuda_available
-from flowfast._core import (check_bool, check_choice, check_device_supported, check_finite, check_float, check_ndim,
-                            check_nonempty, check_same_device, to_tensor)
+from flowfast import ops
+from flowfast._validate import (check_bool, check_choice, check_device_supported, check_finite, check_float, check_ndim,
+                                check_nonempty, check_same_device, to_tensor)
+from flowfast.couplings.cost import flat, pairwise_cost
 
-BACKENDS = ("auto", "cpu", "cuda", "torch")
 COSTS = ("sqeuclidean", "euclidean")
-
-
-def _solve(cost: torch.Tensor, maximize: bool, backend: str) -> torch.Tensor:
-    """cost (B, n, m) tensor -> (B, n) int64 on cost's device (validated once, by the op)."""
-    if backend == "torch":
-        ops.assignment.validate_cost(cost)  # the op validates itself; the reference does not
-        return reference.assignment.linear_assignment(cost, maximize)
-    if backend == "cuda":
-        if cost.device.type != "cuda":
-            raise ValueError(f"backend='cuda' needs cost on a CUDA device, got {cost.device}")
-        if not cuda_available():
-            raise ValueError("backend='cuda' but this flowfast build/machine has no usable CUDA kernels")
-    if backend == "cpu" and cost.device.type != "cpu":
-        return ops.assignment.linear_assignment(cost.cpu(), maximize).to(cost.device)
-    return ops.assignment.linear_assignment(cost, maximize)
 
 
 def linear_assignment(cost: Any, maximize: bool = False, *, backend: str = "auto") -> Any:
@@ -54,14 +38,14 @@ def linear_assignment(cost: Any, maximize: bool = False, *, backend: str = "auto
     """
     t, was_numpy = to_tensor("cost", cost)
     maximize = check_bool("maximize", maximize)
-    check_choice("backend", backend, BACKENDS)
+    check_choice("backend", backend, ops.BACKENDS)
     check_device_supported("cost", t)
     check_float("cost", t)
     check_ndim("cost", t, (2, 3), "(n, m) or (B, n, m)")
-    check_nonempty("cost", t)
+    check_nonempty("cost", t)  # here, so the message shows the caller's shape
     batched = t.dim() == 3
     t3 = t if batched else t.unsqueeze(0)
-    out = _solve(t3, maximize, backend)
+    out = ops.assignment.solve(t3, maximize, backend)
     out = out if batched else out[0]
     return out.numpy() if was_numpy else out
 
@@ -92,24 +76,6 @@ def linear_sum_assignment(cost: Any, maximize: bool = False) -> tuple[Any, Any]:
     if was_numpy:
         return rows.cpu().numpy(), cols.cpu().numpy()
     return rows, cols
-
-
-def pairwise_cost(x0: torch.Tensor, x1: torch.Tensor, cost: str = "sqeuclidean") -> torch.Tensor:
-    r"""Cost matrix between the rows of two batches, on their device, in matmul form.
-
-    Args:
-        x0: ``(n, *shape)`` or ``(B, n, *shape)`` when ``batched``; trailing dims are flattened.
-        x1: ``(m, *shape)`` matching x0.
-        cost: ``"sqeuclidean"`` (:math:`\|x_0 - x_1\|^2`) or ``"euclidean"``.
-
-    Returns:
-        ``(n, m)`` costs in x0's dtype (clamped at 0 against cancellation in the matmul form).
-    """
-    a = x0.reshape(x0.shape[0], -1)
-    b = x1.reshape(x1.shape[0], -1)
-    sq = (a * a).sum(-1, keepdim=True) + (b * b).sum(-1).unsqueeze(0) - 2.0 * (a @ b.T)
-    sq = sq.clamp_min_(0.0)
-    return sq if cost == "sqeuclidean" else sq.sqrt_()
 
 
 def ot_pairing(x0: torch.Tensor, x1: torch.Tensor, cost: str = "sqeuclidean") -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,10 +109,23 @@ def ot_pairing(x0: torch.Tensor, x1: torch.Tensor, cost: str = "sqeuclidean") ->
     if x0.numel() == 0:
         raise ValueError(f"x0 is empty (shape {tuple(x0.shape)})")
     check_device_supported("x0", x0)
+    with torch.no_grad():
+        cols = solve_pair_cost(x0, x1, pairwise_cost(flat(x0.detach()), flat(x1.detach()), cost))
+    return x0, x1[cols]
+
+
+def solve_pair_cost(x0: torch.Tensor, x1: torch.Tensor, cost: torch.Tensor, maximize: bool = False) -> torch.Tensor:
+    """Optimal assignment ``(n,)`` of a cost computed from the batches x0 and x1. The cost's one
+    finiteness check (one host read) stands for the batches': a NaN/Inf in a row of x0 or x1 makes
+    that row or column of the cost non-finite. On failure the batches are checked by name."""
+    try:
+        return ops.assignment.solve(cost[None], maximize, name="the cost between x0 and x1")[0]
+    except ValueError:
+        check_batches_finite(x0, x1)
+        raise
+
+
+def check_batches_finite(x0: torch.Tensor, x1: torch.Tensor) -> None:
+    """Names the batch holding NaN/Inf (error path only: reads both back)."""
     check_finite("x0", x0)
     check_finite("x1", x1)
-    a = x0.reshape(x0.shape[0], -1) if x0.dim() > 1 else x0.unsqueeze(-1)
-    b = x1.reshape(x1.shape[0], -1) if x1.dim() > 1 else x1.unsqueeze(-1)
-    with torch.no_grad():
-        sigma = linear_assignment(pairwise_cost(a.detach(), b.detach(), cost))
-    return x0, x1[sigma]

@@ -12,10 +12,12 @@ from typing import Optional
 
 import torch
 
-from flowfast import reference
-from flowfast._core import check_choice, check_finite, check_float, check_same_device
-from flowfast.couplings.assignment import linear_assignment, pairwise_cost
-from flowfast.couplings.sinkhorn import sinkhorn
+from flowfast import ops
+from flowfast._rng import generator_device
+from flowfast._validate import check_choice, check_float, check_same_device
+from flowfast.couplings.assignment import check_batches_finite, solve_pair_cost
+from flowfast.couplings.cost import flat, pairwise_cost
+from flowfast.couplings.sinkhorn import SolveOptions, sinkhorn, solve_problem
 
 METHODS = ("exact", "sinkhorn", "unbalanced")
 
@@ -34,13 +36,8 @@ def _check_batches(x0, x1, same_size: bool) -> None:
         raise ValueError(f"x0 and x1 must have the same sample shape, got {tuple(x0.shape)} and {tuple(x1.shape)}")
     if same_size and x0.shape[0] != x1.shape[0]:
         raise ValueError(f"a permutation needs as many x0 as x1 samples, got {x0.shape[0]} and {x1.shape[0]}")
-    check_finite("x0", x0)
-    check_finite("x1", x1)
-
-
-def flat(x: torch.Tensor) -> torch.Tensor:
-    """(n, *shape) -> (n, prod(shape)); 1-D batches become (n, 1)."""
-    return x.reshape(x.shape[0], -1) if x.dim() > 1 else x.unsqueeze(-1)
+    # Finiteness is checked once, on the cost the coupling computes from x0 and x1 (the op layer's
+    # one host read), not here: see solve_pair_cost.
 
 
 # Above this many cost entries the n x m matrix is not formed: Sinkhorn runs on the point clouds.
@@ -54,25 +51,26 @@ def entropic_coupling(x0: torch.Tensor, x1: torch.Tensor, reg: float, reg_m: Opt
 
     Small batches (n m <= 2^24) use the dense cost (formed anyway for the eps scale, or passed as
     ``cost``); larger ones run on the point clouds and scale eps by an upper bound of the max
-    squared distance (:func:`flowfast.reference.sinkhorn.sq_diameter`): no n x m matrix is formed."""
+    squared distance (:func:`flowfast.ops.sinkhorn.sq_diameter_bound`): no n x m matrix is formed.
+    One host read before the iterations: the scale, which is also the finiteness check."""
     a, b = flat(x0.detach()), flat(x1.detach())
     if cost is None and a.shape[0] * b.shape[0] <= DENSE_COUPLING_ENTRIES:
         cost = pairwise_cost(a, b)
+    problem = ops.sinkhorn.validate_problem(cost, None if cost is not None else a, None if cost is not None else b)
+    try:
+        scale = ops.sinkhorn.problem_scale(problem)
+    except ValueError:
+        check_batches_finite(x0, x1)
+        raise
     if eps is None:
-        scale = float(cost.amax()) if cost is not None else reference.sinkhorn.sq_diameter(a, b)
-        eps = reg * scale if scale > 0 else reg
-    if cost is not None:
-        return sinkhorn(cost, eps=eps, reg_m=reg_m, max_iter=max_iter, tol=tol)
-    return sinkhorn(x=a, y=b, eps=eps, reg_m=reg_m, max_iter=max_iter, tol=tol)
-
-
-def _generator_device(generator: Optional[torch.Generator]) -> torch.device:
-    return generator.device if generator is not None else torch.device("cpu")
+        eps = reg * scale.max if scale.max > 0 else reg
+    opts = SolveOptions.parse(eps, reg_m, max_iter, tol, True, 5, "auto")
+    return solve_problem(problem, None, None, scale.range, opts)
 
 
 def _random_rows(n: int, generator: Optional[torch.Generator], device: torch.device) -> torch.Tensor:
     """n row indices drawn uniformly with replacement (torchcfm's sampling of an exact plan)."""
-    return torch.randint(0, n, (n,), generator=generator, device=_generator_device(generator)).to(device)
+    return torch.randint(0, n, (n,), generator=generator, device=generator_device(generator)).to(device)
 
 
 def _sample_entropic(result, cost: Optional[torch.Tensor], n: int, replace: bool,
@@ -82,13 +80,14 @@ def _sample_entropic(result, cost: Optional[torch.Tensor], n: int, replace: bool
     the assignment maximizing sum_i log P_{i sigma(i)} + G_{i sigma(i)}, on the dense `cost`."""
     if replace:
         row_mass, _ = result.marginals()
-        rows = torch.multinomial(row_mass.clamp_min(0).double().to(_generator_device(generator)), n,
+        rows = torch.multinomial(row_mass.clamp_min(0).double().to(generator_device(generator)), n,
                                  replacement=True, generator=generator).to(device)
         return rows, result.sample(generator, rows=rows)
-    uniform = torch.rand(cost.shape, generator=generator, device=_generator_device(generator), dtype=torch.float64)
+    uniform = torch.rand(cost.shape, generator=generator, device=generator_device(generator), dtype=torch.float64)
     minus_gumbel = torch.log(-torch.log(uniform.clamp_min(1e-300))).to(cost.device)
     scores = (cost.double() - result.g.double()[None, :]) / result.eps + minus_gumbel
-    return torch.arange(n, device=device), linear_assignment(scores)
+    # Finite and bounded by construction (validated cost, finite potentials): no second check.
+    return torch.arange(n, device=device), ops.assignment.solve(scores[None], validate=False)[0]
 
 
 def pair_indices(x0: torch.Tensor, x1: torch.Tensor, method: str = "exact", reg: float = 0.05,
@@ -103,11 +102,11 @@ def pair_indices(x0: torch.Tensor, x1: torch.Tensor, method: str = "exact", reg:
     _check_batches(x0, x1, same_size=not replace)
     n, device = x0.shape[0], x0.device
     if method == "exact":
-        sigma = linear_assignment(pairwise_cost(flat(x0.detach()), flat(x1.detach())))
+        cols = solve_pair_cost(x0, x1, pairwise_cost(flat(x0.detach()), flat(x1.detach())))
         if not replace:
-            return torch.arange(n, device=device), sigma
+            return torch.arange(n, device=device), cols
         rows = _random_rows(n, generator, device)
-        return rows, sigma[rows]
+        return rows, cols[rows]
     # The perturb-and-MAP permutation needs the dense cost; compute it once for both steps.
     cost = None if replace else pairwise_cost(flat(x0.detach()), flat(x1.detach()))
     result = entropic_coupling(x0, x1, reg, reg_m if method == "unbalanced" else None, max_iter, tol, cost, eps)
@@ -169,14 +168,17 @@ def pair_with_labels(x0: torch.Tensor, x1: torch.Tensor, y0: torch.Tensor, y1: t
     check_choice("method", method, METHODS)
     _check_batches(x0, x1, same_size=not replace)
     C = pairwise_cost(flat(x0.detach()), flat(x1.detach())).double()
+    if not bool(C.isfinite().all()):
+        check_batches_finite(x0, x1)
+        raise ValueError("the cost between x0 and x1 overflows float64; rescale the inputs")
     mismatch = y0.reshape(y0.shape[0], -1)[:, None, :] != y1.reshape(y1.shape[0], -1)[None, :, :]
     mismatch = mismatch.any(-1).to(device=C.device)
     penalty = float(C.max()) * C.shape[0] + 1.0
     penalized = C + penalty * mismatch
     if method == "exact":
-        sigma = linear_assignment(penalized)
+        cols_for_rows = solve_pair_cost(x0, x1, penalized)
         rows = _random_rows(x0.shape[0], generator, x0.device) if replace else torch.arange(x0.shape[0], device=x0.device)
-        cols = sigma[rows]
+        cols = cols_for_rows[rows]
     else:
         # eps relative to the within-label cost scale; the penalty makes cross-label entries vanish.
         scale = float(C.max())

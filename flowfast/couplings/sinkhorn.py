@@ -1,4 +1,9 @@
-"""Batched log-domain Sinkhorn on a dense cost or on point clouds (online squared-Euclidean cost)."""
+"""Batched log-domain Sinkhorn on a dense cost or on point clouds (online squared-Euclidean cost).
+
+The public :func:`sinkhorn` parses its options, lets the family's op layer validate the problem
+(:func:`flowfast.ops.sinkhorn.validate_problem`, one host read for finiteness and scale), builds
+the marginals and the eps schedule, and runs the backend switch's implementation.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +15,10 @@ from typing import Optional
 import numpy as np
 import torch
 
-from flowfast import ops, reference
-from flowfast._core import (check_bool, check_choice, check_device_supported, check_finite, check_float,
-                            check_ndim, check_nonempty, check_same_device)
+from flowfast import ops
+from flowfast._rng import check_generator, draw_seed
+from flowfast._validate import check_bool, check_choice, check_finite, check_float, check_same_device
 
-BACKENDS = ("auto", "cpu", "cuda", "torch")
 MAX_INT = 2**62
 # Smallest eps / cost-range the potentials of each dtype resolve: below it the plan's exponent
 # (f_i + g_j - C_ij) / eps carries more rounding error than it can absorb and may overflow.
@@ -44,10 +48,29 @@ def _check_int(name: str, value, minimum: int) -> int:
     return value
 
 
-def check_generator(generator) -> Optional[torch.Generator]:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    return generator
+@dataclass
+class SolveOptions:
+    """The scalar arguments of :func:`sinkhorn`, checked."""
+
+    eps: float
+    reg_m: Optional[float]
+    max_iter: int
+    tol: float
+    eps_scaling: bool
+    check_every: int
+    backend: str
+
+    @classmethod
+    def parse(cls, eps, reg_m, max_iter, tol, eps_scaling, check_every, backend) -> "SolveOptions":
+        check_choice("backend", backend, ops.BACKENDS)
+        if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, Real):
+            raise TypeError(f"tol must be a number, got {type(tol).__name__}")
+        if not (math.isfinite(tol) and tol >= 0):
+            raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+        return cls(eps=_positive_float("eps", eps), reg_m=_positive_float("reg_m", reg_m, allow_none=True),
+                   max_iter=_check_int("max_iter", max_iter, 1), tol=float(tol),
+                   eps_scaling=check_bool("eps_scaling", eps_scaling),
+                   check_every=_check_int("check_every", check_every, 1), backend=backend)
 
 
 @dataclass
@@ -77,7 +100,7 @@ class SinkhornResult:
     reg_m: Optional[float]
     _inputs: tuple
     _batched: bool
-    _backend: str
+    _impl: str  # the backend switch's implementation: "kernel" or "torch"
     _generator: Optional[torch.Generator] = None
 
     def _squeeze(self, t: torch.Tensor) -> torch.Tensor:
@@ -87,7 +110,7 @@ class SinkhornResult:
     def plan(self) -> torch.Tensor:
         """The dense plan ``(B, n, m)`` (materialized on request only)."""
         cost, x, y, log_a, log_b, f, g = self._inputs
-        fn = reference.sinkhorn.plan if self._backend == "torch" else ops.sinkhorn.sinkhorn_plan
+        fn = ops.sinkhorn.implementation(self._impl)[0]
         with torch.no_grad():
             out = fn(cost, x, y, log_a, log_b, f, g, self.eps)
         return self._squeeze(out.to(f.dtype))
@@ -95,7 +118,7 @@ class SinkhornResult:
     def marginals(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Row and column masses of the plan, ``(B, n)`` and ``(B, m)``, without forming it."""
         cost, x, y, log_a, log_b, f, g = self._inputs
-        fn = reference.sinkhorn.stats if self._backend == "torch" else ops.sinkhorn.sinkhorn_stats
+        fn = ops.sinkhorn.implementation(self._impl)[1]
         with torch.no_grad():
             row_mass, col_mass, _ = fn(cost, x, y, log_a, log_b, f, g, self.eps)
         return self._squeeze(row_mass.to(f.dtype)), self._squeeze(col_mass.to(f.dtype))
@@ -126,25 +149,8 @@ class SinkhornResult:
             cost = None if cost is None else cost[:, rows]
             x = None if x is None else x[:, rows]
             log_a = log_a[:, rows]
-        fn = reference.sinkhorn.sample if self._backend == "torch" else ops.sinkhorn.sinkhorn_sample
+        fn = ops.sinkhorn.implementation(self._impl)[2]
         return self._squeeze(fn(cost, x, y, log_a, log_b, g, self.eps, seed, offset))
-
-
-def draw_seed(generator: Optional[torch.Generator]) -> tuple[int, int]:
-    """(seed, offset) for the Philox kernels from a torch generator (torch's CPU RNG if None).
-
-    CPU generators are sampled; CUDA generators (Philox themselves) lend their seed and current
-    offset, which is then advanced: no device-to-host read, so a training step does not sync."""
-    if generator is not None and generator.device.type == "cuda":
-        offset = generator.get_offset()
-        generator.set_offset(offset + 4)
-        return generator.initial_seed(), offset
-    words = torch.randint(0, 2**62, (2,), generator=generator, dtype=torch.int64)
-    return int(words[0]), int(words[1])
-
-
-def _as_batched(name: str, t: torch.Tensor, ndim: int) -> torch.Tensor:
-    return t if t.dim() == ndim + 1 else t.unsqueeze(0)
 
 
 def _log_weights(name: str, w, batch: int, size: int, ref: torch.Tensor) -> torch.Tensor:
@@ -164,6 +170,59 @@ def _log_weights(name: str, w, batch: int, size: int, ref: torch.Tensor) -> torc
     if not bool((w > 0).all()):
         raise ValueError(f"{name} must be strictly positive (drop zero-weight points instead)")
     return w.log().contiguous()
+
+
+def _marginals(problem, a, b, balanced: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log_a (B, n), log_b (B, m)); uniform when None (then trivially balanced: no check)."""
+    B, n, m = problem.sizes
+    log_a = _log_weights("a", a, B, n, problem.ref)
+    log_b = _log_weights("b", b, B, m, problem.ref)
+    if balanced and (a is not None or b is not None):
+        mass_a, mass_b = log_a.exp().sum(-1), log_b.exp().sum(-1)
+        if not torch.allclose(mass_a, mass_b, rtol=1e-5, atol=0.0):
+            raise ValueError("balanced Sinkhorn needs a.sum() == b.sum() for every problem; pass reg_m for unbalanced OT")
+    return log_a, log_b
+
+
+def _eps_start(problem, scale: float, opts: SolveOptions) -> float:
+    """The first eps of the schedule, after checking the target eps against the dtype and the
+    cost's range."""
+    dtype = problem.ref.dtype
+    what = "cost" if problem.cost is not None else "x and y"
+    finfo = torch.finfo(dtype)
+    if not math.isfinite(scale) or scale > finfo.max / 16:
+        raise ValueError(f"the range of {what} overflows {dtype} ({scale:.3g}); rescale the inputs")
+    eps = opts.eps
+    if eps < MIN_RELATIVE_EPS[dtype] * scale or eps < finfo.tiny:
+        raise ValueError(f"eps={eps:.3g} is too small for {dtype} with a cost range of {scale:.3g} "
+                         f"(at least {MIN_RELATIVE_EPS[dtype]:.0e} x range); use float64 or a larger eps")
+    if eps > finfo.max / 16:
+        raise ValueError(f"eps={eps:.3g} overflows {dtype}")
+    return max(scale, eps) if opts.eps_scaling else eps
+
+
+def solve_problem(problem, a, b, scale: float, opts: SolveOptions,
+                  generator: Optional[torch.Generator] = None) -> SinkhornResult:
+    """:func:`sinkhorn` on a problem validated by the op layer, ``scale`` its cost range."""
+    log_a, log_b = _marginals(problem, a, b, balanced=opts.reg_m is None)
+    eps_start = _eps_start(problem, scale, opts)
+    device = problem.ref.device
+    impl, run_device = ops.sinkhorn.resolve_backend(opts.backend, device)
+    run = problem.to(run_device)
+    la, lb = log_a.to(run_device), log_b.to(run_device)
+    reg = opts.reg_m if opts.reg_m is not None else 0.0
+    f, g, n_iter, err, value, transport = ops.sinkhorn.solve_and_value(
+        impl, run, la, lb, opts.eps, eps_start, EPS_DECAY, reg, opts.max_iter, opts.check_every, opts.tol)
+
+    def out(t):
+        t = t.to(device)
+        return t if problem.batched else t[0]
+
+    dtype = problem.ref.dtype
+    return SinkhornResult(
+        f=out(f), g=out(g), n_iter=out(n_iter), marginal_error=out(err), cost=out(transport.to(dtype)),
+        value=out(value.to(dtype)), eps=opts.eps, reg_m=opts.reg_m, _inputs=(*run.detached(), la, lb, f, g),
+        _batched=problem.batched, _impl=impl, _generator=generator)
 
 
 def sinkhorn(cost: Optional[torch.Tensor] = None, *, x: Optional[torch.Tensor] = None,
@@ -198,111 +257,12 @@ def sinkhorn(cost: Optional[torch.Tensor] = None, *, x: Optional[torch.Tensor] =
     Returns:
         :class:`SinkhornResult`.
 
-    Host synchronizations on CUDA: the NaN/Inf checks and eps_start (one reduction each), and a
-    4-byte convergence flag read every ``check_every`` iterations.
+    Host synchronizations on CUDA: one reduction for the NaN/Inf check and the cost scale (plus
+    one per given weight vector), and a 4-byte convergence flag read every ``check_every``
+    iterations.
     """
-    check_choice("backend", backend, BACKENDS)
-    eps = _positive_float("eps", eps)
-    reg_m = _positive_float("reg_m", reg_m, allow_none=True)
-    max_iter = _check_int("max_iter", max_iter, 1)
-    check_every = _check_int("check_every", check_every, 1)
-    if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, Real):
-        raise TypeError(f"tol must be a number, got {type(tol).__name__}")
-    if not (math.isfinite(tol) and tol >= 0):
-        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
-    eps_scaling = check_bool("eps_scaling", eps_scaling)
+    opts = SolveOptions.parse(eps, reg_m, max_iter, tol, eps_scaling, check_every, backend)
     generator = check_generator(generator)
-
-    if (cost is None) == (x is None and y is None):
-        raise ValueError("give either cost=(B?, n, m) or point clouds x=(B?, n, d), y=(B?, m, d), not both or neither")
-    if cost is not None:
-        if not isinstance(cost, torch.Tensor):
-            raise TypeError(f"cost must be a torch.Tensor, got {type(cost).__name__}")
-        check_device_supported("cost", cost)
-        check_float("cost", cost)
-        check_ndim("cost", cost, (2, 3), "(n, m) or (B, n, m)")
-        check_nonempty("cost", cost)
-        check_finite("cost", cost)
-        batched = cost.dim() == 3
-        cost = _as_batched("cost", cost, 2)
-        ref = cost
-        B, n, m = cost.shape
-    else:
-        if x is None or y is None:
-            raise ValueError("point clouds need both x and y")
-        for name, t in (("x", x), ("y", y)):
-            if not isinstance(t, torch.Tensor):
-                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-            check_device_supported(name, t)
-            check_float(name, t)
-            check_ndim(name, t, (2, 3), "(n, d) or (B, n, d)")
-            check_nonempty(name, t)
-        check_same_device(x=x, y=y)
-        if x.dtype != y.dtype:
-            raise TypeError(f"x and y must share a dtype, got {x.dtype} and {y.dtype}")
-        if x.dim() != y.dim() or x.shape[-1] != y.shape[-1] or (x.dim() == 3 and x.shape[0] != y.shape[0]):
-            raise ValueError(f"x (B?, n, d) and y (B?, m, d) must agree in B and d, got {tuple(x.shape)} and {tuple(y.shape)}")
-        check_finite("x", x)
-        check_finite("y", y)
-        batched = x.dim() == 3
-        x, y = _as_batched("x", x, 2), _as_batched("y", y, 2)
-        ref = x
-        B, n, m = x.shape[0], x.shape[1], y.shape[1]
-
-    log_a = _log_weights("a", a, B, n, ref)
-    log_b = _log_weights("b", b, B, m, ref)
-    if reg_m is None:
-        mass_a, mass_b = log_a.exp().sum(-1), log_b.exp().sum(-1)
-        if not torch.allclose(mass_a, mass_b, rtol=1e-5, atol=0.0):
-            raise ValueError("balanced Sinkhorn needs a.sum() == b.sum() for every problem; pass reg_m for unbalanced OT")
-
-    # The cost scale sets eps_start and the smallest eps this dtype resolves.
-    if cost is not None:
-        scale, what = float((cost.detach().amax() - cost.detach().amin()).double()), "cost"
-    else:
-        scale, what = reference.sinkhorn.sq_diameter(x.detach(), y.detach()), "x and y"
-    finfo = torch.finfo(ref.dtype)
-    if not math.isfinite(scale) or scale > finfo.max / 16:
-        raise ValueError(f"the range of {what} overflows {ref.dtype} ({scale:.3g}); rescale the inputs")
-    if eps < MIN_RELATIVE_EPS[ref.dtype] * scale or eps < finfo.tiny:
-        raise ValueError(f"eps={eps:.3g} is too small for {ref.dtype} with a cost range of {scale:.3g} "
-                         f"(at least {MIN_RELATIVE_EPS[ref.dtype]:.0e} x range); use float64 or a larger eps")
-    if eps > finfo.max / 16:
-        raise ValueError(f"eps={eps:.3g} overflows {ref.dtype}")
-    eps_start = max(scale, eps) if eps_scaling else eps
-    reg = reg_m if reg_m is not None else 0.0
-
-    if backend == "cuda" and ref.device.type != "cuda":
-        raise ValueError(f"backend='cuda' needs inputs on a CUDA device, got {ref.device}")
-    impl = reference.sinkhorn if backend == "torch" else None
-    run_device = ref.device
-    if backend == "cpu" and ref.device.type != "cpu":
-        run_device = torch.device("cpu")
-
-    def on(t):
-        return None if t is None else t.to(run_device)
-
-    cost_d, x_d, y_d, la_d, lb_d = on(cost), on(x), on(y), on(log_a), on(log_b)
-    f0 = torch.zeros(B, n, dtype=ref.dtype, device=run_device)
-    g0 = torch.zeros(B, m, dtype=ref.dtype, device=run_device)
-    det = lambda t: None if t is None else t.detach()  # noqa: E731
-    with torch.no_grad():
-        solver = impl.solve if impl is not None else ops.sinkhorn.sinkhorn_solve
-        f, g, n_iter, err = solver(det(cost_d), det(x_d), det(y_d), la_d, lb_d, f0, g0, eps, eps_start, EPS_DECAY,
-                                   reg, max_iter, check_every, float(tol))
-        if impl is not None:
-            _, _, transport = impl.stats(det(cost_d), det(x_d), det(y_d), la_d, lb_d, f, g, eps)
-    if impl is not None:
-        value = impl.value(cost_d, x_d, y_d, la_d, lb_d, f, g, eps, reg)
-    else:
-        value, transport = ops.sinkhorn.sinkhorn_value(cost_d, x_d, y_d, la_d, lb_d, f, g, eps, reg)
-
-    def back(t):
-        return t.to(ref.device)
-
-    squeeze = (lambda t: t) if batched else (lambda t: t[0])
-    return SinkhornResult(
-        f=squeeze(back(f)), g=squeeze(back(g)), n_iter=squeeze(back(n_iter)), marginal_error=squeeze(back(err)),
-        cost=squeeze(back(transport.to(ref.dtype))), value=squeeze(back(value.to(ref.dtype))), eps=eps, reg_m=reg_m,
-        _inputs=(det(cost_d), det(x_d), det(y_d), la_d, lb_d, f, g), _batched=batched,
-        _backend="torch" if impl is not None else "kernel", _generator=generator)
+    problem = ops.sinkhorn.validate_problem(cost, x, y)
+    scale = ops.sinkhorn.problem_scale(problem)
+    return solve_problem(problem, a, b, scale.range, opts, generator)

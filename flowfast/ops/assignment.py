@@ -1,7 +1,8 @@
 """Custom op ``flowfast::linear_assignment`` over the `assignment` kernel family.
 
-Twin of csrc/include/flowfast/assignment.h. Validation lives in :func:`validate_cost` so the
-public API, the op and the tests share one set of messages.
+Twin of csrc/include/flowfast/assignment.h. The family's one validation point is
+:func:`validate_cost` (shapes, dtype, device, finiteness and magnitude in one reduction, so one
+host read on CUDA); :func:`solve` is the entry the public API calls, with the backend switch.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import torch
 
 from flowfast import _arrays
 from flowfast._backend import _C
-from flowfast._core import check_device_supported, check_float, check_magnitude, check_ndim, check_nonempty
+from flowfast._validate import check_device_supported, check_float, check_magnitude, check_ndim, check_nonempty
+from flowfast.ops import _switch
 
 # Kernels index columns with 32-bit integers; larger problems would not fit in memory anyway
 # (an exact O(n^2 m) solve at this size would take days).
@@ -36,10 +38,30 @@ def validate_cost(cost: torch.Tensor, name: str = "cost") -> None:
     check_magnitude(name, cost, MAX_ABS_COST)
 
 
-@torch.library.custom_op("flowfast::linear_assignment", mutates_args=())
-def linear_assignment(cost: torch.Tensor, maximize: bool) -> torch.Tensor:
-    """Exact assignment for a batch: cost (B, n, m), n <= m -> (B, n) int64 column per row."""
-    validate_cost(cost)
+def solve(cost: torch.Tensor, maximize: bool = False, backend: str = "auto", *, validate: bool = True,
+          name: str = "cost") -> torch.Tensor:
+    """cost (B, n, m) -> (B, n) int64 column per row, on cost's device.
+
+    Args:
+        backend: see :mod:`flowfast.ops._switch`.
+        validate: False only for costs a caller derived from already-validated inputs and knows
+            to be finite and bounded (e.g. Gumbel-perturbed scores of a solved plan): skips the
+            host read of the finiteness check.
+        name: the argument's name in error messages.
+    """
+    impl, run_device = _switch.resolve(backend, cost.device, what="cost")
+    if validate:
+        validate_cost(cost, name)
+    if impl == "torch":
+        return _switch.reference("assignment").linear_assignment(cost, maximize)
+    if run_device != cost.device:
+        return _solve_kernel(cost.to(run_device), maximize).to(cost.device)
+    if torch.compiler.is_compiling():
+        return linear_assignment(cost, maximize)
+    return _solve_kernel(cost, maximize)
+
+
+def _solve_kernel(cost: torch.Tensor, maximize: bool) -> torch.Tensor:
     if cost.stride(-1) != 1:
         cost = cost.contiguous()
     B, n, m = cost.shape
@@ -55,6 +77,13 @@ def linear_assignment(cost: torch.Tensor, maximize: bool) -> torch.Tensor:
         _arrays.stream_handle(cost.device),
     )
     return out
+
+
+@torch.library.custom_op("flowfast::linear_assignment", mutates_args=())
+def linear_assignment(cost: torch.Tensor, maximize: bool) -> torch.Tensor:
+    """Exact assignment for a batch: cost (B, n, m), n <= m -> (B, n) int64 column per row."""
+    validate_cost(cost)
+    return _solve_kernel(cost, maximize)
 
 
 @linear_assignment.register_fake

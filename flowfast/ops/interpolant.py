@@ -4,6 +4,9 @@ Inputs are ``(B, *shape)`` batches (flattened to ``(B, D)`` rows here), ``t`` is
 noise is either given (``eps``) or drawn inside the kernels by Philox from ``(seed, offset)``, in
 which case no noise tensor is ever materialized and the loss recomputes it in both passes.
 
+The family's validation point is :func:`validate_batches` / :func:`validate_t` (called by
+:mod:`flowfast.paths`; ``t`` is checked only when the caller gives it, with one host read).
+
 Ops:
     ``flowfast::interpolant_sample``         (x_t, eps or an empty tensor)
     ``flowfast::interpolant_loss``           per-sample ``w_b * sum_d (v - u_t)^2``, differentiable in v
@@ -12,14 +15,45 @@ Ops:
 
 from __future__ import annotations
 
-from typing import Optional
+import functools
+import math
+from typing import Callable, NamedTuple, Optional
 
 import torch
 
 from flowfast import _arrays
 from flowfast._backend import _C
+from flowfast._path_kinds import BRIDGE, BRIDGE_GUARD, KINDS, LINEAR, VP  # noqa: F401  KINDS re-exported
+from flowfast._validate import check_finite, check_float, check_same_device
 
-KINDS = {"linear": 0, "bridge": 1, "target": 2, "vp": 3}
+#: storage dtypes of the kernels (they compute in double)
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+def validate_batches(x0: torch.Tensor, x1: torch.Tensor) -> None:
+    for name, x in (("x0", x0), ("x1", x1)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        check_float(name, x, KERNEL_DTYPES)
+        if x.dim() < 1 or x.shape[0] == 0:
+            raise ValueError(f"{name} must be a non-empty (B, *shape) batch, got shape {tuple(x.shape)}")
+    check_same_device(x0=x0, x1=x1)
+    if x0.shape != x1.shape:
+        raise ValueError(f"x0 and x1 must have the same shape, got {tuple(x0.shape)} and {tuple(x1.shape)}")
+
+
+def validate_t(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+    if t.dim() == 0:
+        t = t.expand(x.shape[0])
+    if t.shape != (x.shape[0],):
+        raise ValueError(f"t must be a scalar or have shape ({x.shape[0]},), got {tuple(t.shape)}")
+    check_finite("t", t)
+    if bool(((t < 0) | (t > 1)).any()):
+        raise ValueError("t must lie in [0, 1]")
+    return t.to(device=x.device, dtype=x.dtype)
+
+
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -32,13 +66,25 @@ def _inputs(x0, x1, t, eps, kind, sigma, seed, offset):
             None if eps is None else _arrays.describe(eps), int(kind), float(sigma), int(seed), int(offset))
 
 
+def _kernel_call(fn):
+    """Runs a kernel wrapper in :func:`flowfast._arrays.kernel_scope` (functorch transforms
+    suspended), so the autograd.Function rules can call kernels under torch.func.jvp/grad."""
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        with _arrays.kernel_scope():
+            return fn(*args, **kwargs)
+    return call
+
+
 def _prepare(x0, x1, t, eps, v=None, weight=None):
+    x0, x1, t, eps, v, weight = (_arrays.plain(a) for a in (x0, x1, t, eps, v, weight))
     rows = [_rows(x0), _rows(x1), t.contiguous(), None if eps is None else _rows(eps)]
     rows.append(None if v is None else _rows(v))
     rows.append(None if weight is None else weight.contiguous())
     return rows
 
 
+@_kernel_call
 def sample_impl(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor, eps: Optional[torch.Tensor], kind: int,
                 sigma: float, seed: int, offset: int, return_noise: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The kernel call behind ``flowfast::interpolant_sample`` (callable directly in eager mode)."""
@@ -62,11 +108,12 @@ def _(x0, x1, t, eps, kind, sigma, seed, offset, return_noise):
     return torch.empty_like(x0), (torch.empty_like(x0) if return_noise else x0.new_empty(0))
 
 
+@_kernel_call
 def loss_backward_impl(grad: torch.Tensor, v: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor,
                        eps: Optional[torch.Tensor], weight: Optional[torch.Tensor], kind: int, sigma: float, seed: int,
                        offset: int) -> torch.Tensor:
     r0, r1, tc, e, rv, w = _prepare(x0, x1, t, eps, v, weight)
-    g = grad.contiguous()
+    g = _arrays.plain(grad).contiguous()
     grad_v = torch.empty_like(rv)
     _C.interpolant_loss_backward(_inputs(r0, r1, tc, e, kind, sigma, seed, offset), _arrays.describe(rv),
                                  None if w is None else _arrays.describe(w), _arrays.describe(g),
@@ -86,6 +133,7 @@ def _(grad, v, x0, x1, t, eps, weight, kind, sigma, seed, offset):
     return torch.empty_like(v)
 
 
+@_kernel_call
 def loss_impl(v: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor, eps: Optional[torch.Tensor],
               weight: Optional[torch.Tensor], kind: int, sigma: float, seed: int, offset: int) -> torch.Tensor:
     r0, r1, tc, e, rv, w = _prepare(x0, x1, t, eps, v, weight)
@@ -107,46 +155,234 @@ def _(v, x0, x1, t, eps, weight, kind, sigma, seed, offset):
     return v.new_empty(v.shape[0])
 
 
-def _save_loss_inputs(ctx, inputs) -> None:
-    """Keep what the loss backward recomputes u_t from: (v, x0, x1, t, eps, weight) and the config
-    (kind, sigma, seed, offset). Shared by the custom op's autograd and the eager Functions."""
+# --- derivatives ---------------------------------------------------------------------------------
+class _Kernels(NamedTuple):
+    """The three kernel entry points, as plain calls (eager autograd.Functions) or as the custom
+    ops (the custom ops' own autograd, which AOT autograd / torch.compile trace)."""
+
+    sample: Callable
+    loss: Callable
+    loss_backward: Callable
+
+
+# For a fixed t every path is linear in (x0, x1, noise): x_t = a x0 + b x1 + c noise and
+# u_t = da x0 + db x1 + dc noise. So the kernels themselves give the derivatives in those inputs
+# exactly: the sample kernel applied to tangents (dx0, dx1, dnoise) is the tangent of x_t, and the
+# backward kernel at v = 0 with upstream -1/2 returns u_t of its inputs (2 * (-1/2) * (0 - u_t) =
+# u_t, exact in floating point), which applied to tangents or cotangents gives du_t. In t:
+# dx_t/dt = u_t except for the bridge, whose u_t carries torchcfm's guard (a correction term on the
+# noise), and du_t/dt is 0 (linear, target), -(pi/2)^2 (x_t - sigma noise) (VP) or
+# d(dc)/dt noise (bridge).
+
+def _linear_xt(k, x0, x1, t, noise, kind, sigma):
+    """a x0 + b x1 + c noise (None = 0) at the given t: the sample kernel on given noise."""
+    noise = torch.zeros_like(x0) if noise is None else noise
+    return k.sample(x0, x1, t, noise, kind, sigma, 0, 0, False)[0]
+
+
+def _linear_ut(k, x0, x1, t, noise, kind, sigma, seed=0, offset=0):
+    """da x0 + db x1 + dc noise: u_t of the given rows (noise None = drawn from (seed, offset))."""
+    half = torch.full((x0.shape[0],), -0.5, dtype=x0.dtype, device=x0.device)
+    return k.loss_backward(half, torch.zeros_like(x0), x0, x1, t, noise, None, kind, sigma, seed, offset)
+
+
+def _zeros_or(tangent, like):
+    return torch.zeros_like(like) if tangent is None else tangent
+
+
+def _rows_scale(per_row: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return per_row.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1))) * x
+
+
+def _noise(k, x0, t, eps, seed, offset):
+    """The noise the kernels use: eps, or the Philox draw of (seed, offset)."""
+    if eps is not None:
+        return eps
+    return k.sample(x0, x0, t, None, LINEAR, 0.0, seed, offset, True)[1]
+
+
+def _bridge_dc(t: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(c'(t) - dc(t), d(dc)/dt) of the bridge, in float64: c = sigma sqrt(t(1-t)) and
+    dc = k c with k = (1 - 2t) / (2t(1-t) + guard)."""
+    t = t.double()
+    q = t * (1 - t)
+    root = torch.sqrt(q)
+    c, dc_true = sigma * root, sigma * (1 - 2 * t) / (2 * root)
+    den = 2 * q + BRIDGE_GUARD
+    k = (1 - 2 * t) / den
+    dk = (-2 * den - 2 * (1 - 2 * t) ** 2) / den**2
+    return dc_true - k * c, dk * c + k * dc_true
+
+
+def _dxt_dt(k, x0, x1, t, eps, kind, sigma, seed, offset):
+    """d x_t / dt (like x0)."""
+    ut = _linear_ut(k, x0, x1, t, eps, kind, sigma, seed, offset).view(x0.shape)
+    if kind != BRIDGE:
+        return ut
+    correction, _ = _bridge_dc(t, sigma)
+    return ut + _rows_scale(correction, _noise(k, x0, t, eps, seed, offset))
+
+
+def _dut_dt(k, x0, x1, t, eps, kind, sigma, seed, offset):
+    """d u_t / dt (like x0), or None where it is 0."""
+    if kind == VP:
+        mean = _linear_xt(k, x0, x1, t, None, kind, sigma)
+        return -(math.pi / 2) ** 2 * mean
+    if kind == BRIDGE:
+        _, ddc = _bridge_dc(t, sigma)
+        return _rows_scale(ddc, _noise(k, x0, t, eps, seed, offset))
+    return None
+
+
+def _sample_backward(k, grad_xt, x0, x1, t, eps, kind, sigma, seed, offset, needs):
+    """(grad_x0, grad_x1, grad_t, grad_eps) of x_t = a x0 + b x1 + c eps, each None unless needed."""
+    zero = torch.zeros_like(grad_xt)
+    gx0 = _linear_xt(k, grad_xt, zero, t, zero, kind, sigma) if needs[0] else None
+    gx1 = _linear_xt(k, zero, grad_xt, t, zero, kind, sigma) if needs[1] else None
+    gt = None
+    if needs[2]:
+        dxt = _dxt_dt(k, x0, x1, t, eps, kind, sigma, seed, offset)
+        gt = (grad_xt * dxt).reshape(grad_xt.shape[0], -1).sum(1).to(t.dtype)
+    geps = _linear_xt(k, zero, zero, t, grad_xt, kind, sigma) if needs[3] else None
+    return gx0, gx1, gt, geps
+
+
+def _loss_backward_all(k, grad, v, x0, x1, t, eps, weight, kind, sigma, seed, offset, needs):
+    """Gradients of per-sample w_b sum_d (v - u_t)^2 w.r.t. (v, x0, x1, t, eps, weight)."""
+    if not any(needs):
+        return (None,) * 6
+    grad_v = k.loss_backward(grad, v, x0, x1, t, eps, weight, kind, sigma, seed, offset)
+    gx0 = gx1 = gt = geps = gw = None
+    if needs[1] or needs[2] or needs[4]:
+        # dL/du_t = -dL/dv; pulled back through u_t = da x0 + db x1 + dc eps.
+        back = -grad_v
+        zero = torch.zeros_like(back)
+        gx0 = _linear_ut(k, back, zero, t, zero, kind, sigma) if needs[1] else None
+        gx1 = _linear_ut(k, zero, back, t, zero, kind, sigma) if needs[2] else None
+        geps = _linear_ut(k, zero, zero, t, back, kind, sigma) if needs[4] else None
+    if needs[3]:
+        dut = _dut_dt(k, x0, x1, t, eps, kind, sigma, seed, offset)
+        gt = (torch.zeros_like(t) if dut is None
+              else -(grad_v * dut.view(grad_v.shape)).reshape(v.shape[0], -1).sum(1).to(t.dtype))
+    if needs[5]:
+        gw = grad * k.loss(v, x0, x1, t, eps, None, kind, sigma, seed, offset)
+    return (grad_v if needs[0] else None), gx0, gx1, gt, geps, gw
+
+
+def _loss_jvp(k, tangents, v, x0, x1, t, eps, weight, kind, sigma, seed, offset):
+    """Tangent of the per-sample loss for tangents of (v, x0, x1, t, eps, weight)."""
+    dv, dx0, dx1, dt, deps, dw = tangents
+    B = v.shape[0]
+    out = torch.zeros(B, dtype=v.dtype, device=v.device)
+    dut_dt = _dut_dt(k, x0, x1, t, eps, kind, sigma, seed, offset) if dt is not None else None
+    if dut_dt is not None:
+        dx_from_t = _rows_scale(dt, dut_dt)
+    if dv is not None or dx0 is not None or dx1 is not None or deps is not None or dut_dt is not None:
+        # 2 w_b (v - u_t) from the backward kernel, against the tangent of (v - u_t).
+        ones = torch.ones(B, dtype=v.dtype, device=v.device)
+        residual_grad = k.loss_backward(ones, v, x0, x1, t, eps, weight, kind, sigma, seed, offset)
+        d_residual = _zeros_or(dv, v)
+        if dx0 is not None or dx1 is not None or deps is not None:
+            d_residual = d_residual - _linear_ut(k, _zeros_or(dx0, x0), _zeros_or(dx1, x1), t, _zeros_or(deps, x0),
+                                                 kind, sigma).view(v.shape)
+        if dut_dt is not None:
+            d_residual = d_residual - dx_from_t.view(v.shape)
+        out = out + (residual_grad * d_residual).reshape(B, -1).sum(1)
+    if dw is not None:
+        out = out + dw * k.loss(v, x0, x1, t, eps, None, kind, sigma, seed, offset)
+    return out
+
+
+def _loss_inputs(ctx):
+    """(v, x0, x1, t, eps, weight, kind, sigma, seed, offset) as saved by the loss Functions."""
+    return (*ctx.saved_tensors, *ctx.config)
+
+
+def _loss_setup(ctx, inputs, output):
     v, x0, x1, t, eps, weight, *config = inputs
     ctx.save_for_backward(v, x0, x1, t, eps, weight)
     ctx.config = tuple(config)
 
 
-def _saved_loss_inputs(ctx) -> tuple:
-    """(v, x0, x1, t, eps, weight, kind, sigma, seed, offset) as saved by :func:`_save_loss_inputs`."""
-    return (*ctx.saved_tensors, *ctx.config)
-
-
-def _loss_setup(ctx, inputs, output):
-    _save_loss_inputs(ctx, inputs)
-
-
 def _loss_backward(ctx, grad):
-    grad_v = None
-    if ctx.needs_input_grad[0]:
-        grad_v = interpolant_loss_backward(grad, *_saved_loss_inputs(ctx))
-    return grad_v, None, None, None, None, None, None, None, None, None
+    grads = _loss_backward_all(TRACEABLE, grad, *_loss_inputs(ctx), needs=ctx.needs_input_grad[:6])
+    return (*grads, None, None, None, None)
 
+
+EAGER = _Kernels(sample_impl, loss_impl, loss_backward_impl)
+TRACEABLE = _Kernels(interpolant_sample, interpolant_loss, interpolant_loss_backward)
 
 torch.library.register_autograd("flowfast::interpolant_loss", _loss_backward, setup_context=_loss_setup)
 
 
-class EagerLoss(torch.autograd.Function):
-    """``interpolant_loss`` without the dispatcher (same kernels, same gradient): the custom op
-    costs ~0.1 ms per call in eager mode, which a 2-D toy step notices. Under torch.compile use the
-    custom ops (:func:`loss`)."""
+def _sample_setup(ctx, inputs, output):
+    x0, x1, t, eps, kind, sigma, seed, offset, return_noise = inputs
+    ctx.save_for_backward(x0, x1, t, eps)
+    ctx.config = (kind, sigma, seed, offset)
+    ctx.kernels = TRACEABLE
+
+
+def _sample_backward_op(ctx, grad_xt, _grad_noise):
+    x0, x1, t, eps = ctx.saved_tensors
+    grads = _sample_backward(ctx.kernels, grad_xt, x0, x1, t, eps, *ctx.config, ctx.needs_input_grad[:4])
+    return (*grads, None, None, None, None, None)
+
+
+torch.library.register_autograd("flowfast::interpolant_sample", _sample_backward_op, setup_context=_sample_setup)
+
+
+class EagerSample(torch.autograd.Function):
+    """``interpolant_sample`` without the dispatcher, differentiable (reverse and forward mode,
+    ``torch.func.jvp`` included) in x0, x1, t and a given noise. The returned noise is not
+    differentiable."""
 
     @staticmethod
-    def forward(ctx, *inputs):
-        _save_loss_inputs(ctx, inputs)
+    def forward(x0, x1, t, eps, kind, sigma, seed, offset, return_noise):
+        return sample_impl(x0, x1, t, eps, kind, sigma, seed, offset, return_noise)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _sample_setup(ctx, inputs, output)
+        ctx.kernels = EAGER
+        ctx.save_for_forward(*inputs[:4])
+        ctx.mark_non_differentiable(output[1])
+
+    @staticmethod
+    def backward(ctx, grad_xt, _grad_noise):
+        return _sample_backward_op(ctx, grad_xt, _grad_noise)
+
+    @staticmethod
+    def jvp(ctx, dx0, dx1, dt, deps, *_):
+        x0, x1, t, eps = ctx.saved_tensors
+        kind, sigma, seed, offset = ctx.config
+        dxt = _linear_xt(EAGER, _zeros_or(dx0, x0), _zeros_or(dx1, x1), t, deps, kind, sigma)
+        if dt is not None:
+            dxt = dxt + _rows_scale(dt, _dxt_dt(EAGER, x0, x1, t, eps, kind, sigma, seed, offset))
+        return dxt, None
+
+
+class EagerLoss(torch.autograd.Function):
+    """``interpolant_loss`` without the dispatcher (same kernels): the custom op costs ~0.1 ms per
+    call in eager mode, which a 2-D toy step notices. Differentiable in v, x0, x1, t, a given
+    noise and the weight, in reverse and forward mode (``torch.func.jvp`` included). Under
+    torch.compile use the custom ops (:func:`loss`)."""
+
+    @staticmethod
+    def forward(*inputs):
         return loss_impl(*inputs)
 
     @staticmethod
+    def setup_context(ctx, inputs, output):
+        _loss_setup(ctx, inputs, output)
+        ctx.save_for_forward(*inputs[:6])
+
+    @staticmethod
     def backward(ctx, grad):
-        return (loss_backward_impl(grad, *_saved_loss_inputs(ctx)),) + (None,) * 9
+        return (*_loss_backward_all(EAGER, grad, *_loss_inputs(ctx), needs=ctx.needs_input_grad[:6]),) + (None,) * 4
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        return _loss_jvp(EAGER, tangents[:6], *_loss_inputs(ctx))
 
 
 class EagerMeanLoss(torch.autograd.Function):
@@ -154,22 +390,32 @@ class EagerMeanLoss(torch.autograd.Function):
     needs, without the two extra nodes (sum, div) per step (~35 us on a CPU toy step)."""
 
     @staticmethod
-    def forward(ctx, *inputs):
-        _save_loss_inputs(ctx, inputs)
+    def forward(*inputs):
         return loss_impl(*inputs).sum() / inputs[0].numel()
 
     @staticmethod
+    def setup_context(ctx, inputs, output):
+        _loss_setup(ctx, inputs, output)
+        ctx.save_for_forward(*inputs[:6])
+
+    @staticmethod
     def backward(ctx, grad):
-        saved = _saved_loss_inputs(ctx)
+        saved = _loss_inputs(ctx)
         v = saved[0]
         per_sample_grad = (grad / v.numel()).expand(v.shape[0])
-        return (loss_backward_impl(per_sample_grad, *saved),) + (None,) * 9
+        return (*_loss_backward_all(EAGER, per_sample_grad, *saved, needs=ctx.needs_input_grad[:6]),) + (None,) * 4
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        saved = _loss_inputs(ctx)
+        return _loss_jvp(EAGER, tangents[:6], *saved).sum() / saved[0].numel()
 
 
 def sample(x0, x1, t, eps, kind, sigma, seed, offset, return_noise=False):
-    """``interpolant_sample``: the custom op while compiling, the direct kernel call otherwise."""
-    fn = interpolant_sample if torch.compiler.is_compiling() else sample_impl
-    return fn(x0, x1, t, eps, kind, sigma, seed, offset, return_noise)
+    """``interpolant_sample``: the custom op while compiling, :class:`EagerSample` otherwise."""
+    if torch.compiler.is_compiling():
+        return interpolant_sample(x0, x1, t, eps, kind, sigma, seed, offset, return_noise)
+    return EagerSample.apply(x0, x1, t, eps, kind, sigma, seed, offset, return_noise)
 
 
 def loss(v, x0, x1, t, eps, weight, kind, sigma, seed, offset):

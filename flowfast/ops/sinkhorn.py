@@ -2,8 +2,11 @@
 
 A problem is either a dense cost ``(B, n, m)`` or point clouds ``x (B, n, d)``, ``y (B, m, d)`` with
 ``C_ij = ||x_i - y_j||^2`` computed inside the kernels; ``log_a (B, n)``, ``log_b (B, m)`` are log
-marginal weights. Exactly one of ``cost`` / ``(x, y)`` is given. Inputs reaching these ops are
-already validated by :mod:`flowfast.couplings.sinkhorn`.
+marginal weights. Exactly one of ``cost`` / ``(x, y)`` is given.
+
+The family's one validation point is :func:`validate_problem` (argument checks, no host read)
+with :func:`problem_scale` (finiteness and the cost scale in one reduction: one host read on
+CUDA); :func:`solve_and_value` runs either implementation of the backend switch.
 
 Ops:
     ``flowfast::sinkhorn_solve``   potentials (f, g), iterations and marginal error; not differentiable.
@@ -18,14 +21,116 @@ Ops:
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from flowfast import _arrays
 from flowfast._backend import _C
+from flowfast._validate import check_device_supported, check_finite, check_float, check_ndim, check_nonempty, \
+    check_same_device
+from flowfast.ops import _switch
 
 DENSE, SQEUCLIDEAN = 0, 1
+
+
+@dataclass
+class Problem:
+    """A validated problem, batched: cost ``(B, n, m)`` or clouds ``x (B, n, d)``, ``y (B, m, d)``."""
+
+    cost: Optional[torch.Tensor]
+    x: Optional[torch.Tensor]
+    y: Optional[torch.Tensor]
+    batched: bool  # whether the caller's tensors had the batch dim
+
+    @property
+    def ref(self) -> torch.Tensor:
+        return self.cost if self.cost is not None else self.x
+
+    @property
+    def sizes(self) -> tuple[int, int, int]:
+        B, n, m, _ = _sizes(self.cost, self.x, self.y)
+        return B, n, m
+
+    def detached(self) -> tuple:
+        det = lambda t: None if t is None else t.detach()  # noqa: E731
+        return det(self.cost), det(self.x), det(self.y)
+
+    def to(self, device: torch.device) -> "Problem":
+        on = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Problem(on(self.cost), on(self.x), on(self.y), self.batched)
+
+
+def _check_array(name: str, t, layout: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    check_device_supported(name, t)
+    check_float(name, t)
+    check_ndim(name, t, (2, 3), layout)
+    check_nonempty(name, t)
+
+
+def validate_problem(cost, x, y) -> Problem:
+    """Checks types, dtypes, devices and shapes (not values: see :func:`problem_scale`) of a dense
+    cost ``(B?, n, m)`` or of point clouds ``(B?, n, d)`` / ``(B?, m, d)``; adds the batch dim."""
+    if (cost is None) == (x is None and y is None):
+        raise ValueError("give either cost=(B?, n, m) or point clouds x=(B?, n, d), y=(B?, m, d), not both or neither")
+    if cost is not None:
+        _check_array("cost", cost, "(n, m) or (B, n, m)")
+        batched = cost.dim() == 3
+        return Problem(cost if batched else cost.unsqueeze(0), None, None, batched)
+    if x is None or y is None:
+        raise ValueError("point clouds need both x and y")
+    for name, t in (("x", x), ("y", y)):
+        _check_array(name, t, "(n, d) or (B, n, d)")
+    check_same_device(x=x, y=y)
+    if x.dtype != y.dtype:
+        raise TypeError(f"x and y must share a dtype, got {x.dtype} and {y.dtype}")
+    if x.dim() != y.dim() or x.shape[-1] != y.shape[-1] or (x.dim() == 3 and x.shape[0] != y.shape[0]):
+        raise ValueError(f"x (B?, n, d) and y (B?, m, d) must agree in B and d, got {tuple(x.shape)} and {tuple(y.shape)}")
+    batched = x.dim() == 3
+    return Problem(None, x if batched else x.unsqueeze(0), y if batched else y.unsqueeze(0), batched)
+
+
+def sq_diameter_bound(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """0-d float64 tensor, an upper bound of max_ij ||x_i - y_j||^2 in O((n + m) d), no host read:
+    the smaller of the squared diagonal of both clouds' bounding box and (r_x + r_y)^2, radii
+    around the joint mean (much tighter in high dimension). NaN/Inf inputs make it non-finite."""
+    xs, ys = x.reshape(-1, x.shape[-1]).double(), y.reshape(-1, y.shape[-1]).double()
+    both = torch.cat([xs, ys])
+    span = both.amax(0) - both.amin(0)
+    center = both.mean(0, keepdim=True)
+    radii = (xs - center).norm(dim=1).amax() + (ys - center).norm(dim=1).amax()
+    box = (span**2).sum()
+    return torch.minimum(box, radii * radii)  # propagates NaN
+
+
+@dataclass
+class Scale:
+    """What eps is measured against: ``range`` (dense: max - min of the cost; clouds: the squared
+    diameter bound) sets eps_start and the smallest usable eps; ``max`` (dense: the largest cost;
+    clouds: the bound) scales a relative regularization."""
+
+    range: float
+    max: float
+
+
+def problem_scale(problem: Problem) -> Scale:
+    """:class:`Scale` of a validated problem, with its finiteness check: one reduction and one host
+    read (the only one of a Sinkhorn call before its iterations). Names the non-finite input."""
+    if problem.cost is not None:
+        c = problem.cost.detach()
+        lo, hi = torch.stack([c.amin(), c.amax()]).double().tolist()
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            check_finite("cost", c)
+        return Scale(hi - lo, hi)
+    bound = float(sq_diameter_bound(problem.x.detach(), problem.y.detach()))
+    if not math.isfinite(bound):
+        check_finite("x", problem.x)
+        check_finite("y", problem.y)
+    return Scale(bound, bound)
 
 
 def _problem(cost, x, y, log_a, log_b) -> tuple:
@@ -239,3 +344,41 @@ def sinkhorn_sample(cost: Optional[torch.Tensor], x: Optional[torch.Tensor], y: 
 def _(cost, x, y, log_a, log_b, g, eps, seed, offset):
     ref = _reference_tensor(cost, x)
     return ref.new_empty(ref.shape[0], ref.shape[1], dtype=torch.int64)
+
+
+def solve_and_value(impl: str, problem: Problem, log_a, log_b, eps: float, eps_start: float, eps_decay: float,
+                    reg_m: float, max_iter: int, check_every: int, tol: float):
+    """Solve, then the value (differentiable in cost / x / y) and transport cost, by the backend
+    switch's implementation ("kernel" or "torch"). Returns (f, g, n_iter, marginal_error, value,
+    transport), all batched."""
+    cost, x, y = problem.cost, problem.x, problem.y
+    cost_d, x_d, y_d = problem.detached()
+    B, n, m = problem.sizes
+    f0 = torch.zeros(B, n, dtype=problem.ref.dtype, device=problem.ref.device)
+    g0 = torch.zeros(B, m, dtype=problem.ref.dtype, device=problem.ref.device)
+    args = (eps, eps_start, eps_decay, reg_m, max_iter, check_every, tol)
+    if impl == "torch":
+        ref = _switch.reference("sinkhorn")
+        with torch.no_grad():
+            f, g, n_iter, err = ref.solve(cost_d, x_d, y_d, log_a, log_b, f0, g0, *args)
+            _, _, transport = ref.stats(cost_d, x_d, y_d, log_a, log_b, f, g, eps)
+        value = ref.value(cost, x, y, log_a, log_b, f, g, eps, reg_m)
+        return f, g, n_iter, err, value, transport
+    with torch.no_grad():
+        f, g, n_iter, err = sinkhorn_solve(cost_d, x_d, y_d, log_a, log_b, f0, g0, *args)
+    value, transport = sinkhorn_value(cost, x, y, log_a, log_b, f, g, eps, reg_m)
+    return f, g, n_iter, err, value, transport
+
+
+def implementation(impl: str):
+    """``plan``, ``stats`` and ``sample`` with the ops' signatures, from the backend switch's
+    implementation ("kernel": these custom ops; "torch": the reference)."""
+    if impl == "torch":
+        ref = _switch.reference("sinkhorn")
+        return ref.plan, ref.stats, ref.sample
+    return sinkhorn_plan, sinkhorn_stats, sinkhorn_sample
+
+
+def resolve_backend(backend: str, device: torch.device) -> tuple[str, torch.device]:
+    """The family's backend switch (:func:`flowfast.ops._switch.resolve`)."""
+    return _switch.resolve(backend, device)

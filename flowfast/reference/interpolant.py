@@ -8,54 +8,29 @@ from typing import Optional
 
 import torch
 
-from flowfast.reference.sinkhorn import _MASK32, philox4x32
-
-BRIDGE_GUARD = 1e-8
+from flowfast._path_kinds import BRIDGE, BRIDGE_GUARD, TARGET, VP
+from flowfast.reference._philox import standard_normal
 
 
 def path_coeffs(kind: int, t: torch.Tensor, sigma: float):
     """(a, b, c, da, db, dc) with x_t = a x0 + b x1 + c eps and u_t = da x0 + db x1 + dc eps."""
     t = t.double()
     one, zero = torch.ones_like(t), torch.zeros_like(t)
-    if kind == 1:  # bridge
+    if kind == BRIDGE:
         s = sigma * torch.sqrt(t * (1 - t))
         k = (1 - 2 * t) / (2 * t * (1 - t) + BRIDGE_GUARD)
         return 1 - t, t, s, -one, one, k * s
-    if kind == 2:  # target
+    if kind == TARGET:
         return zero, t, 1 - (1 - sigma) * t, zero, one, -(1 - sigma) * one
-    if kind == 3:  # variance preserving
+    if kind == VP:
         cs, sn = torch.cos(math.pi / 2 * t), torch.sin(math.pi / 2 * t)
         return cs, sn, sigma * one, -math.pi / 2 * sn, math.pi / 2 * cs, zero
     return 1 - t, t, sigma * one, -one, one, zero
 
 
-def _uniform53(hi: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
-    bits = ((hi << 21) ^ (lo >> 11)) & ((1 << 53) - 1)
-    return (bits.to(torch.float64) + 0.5) * (1.0 / 9007199254740992.0)
-
-
-def _uniform24(word: torch.Tensor) -> torch.Tensor:
-    return ((word >> 8).to(torch.float32) + 0.5) * (1.0 / 16777216.0)
-
-
 def noise(seed: int, offset: int, B: int, D: int, device=None, dtype=torch.float64) -> torch.Tensor:
-    """The kernels' drawn noise (ff::standard_normal): element k = b * D + d takes the cos (k even)
-    or sin (k odd) half of Box-Muller pair k // 2. float64 batches draw in double, all others in
-    float32 (as the kernels do). Returns (B, D) in float64 (float64 batches) or float32."""
-    index = torch.arange(B * D, dtype=torch.int64, device=device)
-    pair = index >> 1
-    c0, c1 = pair & _MASK32, (pair >> 32) & _MASK32
-    c2 = torch.full_like(pair, offset & _MASK32)
-    c3 = torch.full_like(pair, ((offset >> 32) & _MASK32) ^ 0x9E3779B9)
-    r0, r1, r2, r3 = philox4x32(c0, c1, c2, c3, seed & _MASK32, (seed >> 32) & _MASK32)
-    if dtype == torch.float64:
-        u1, u2 = _uniform53(r0, r1), _uniform53(r2, r3)
-    else:
-        u1, u2 = _uniform24(r0), _uniform24(r2)
-    radius = torch.sqrt(-2 * torch.log(u1))
-    angle = 2 * math.pi * u2
-    z = torch.where((index & 1).bool(), radius * torch.sin(angle), radius * torch.cos(angle))
-    return z.reshape(B, D)
+    """The kernels' drawn noise for a (B, D) batch (see :func:`flowfast.reference._philox.standard_normal`)."""
+    return standard_normal(seed, offset, B * D, device, dtype).reshape(B, D)
 
 
 def _terms(x0, x1, t, eps, kind, sigma, seed, offset):

@@ -1,15 +1,15 @@
 """Pure-torch references of the `sinkhorn` family (same contracts as :mod:`flowfast.ops.sinkhorn`).
 
 Dense float64 throughout (the n x m cost is materialized), the same eps schedule and stopping
-rule as the kernels, and a vectorized Philox4x32-10 so that sampling draws the same Gumbel noise
-as the CPU and CUDA kernels for the same (seed, offset).
+rule as the kernels, and the vectorized Philox of :mod:`flowfast.reference._philox`, so sampling
+draws the same Gumbel noise as the CPU and CUDA kernels for the same (seed, offset).
 """
 
 from __future__ import annotations
 
 import torch
 
-_MASK32 = 0xFFFFFFFF
+from flowfast.reference._philox import gumbel, philox4x32
 
 
 def dense_cost(cost, x, y) -> torch.Tensor:
@@ -101,43 +101,6 @@ def value(cost, x, y, log_a, log_b, f, g, eps, reg_m):
     return val + reg_m * ((torch.xlogy(r, r / a) - r + a).sum(1) + (torch.xlogy(c, c / b_) - c + b_).sum(1))
 
 
-# --- Philox4x32-10, vectorized over int64 tensors holding uint32 values ---------------------------
-
-def _mulhilo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    # a * b < 2^64 may overflow int64; split b into 16-bit halves to stay exact.
-    b_lo, b_hi = b & 0xFFFF, b >> 16
-    lo_part = a * b_lo                      # < 2^48
-    hi_part = a * b_hi                      # < 2^48
-    low = (lo_part + ((hi_part & 0xFFFF) << 16)) & _MASK32
-    carry = (lo_part + ((hi_part & 0xFFFF) << 16)) >> 32
-    high = ((hi_part >> 16) + carry) & _MASK32
-    return high, low
-
-
-def philox4x32(c0, c1, c2, c3, k0: int, k1: int):
-    """Philox4x32-10 of int64 tensors holding uint32 counters; returns four such tensors."""
-    x0, x1, x2, x3 = c0, c1, c2, c3
-    for _ in range(10):
-        hi0, lo0 = _mulhilo(0xD2511F53, x0)
-        hi1, lo1 = _mulhilo(0xCD9E8D57, x2)
-        x0, x1, x2, x3 = hi1 ^ x1 ^ k0, lo1, hi0 ^ x3 ^ k1, lo0
-        k0 = (k0 + 0x9E3779B9) & _MASK32
-        k1 = (k1 + 0xBB67AE85) & _MASK32
-    return x0, x1, x2, x3
-
-
-def gumbel(seed: int, offset: int, index: torch.Tensor) -> torch.Tensor:
-    """Same numbers as ff::gumbel(seed, offset, index) in csrc/include/flowfast/philox.h."""
-    index = index.to(torch.int64)
-    c0, c1 = index & _MASK32, (index >> 32) & _MASK32
-    c2 = torch.full_like(index, offset & _MASK32)
-    c3 = torch.full_like(index, (offset >> 32) & _MASK32)
-    r0, r1, _, _ = philox4x32(c0, c1, c2, c3, seed & _MASK32, (seed >> 32) & _MASK32)
-    bits = ((r0 << 21) ^ (r1 >> 11)) & ((1 << 53) - 1)
-    u = (bits.to(torch.float64) + 0.5) * (1.0 / 9007199254740992.0)
-    return -torch.log(-torch.log(u))
-
-
 def sample(cost, x, y, log_a, log_b, g, eps, seed, offset) -> torch.Tensor:
     C = dense_cost(cost, x, y)
     B, n, m = C.shape
@@ -146,17 +109,5 @@ def sample(cost, x, y, log_a, log_b, g, eps, seed, offset) -> torch.Tensor:
     return scores.argmax(-1)
 
 
-def sq_diameter(x: torch.Tensor, y: torch.Tensor) -> float:
-    """An upper bound of max_ij ||x_i - y_j||^2 in O((n + m) d): the smaller of the squared
-    diagonal of both clouds' bounding box and (r_x + r_y)^2, with radii around the joint mean
-    (much tighter in high dimension, where the box diagonal overestimates)."""
-    xs, ys = x.reshape(-1, x.shape[-1]).double(), y.reshape(-1, y.shape[-1]).double()
-    both = torch.cat([xs, ys])
-    span = both.max(0).values - both.min(0).values
-    center = both.mean(0, keepdim=True)
-    radii = float((xs - center).norm(dim=1).max()) + float((ys - center).norm(dim=1).max())
-    return min(float((span**2).sum()), radii * radii)
-
-
-__all__ = ["dense_cost", "solve", "plan", "stats", "value", "sample", "gumbel", "philox4x32", "sq_diameter",
+__all__ = ["dense_cost", "solve", "plan", "stats", "value", "sample", "gumbel", "philox4x32",
            "eps_at"]

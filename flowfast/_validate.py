@@ -1,4 +1,4 @@
-"""Input validation shared by every public function: one message style, naming the argument."""
+"""Input validation helpers shared by every layer: one message style, naming the argument."""
 
 from __future__ import annotations
 

@@ -1,0 +1,40 @@
+"""Costs between two batches, shared by every coupling: dense pairwise costs, a cheap bound of the
+largest squared distance (to scale entropic regularization without forming the n x m matrix),
+and the (n, *shape) -> (n, D) flattening every coupling applies first."""
+
+from __future__ import annotations
+
+import torch
+
+from flowfast.ops.sinkhorn import sq_diameter_bound
+
+__all__ = ["flat", "pairwise_cost", "sq_diameter"]
+
+
+def flat(x: torch.Tensor) -> torch.Tensor:
+    """(n, *shape) -> (n, prod(shape)); 1-D batches become (n, 1)."""
+    return x.reshape(x.shape[0], -1) if x.dim() > 1 else x.unsqueeze(-1)
+
+
+def pairwise_cost(x0: torch.Tensor, x1: torch.Tensor, cost: str = "sqeuclidean") -> torch.Tensor:
+    r"""Cost matrix between the rows of two batches, on their device, in matmul form.
+
+    Args:
+        x0: ``(n, *shape)``; trailing dims are flattened.
+        x1: ``(m, *shape)`` matching x0.
+        cost: ``"sqeuclidean"`` (:math:`\|x_0 - x_1\|^2`) or ``"euclidean"``.
+
+    Returns:
+        ``(n, m)`` costs in x0's dtype (clamped at 0 against cancellation in the matmul form).
+    """
+    a = x0.reshape(x0.shape[0], -1)
+    b = x1.reshape(x1.shape[0], -1)
+    sq = (a * a).sum(-1, keepdim=True) + (b * b).sum(-1).unsqueeze(0) - 2.0 * (a @ b.T)
+    sq = sq.clamp_min_(0.0)
+    return sq if cost == "sqeuclidean" else sq.sqrt_()
+
+
+def sq_diameter(x: torch.Tensor, y: torch.Tensor) -> float:
+    """An upper bound of max_ij ||x_i - y_j||^2 in O((n + m) d) (see
+    :func:`flowfast.ops.sinkhorn.sq_diameter_bound`); one host read."""
+    return float(sq_diameter_bound(x, y))
