@@ -85,3 +85,24 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
     return value
+
+
+def check_batch_pair(x0: Any, x1: Any, *, dtypes: tuple = FLOAT_DTYPES, same_size: bool = True,
+                     min_ndim: int = 1) -> None:
+    """The one check of a (source, data) pair of batches, every layer's: torch tensors of an
+    allowed float dtype, non-empty ``(n, *shape)``, one device, one dtype, the same sample shape,
+    and (``same_size``) as many x0 as x1 samples. Values are not read (no host sync)."""
+    for name, x in (("x0", x0), ("x1", x1)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        check_float(name, x, dtypes)
+        if x.dim() < min_ndim or x.numel() == 0:
+            raise ValueError(f"{name} must be a non-empty (n, *shape) batch, got shape {tuple(x.shape)}")
+    check_same_device(x0=x0, x1=x1)
+    if x0.dtype != x1.dtype:
+        raise TypeError(f"x0 and x1 must share a dtype, got {x0.dtype} and {x1.dtype}")
+    if x0.shape[1:] != x1.shape[1:]:
+        raise ValueError(f"x0 and x1 must have the same sample shape, got {tuple(x0.shape)} and {tuple(x1.shape)}")
+    if same_size and x0.shape[0] != x1.shape[0]:
+        raise ValueError(f"x0 and x1 must have the same shape (as many x0 as x1 samples), got {tuple(x0.shape)} "
+                         f"and {tuple(x1.shape)}")

@@ -203,9 +203,9 @@ def run_pairing_demo(n: int = 1024, seed: int = 0, out_dir: str = "runs/demo", d
         torch.cuda.synchronize()
     pairing_ms = 1e3 * (time.perf_counter() - start)
 
-    sigma = flowfast.linear_assignment(pairwise_cost(x0, x1))
+    col_for_row = flowfast.linear_assignment(pairwise_cost(x0, x1))
     flat = torch.multinomial(torch.full((n,), 1.0 / n), n, replacement=True, generator=g).to(device)
-    rows, cols = flat, sigma[flat]
+    rows, cols = flat, col_for_row[flat]
     distinct = torch.unique(rows).numel()
 
     results = {

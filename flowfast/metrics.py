@@ -35,6 +35,6 @@ def wasserstein2(x: torch.Tensor, y: torch.Tensor) -> float:
     a = x.detach().reshape(x.shape[0], -1).double()
     b = y.detach().reshape(y.shape[0], -1).double()
     cost = pairwise_cost(a, b)
-    sigma = linear_assignment(cost)
-    matched = ((a - b[sigma]) ** 2).sum(-1)  # exact distances of the chosen pairs (no matmul rounding)
+    col_for_row = linear_assignment(cost)
+    matched = ((a - b[col_for_row]) ** 2).sum(-1)  # exact distances of the chosen pairs (no matmul rounding)
     return float(matched.mean().sqrt())

@@ -118,10 +118,10 @@ class IndependentCFM:
             t = torch.rand(x0.shape[0], dtype=x0.dtype, device=x0.device, generator=generator)
         else:
             t = ops.interpolant.validate_t(t, x0)
-        eps = self.sample_noise_like(x0, generator)
-        xt = self.sample_xt(x0, x1, t, eps)
+        noise = self.sample_noise_like(x0, generator)
+        xt = self.sample_xt(x0, x1, t, noise)
         ut = self.compute_conditional_flow(x0, x1, t, xt)
-        return (t, xt, ut, eps) if return_noise else (t, xt, ut)
+        return (t, xt, ut, noise) if return_noise else (t, xt, ut)
 
     def loss(self, model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: torch.Tensor,
              x1: torch.Tensor, t=None, generator: Optional[torch.Generator] = None,

@@ -399,7 +399,17 @@ class Trainer:
             "seed": self.seed,
             "world_size": self.world_size,
             "config": self.config,
+            "coupling_state": self._coupling_state(),
         }
+
+    def _coupling(self):
+        """The path's coupling object when it has one with state (e.g. a teacher), else None."""
+        coupling = getattr(self.path, "coupling", None)
+        return coupling if callable(getattr(coupling, "state_dict", None)) else None
+
+    def _coupling_state(self) -> dict:
+        coupling = self._coupling()
+        return {} if coupling is None else coupling.state_dict()
 
     def save(self, path: Optional[str] = None) -> Optional[str]:
         """Write a checkpoint atomically (rank 0; a collective under DDP). Default: ``out_dir/checkpoint.pt``."""
@@ -420,6 +430,12 @@ class Trainer:
         if self.ema_model is not None:
             self.ema_model.load_state_dict(state["ema"] if state["ema"] is not None else state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        coupling_state = state.get("coupling_state") or {}  # absent in checkpoints before couplings had state
+        if coupling_state:
+            coupling = self._coupling()
+            if coupling is None:
+                raise ValueError("the checkpoint holds a coupling's state but this trainer's path has no stateful coupling")
+            coupling.load_state_dict(coupling_state)
         self.step = int(state["step"])
         self._window = [float(state["window"][0]), int(state["window"][1])]
         self._elapsed = float(state["elapsed_s"])

@@ -400,3 +400,34 @@ def test_bad_inputs_raise():
     with pytest.raises(FloatingPointError, match="non-finite"):
         Trainer(MLP(2), "icfm", data.gaussian, lambda n, g: torch.full((n, 2), 1e30), progress=False,
                 log_every=1).train(1)
+
+
+class _CountingCoupling:
+    """A stateful coupling (as a teacher with a cache would be): counts the batches it paired."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, x0, x1, generator=None):
+        self.calls += 1
+        return x0, x1
+
+    def state_dict(self):
+        return {"calls": torch.tensor(self.calls)}
+
+    def load_state_dict(self, state):
+        self.calls = int(state["calls"])
+
+
+def test_checkpoint_keeps_the_coupling_state(tmp_path):
+    """A path's stateful coupling travels with the checkpoint and is restored on resume."""
+    first = _trainer(str(tmp_path), path=paths.IndependentCFM(0.1, coupling=_CountingCoupling()))
+    first.train(5)
+    first.save()
+    assert first.path.coupling.calls == 5
+    second = _trainer(str(tmp_path), path=paths.IndependentCFM(0.1, coupling=_CountingCoupling()))
+    second.resume()
+    assert second.path.coupling.calls == 5
+    stateless = _trainer(str(tmp_path), path="icfm")
+    with pytest.raises(ValueError, match="(?i)coupling"):
+        stateless.resume()

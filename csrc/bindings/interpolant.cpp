@@ -5,14 +5,14 @@
 namespace ff::bind {
 namespace {
 
-// (x0, x1, t, eps|None, kind, sigma, seed, offset)
+// (x0, x1, t, noise|None, kind, sigma, seed, offset)
 InterpolantInputs to_inputs(const py::tuple& t) {
   FF_CHECK(t.size() == 8, "internal: interpolant inputs descriptor must have 8 fields");
   InterpolantInputs in;
   in.x0 = to_view(t[0].cast<py::tuple>());
   in.x1 = to_view(t[1].cast<py::tuple>());
   in.t = to_view(t[2].cast<py::tuple>());
-  in.eps = to_view_or_empty(t[3]);
+  in.noise = to_view_or_empty(t[3]);
   in.kind = static_cast<PathKind>(t[4].cast<int32_t>());
   in.sigma = t[5].cast<double>();
   in.seed = t[6].cast<uint64_t>();
@@ -24,11 +24,11 @@ InterpolantInputs to_inputs(const py::tuple& t) {
 
 void bind_interpolant(py::module_& m) {
   m.def("interpolant_sample",
-        [](const py::tuple& inputs, const py::tuple& xt, const py::object& eps_out, uintptr_t stream) {
+        [](const py::tuple& inputs, const py::tuple& xt, const py::object& noise_out, uintptr_t stream) {
           InterpolantSampleParams p;
           p.in = to_inputs(inputs);
           p.xt = to_view(xt);
-          p.eps_out = to_view_or_empty(eps_out);
+          p.noise_out = to_view_or_empty(noise_out);
           p.stream = to_ptr(stream);
           call_released(&interpolant_sample, p);
         });

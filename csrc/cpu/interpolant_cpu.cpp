@@ -16,7 +16,7 @@ namespace {
 
 constexpr int64_t kBlock = 1024;  // elements per noise block (4-8 KiB of normals: stays in L1)
 
-// The noise of one block of elements [k0, k0 + n): read from the given eps, drawn into the buffer,
+// The noise of one block of elements [k0, k0 + n): read from the given noise, drawn into the buffer,
 // or absent (its coefficient is 0, so nothing is drawn).
 template <typename T>
 class BlockNoise {
@@ -40,7 +40,7 @@ class BlockNoise {
 
 // Runs body(b, c, k0, n, e) over every block of elements [k0, k0 + n) of row b, rows in parallel,
 // where c are row b's path coefficients and e the block's noise (indexed from 0): a pointer to T
-// (given eps), to NoiseT (drawn), or nullptr where needs_noise(c) is false. Short rows are grouped
+// (given noise), to NoiseT (drawn), or nullptr where needs_noise(c) is false. Short rows are grouped
 // so one batched draw serves up to kBlock elements of several rows; long rows are cut into blocks
 // of kBlock. Every row is handled by one thread, so per-row accumulation needs no atomics.
 template <typename T, typename NeedsNoise, typename Body>
@@ -61,8 +61,8 @@ void for_each_block(const InterpolantRows<T>& in, NeedsNoise&& needs_noise, Body
         const int64_t n = std::min(kBlock, (b + 1) * in.D - k0);
         if (!needed) {
           body(b, c, k0, n, static_cast<const T*>(nullptr));
-        } else if (in.eps) {
-          body(b, c, k0, n, in.eps + k0);
+        } else if (in.noise) {
+          body(b, c, k0, n, in.noise + k0);
         } else if (rows_per_group > 1) {
           if (!group_noise) group_noise = noise.draw(r0 * in.D, (r1 - r0) * in.D);
           body(b, c, k0, n, group_noise + (k0 - r0 * in.D));
@@ -83,14 +83,14 @@ template <typename T>
 void sample(const InterpolantSampleParams& p) {
   const auto in = InterpolantRows<T>::from(p.in);
   T* xt = static_cast<T*>(p.xt.data);
-  T* eps_out = static_cast<T*>(p.eps_out.data);
+  T* noise_out = static_cast<T*>(p.noise_out.data);
   for_each_block(
-      in, [&](const PathCoeffs& c) { return c.c != 0.0 || eps_out; },  // sigma = 0: nothing to draw
+      in, [&](const PathCoeffs& c) { return c.c != 0.0 || noise_out; },  // sigma = 0: nothing to draw
       [&](int64_t, const PathCoeffs& c, int64_t k0, int64_t n, const auto* e) {
         for (int64_t i = 0; i < n; ++i) {
           const double z = noise_at(e, i);
           xt[k0 + i] = static_cast<T>(in.interpolate(c, k0 + i, z));
-          if (eps_out) eps_out[k0 + i] = static_cast<T>(z);
+          if (noise_out) noise_out[k0 + i] = static_cast<T>(z);
         }
       });
 }

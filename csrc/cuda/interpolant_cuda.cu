@@ -33,9 +33,9 @@ __device__ __forceinline__ T to_storage(double x) {
 template <typename T>
 __device__ __forceinline__ void pair_noise(const InterpolantRows<T>& in, int64_t pair, bool has_second, double* e0,
                                            double* e1) {
-  if (in.eps) {
-    *e0 = static_cast<double>(in.eps[2 * pair]);
-    *e1 = has_second ? static_cast<double>(in.eps[2 * pair + 1]) : 0.0;
+  if (in.noise) {
+    *e0 = static_cast<double>(in.noise[2 * pair]);
+    *e1 = has_second ? static_cast<double>(in.noise[2 * pair + 1]) : 0.0;
   } else {
     typename InterpolantRows<T>::NoiseT z0, z1;
     standard_normal_pair(in.seed, in.offset, static_cast<uint64_t>(pair), &z0, &z1);
@@ -59,7 +59,7 @@ __device__ __forceinline__ PairRows pair_rows(int64_t pair, int64_t B, int64_t D
 }
 
 template <typename T>
-__global__ void sample_kernel(InterpolantRows<T> in, T* xt, T* eps_out) {
+__global__ void sample_kernel(InterpolantRows<T> in, T* xt, T* noise_out) {
   const int64_t pairs = (in.B * in.D + 1) / 2;
   for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; p < pairs;
        p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -67,12 +67,12 @@ __global__ void sample_kernel(InterpolantRows<T> in, T* xt, T* eps_out) {
     const PathCoeffs c0 = in.coeffs(r.b);
     const PathCoeffs c1 = r.second_next_row ? in.coeffs(r.b + 1) : c0;
     double e0 = 0.0, e1 = 0.0;  // sigma = 0: nothing to draw
-    if (eps_out || c0.c != 0.0 || (r.has_second && c1.c != 0.0)) pair_noise(in, p, r.has_second, &e0, &e1);
+    if (noise_out || c0.c != 0.0 || (r.has_second && c1.c != 0.0)) pair_noise(in, p, r.has_second, &e0, &e1);
     xt[r.k] = to_storage<T>(in.interpolate(c0, r.k, e0));
-    if (eps_out) eps_out[r.k] = to_storage<T>(e0);
+    if (noise_out) noise_out[r.k] = to_storage<T>(e0);
     if (r.has_second) {
       xt[r.k + 1] = to_storage<T>(in.interpolate(c1, r.k + 1, e1));
-      if (eps_out) eps_out[r.k + 1] = to_storage<T>(e1);
+      if (noise_out) noise_out[r.k + 1] = to_storage<T>(e1);
     }
   }
 }
@@ -141,7 +141,7 @@ void interpolant_sample_cuda(const InterpolantSampleParams& p) {
   FF_DISPATCH_FLOATING_AND_HALF(p.in.x0.dtype, T, __half, __nv_bfloat16, "interpolant", [&] {
     const auto in = InterpolantRows<T>::from(p.in);
     FF_LAUNCH(grid_for((in.B * in.D + 1) / 2), kThreads, 0, cuda::as_stream(p.stream), sample_kernel<T>)(
-        in, static_cast<T*>(p.xt.data), static_cast<T*>(p.eps_out.data));
+        in, static_cast<T*>(p.xt.data), static_cast<T*>(p.noise_out.data));
     FF_CUDA_CHECK(cudaGetLastError());
   });
 }

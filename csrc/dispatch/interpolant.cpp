@@ -33,7 +33,7 @@ const TensorView& check_inputs(const InterpolantInputs& in) {
   check_rows(in.x0, in.x0, "interpolant: x0", 2, false);
   check_rows(in.x1, in.x0, "interpolant: x1", 2, false);
   check_rows(in.t, in.x0, "interpolant: t", 1, false);
-  check_rows(in.eps, in.x0, "interpolant: eps", 2, true);
+  check_rows(in.noise, in.x0, "interpolant: noise", 2, true);
   FF_CHECK(static_cast<int32_t>(in.kind) >= 0 && static_cast<int32_t>(in.kind) <= 3, "interpolant: unknown path kind");
   FF_CHECK(std::isfinite(in.sigma) && in.sigma >= 0, "interpolant: sigma must be finite and >= 0");
   return in.x0;
@@ -44,7 +44,7 @@ const TensorView& check_inputs(const InterpolantInputs& in) {
 void interpolant_sample(const InterpolantSampleParams& p) {
   const TensorView& ref = check_inputs(p.in);
   check_rows(p.xt, ref, "interpolant: x_t", 2, false);
-  check_rows(p.eps_out, ref, "interpolant: eps_out", 2, true);
+  check_rows(p.noise_out, ref, "interpolant: noise_out", 2, true);
   if (ref.numel() == 0) return;
   FF_ROUTE(ref.device, "interpolant", interpolant_sample, p);
 }

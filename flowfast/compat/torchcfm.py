@@ -122,13 +122,13 @@ class OTPlanSampler:
             n = x0.shape[0]
             M = self._cost(x0, x1)
             if n <= M.shape[1]:
-                sigma = linear_assignment(M)
+                col_for_row = linear_assignment(M)
                 gen_device = generator.device if generator is not None else torch.device("cpu")
                 if replace:
                     rows = torch.randint(0, n, (n,), generator=generator, device=gen_device).to(x0.device)
                 else:
                     rows = torch.randperm(n, generator=generator, device=gen_device).to(x0.device)
-                return rows, sigma[rows]
+                return rows, col_for_row[rows]
         pi = self.get_map(x0, x1)
         return self.sample_map(pi, x0.shape[0], replace=replace, generator=generator)
 

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 
 from flowfast import ops
-from flowfast._validate import (check_bool, check_choice, check_device_supported, check_finite, check_float, check_ndim,
-                                check_nonempty, check_same_device, to_tensor)
+from flowfast._validate import (check_batch_pair, check_bool, check_choice, check_device_supported, check_finite,
+                                check_float, check_ndim, check_nonempty, to_tensor)
 from flowfast.couplings.cost import flat, pairwise_cost
 
 COSTS = ("sqeuclidean", "euclidean")
@@ -83,7 +83,7 @@ def ot_pairing(x0: torch.Tensor, x1: torch.Tensor, cost: str = "sqeuclidean") ->
 
     Solves :math:`\min_\sigma \sum_i c(x_0^i, x_1^{\sigma(i)})` exactly (linear assignment on the
     device of the inputs, no host round trip on CUDA beyond the NaN check) and returns
-    ``(x0, x1[sigma])``. Unlike torchcfm's ``OTPlanSampler.sample_plan`` (which samples the plan
+    ``(x0, x1[cols])``. Unlike torchcfm's ``OTPlanSampler.sample_plan`` (which samples the plan
     with replacement and so duplicates about 37% of pairs), no pair is repeated or dropped.
 
     Args:
@@ -92,22 +92,10 @@ def ot_pairing(x0: torch.Tensor, x1: torch.Tensor, cost: str = "sqeuclidean") ->
         cost: ``"sqeuclidean"`` (default, W2 coupling) or ``"euclidean"``.
 
     Returns:
-        ``(x0, x1_paired)`` with ``x1_paired = x1[sigma]``.
+        ``(x0, x1_paired)`` with ``x1_paired = x1[cols]``.
     """
-    for name, x in (("x0", x0), ("x1", x1)):
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-        check_float(name, x)
-        if x.dim() < 2 and not (x.dim() == 1 and x.numel() > 0):
-            raise ValueError(f"{name} must be (n, *shape), got shape {tuple(x.shape)}")
+    check_batch_pair(x0, x1)
     check_choice("cost", cost, COSTS)
-    check_same_device(x0=x0, x1=x1)
-    if x0.shape != x1.shape:
-        raise ValueError(f"x0 and x1 must have the same shape, got {tuple(x0.shape)} and {tuple(x1.shape)}")
-    if x0.dtype != x1.dtype:
-        raise TypeError(f"x0 and x1 must have the same dtype, got {x0.dtype} and {x1.dtype}")
-    if x0.numel() == 0:
-        raise ValueError(f"x0 is empty (shape {tuple(x0.shape)})")
     check_device_supported("x0", x0)
     with torch.no_grad():
         cols = solve_pair_cost(x0, x1, pairwise_cost(flat(x0.detach()), flat(x1.detach()), cost))

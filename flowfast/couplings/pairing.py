@@ -14,7 +14,7 @@ import torch
 
 from flowfast import ops
 from flowfast._rng import generator_device
-from flowfast._validate import check_choice, check_float, check_same_device
+from flowfast._validate import check_batch_pair, check_choice
 from flowfast.couplings.assignment import check_batches_finite, solve_pair_cost
 from flowfast.couplings.cost import flat, pairwise_cost
 from flowfast.couplings.sinkhorn import SolveOptions, sinkhorn, solve_problem
@@ -23,19 +23,7 @@ METHODS = ("exact", "sinkhorn", "unbalanced")
 
 
 def _check_batches(x0, x1, same_size: bool) -> None:
-    for name, x in (("x0", x0), ("x1", x1)):
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-        check_float(name, x)
-        if x.dim() < 1 or x.shape[0] == 0 or x.numel() == 0:
-            raise ValueError(f"{name} must be a non-empty (n, *shape) batch, got shape {tuple(x.shape)}")
-    check_same_device(x0=x0, x1=x1)
-    if x0.dtype != x1.dtype:
-        raise TypeError(f"x0 and x1 must share a dtype, got {x0.dtype} and {x1.dtype}")
-    if x0.shape[1:] != x1.shape[1:]:
-        raise ValueError(f"x0 and x1 must have the same sample shape, got {tuple(x0.shape)} and {tuple(x1.shape)}")
-    if same_size and x0.shape[0] != x1.shape[0]:
-        raise ValueError(f"a permutation needs as many x0 as x1 samples, got {x0.shape[0]} and {x1.shape[0]}")
+    check_batch_pair(x0, x1, same_size=same_size)
     # Finiteness is checked once, on the cost the coupling computes from x0 and x1 (the op layer's
     # one host read), not here: see solve_pair_cost.
 

@@ -1,14 +1,14 @@
 """Custom ops over the `interpolant` kernel family (twin of csrc/include/flowfast/interpolant.h).
 
 Inputs are ``(B, *shape)`` batches (flattened to ``(B, D)`` rows here), ``t`` is ``(B,)``. The
-noise is either given (``eps``) or drawn inside the kernels by Philox from ``(seed, offset)``, in
+noise is either given (``noise``) or drawn inside the kernels by Philox from ``(seed, offset)``, in
 which case no noise tensor is ever materialized and the loss recomputes it in both passes.
 
 The family's validation point is :func:`validate_batches` / :func:`validate_t` (called by
 :mod:`flowfast.paths`; ``t`` is checked only when the caller gives it, with one host read).
 
 Ops:
-    ``flowfast::interpolant_sample``         (x_t, eps or an empty tensor)
+    ``flowfast::interpolant_sample``         (x_t, noise or an empty tensor)
     ``flowfast::interpolant_loss``           per-sample ``w_b * sum_d (v - u_t)^2``, differentiable in v
     ``flowfast::interpolant_loss_backward``  its gradient kernel (a custom op so AOT/compile can trace it)
 """
@@ -24,21 +24,14 @@ import torch
 from flowfast import _arrays
 from flowfast._backend import _C
 from flowfast._path_kinds import BRIDGE, BRIDGE_GUARD, KINDS, LINEAR, VP  # noqa: F401  KINDS re-exported
-from flowfast._validate import check_finite, check_float, check_same_device
+from flowfast._validate import check_batch_pair, check_finite
 
 #: storage dtypes of the kernels (they compute in double)
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 def validate_batches(x0: torch.Tensor, x1: torch.Tensor) -> None:
-    for name, x in (("x0", x0), ("x1", x1)):
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-        check_float(name, x, KERNEL_DTYPES)
-        if x.dim() < 1 or x.shape[0] == 0:
-            raise ValueError(f"{name} must be a non-empty (B, *shape) batch, got shape {tuple(x.shape)}")
-    check_same_device(x0=x0, x1=x1)
-    if x0.shape != x1.shape:
-        raise ValueError(f"x0 and x1 must have the same shape, got {tuple(x0.shape)} and {tuple(x1.shape)}")
+    """x0, x1: (B, *shape) of one kernel dtype, device and shape."""
+    check_batch_pair(x0, x1, dtypes=KERNEL_DTYPES)
 
 
 def validate_t(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -57,13 +50,22 @@ def validate_t(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
+    """(B, *shape) -> contiguous (B, D); (B, D) contiguous batches pass as they are (the common case
+    of a training step, where the reshape's cost is noticeable)."""
+    if t.dim() == 2 and t.is_contiguous():
+        return t
     return t.reshape(t.shape[0], -1).contiguous()
 
 
-def _inputs(x0, x1, t, eps, kind, sigma, seed, offset):
+def _like(rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(B, D) kernel output viewed with x's shape."""
+    return rows if rows.dim() == x.dim() else rows.view(x.shape)
+
+
+def _inputs(x0, x1, t, noise, kind, sigma, seed, offset):
     """Descriptor tuple; every tensor passed in must stay alive during the call."""
     return (_arrays.describe(x0), _arrays.describe(x1), _arrays.describe(t),
-            None if eps is None else _arrays.describe(eps), int(kind), float(sigma), int(seed), int(offset))
+            None if noise is None else _arrays.describe(noise), int(kind), float(sigma), int(seed), int(offset))
 
 
 def _kernel_call(fn):
@@ -76,67 +78,67 @@ def _kernel_call(fn):
     return call
 
 
-def _prepare(x0, x1, t, eps, v=None, weight=None):
-    x0, x1, t, eps, v, weight = (_arrays.plain(a) for a in (x0, x1, t, eps, v, weight))
-    rows = [_rows(x0), _rows(x1), t.contiguous(), None if eps is None else _rows(eps)]
+def _prepare(x0, x1, t, noise, v=None, weight=None):
+    x0, x1, t, noise, v, weight = (_arrays.plain(a) for a in (x0, x1, t, noise, v, weight))
+    rows = [_rows(x0), _rows(x1), t.contiguous(), None if noise is None else _rows(noise)]
     rows.append(None if v is None else _rows(v))
     rows.append(None if weight is None else weight.contiguous())
     return rows
 
 
 @_kernel_call
-def sample_impl(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor, eps: Optional[torch.Tensor], kind: int,
+def sample_impl(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor, noise: Optional[torch.Tensor], kind: int,
                 sigma: float, seed: int, offset: int, return_noise: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The kernel call behind ``flowfast::interpolant_sample`` (callable directly in eager mode)."""
-    r0, r1, tc, e, _, _ = _prepare(x0, x1, t, eps)
+    r0, r1, tc, e, _, _ = _prepare(x0, x1, t, noise)
     xt = torch.empty_like(r0)
-    noise = torch.empty_like(r0) if return_noise else r0.new_empty(0)
+    used_noise = torch.empty_like(r0) if return_noise else r0.new_empty(0)
     _C.interpolant_sample(_inputs(r0, r1, tc, e, kind, sigma, seed, offset), _arrays.describe(xt),
-                          _arrays.describe(noise) if return_noise else None, _arrays.stream_handle(r0.device))
-    return xt.view(x0.shape), (noise.view(x0.shape) if return_noise else noise)
+                          _arrays.describe(used_noise) if return_noise else None, _arrays.stream_handle(r0.device))
+    return _like(xt, x0), (_like(used_noise, x0) if return_noise else used_noise)
 
 
 @torch.library.custom_op("flowfast::interpolant_sample", mutates_args=())
-def interpolant_sample(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor, eps: Optional[torch.Tensor], kind: int,
+def interpolant_sample(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor, noise: Optional[torch.Tensor], kind: int,
                        sigma: float, seed: int, offset: int,
                        return_noise: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    return sample_impl(x0, x1, t, eps, kind, sigma, seed, offset, return_noise)
+    return sample_impl(x0, x1, t, noise, kind, sigma, seed, offset, return_noise)
 
 
 @interpolant_sample.register_fake
-def _(x0, x1, t, eps, kind, sigma, seed, offset, return_noise):
+def _(x0, x1, t, noise, kind, sigma, seed, offset, return_noise):
     return torch.empty_like(x0), (torch.empty_like(x0) if return_noise else x0.new_empty(0))
 
 
 @_kernel_call
 def loss_backward_impl(grad: torch.Tensor, v: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor,
-                       eps: Optional[torch.Tensor], weight: Optional[torch.Tensor], kind: int, sigma: float, seed: int,
+                       noise: Optional[torch.Tensor], weight: Optional[torch.Tensor], kind: int, sigma: float, seed: int,
                        offset: int) -> torch.Tensor:
-    r0, r1, tc, e, rv, w = _prepare(x0, x1, t, eps, v, weight)
+    r0, r1, tc, e, rv, w = _prepare(x0, x1, t, noise, v, weight)
     g = _arrays.plain(grad).contiguous()
     grad_v = torch.empty_like(rv)
     _C.interpolant_loss_backward(_inputs(r0, r1, tc, e, kind, sigma, seed, offset), _arrays.describe(rv),
                                  None if w is None else _arrays.describe(w), _arrays.describe(g),
                                  _arrays.describe(grad_v), _arrays.stream_handle(r0.device))
-    return grad_v.view(v.shape)
+    return _like(grad_v, v)
 
 
 @torch.library.custom_op("flowfast::interpolant_loss_backward", mutates_args=())
 def interpolant_loss_backward(grad: torch.Tensor, v: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor,
-                              t: torch.Tensor, eps: Optional[torch.Tensor], weight: Optional[torch.Tensor], kind: int,
+                              t: torch.Tensor, noise: Optional[torch.Tensor], weight: Optional[torch.Tensor], kind: int,
                               sigma: float, seed: int, offset: int) -> torch.Tensor:
-    return loss_backward_impl(grad, v, x0, x1, t, eps, weight, kind, sigma, seed, offset)
+    return loss_backward_impl(grad, v, x0, x1, t, noise, weight, kind, sigma, seed, offset)
 
 
 @interpolant_loss_backward.register_fake
-def _(grad, v, x0, x1, t, eps, weight, kind, sigma, seed, offset):
+def _(grad, v, x0, x1, t, noise, weight, kind, sigma, seed, offset):
     return torch.empty_like(v)
 
 
 @_kernel_call
-def loss_impl(v: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor, eps: Optional[torch.Tensor],
+def loss_impl(v: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor, noise: Optional[torch.Tensor],
               weight: Optional[torch.Tensor], kind: int, sigma: float, seed: int, offset: int) -> torch.Tensor:
-    r0, r1, tc, e, rv, w = _prepare(x0, x1, t, eps, v, weight)
+    r0, r1, tc, e, rv, w = _prepare(x0, x1, t, noise, v, weight)
     per_sample = r0.new_empty(r0.shape[0])
     _C.interpolant_loss_forward(_inputs(r0, r1, tc, e, kind, sigma, seed, offset), _arrays.describe(rv),
                                 None if w is None else _arrays.describe(w), _arrays.describe(per_sample),
@@ -145,13 +147,13 @@ def loss_impl(v: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tens
 
 
 @torch.library.custom_op("flowfast::interpolant_loss", mutates_args=())
-def interpolant_loss(v: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor, eps: Optional[torch.Tensor],
+def interpolant_loss(v: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor, noise: Optional[torch.Tensor],
                      weight: Optional[torch.Tensor], kind: int, sigma: float, seed: int, offset: int) -> torch.Tensor:
-    return loss_impl(v, x0, x1, t, eps, weight, kind, sigma, seed, offset)
+    return loss_impl(v, x0, x1, t, noise, weight, kind, sigma, seed, offset)
 
 
 @interpolant_loss.register_fake
-def _(v, x0, x1, t, eps, weight, kind, sigma, seed, offset):
+def _(v, x0, x1, t, noise, weight, kind, sigma, seed, offset):
     return v.new_empty(v.shape[0])
 
 
@@ -194,10 +196,10 @@ def _rows_scale(per_row: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return per_row.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1))) * x
 
 
-def _noise(k, x0, t, eps, seed, offset):
-    """The noise the kernels use: eps, or the Philox draw of (seed, offset)."""
-    if eps is not None:
-        return eps
+def _noise(k, x0, t, noise, seed, offset):
+    """The noise the kernels use: noise, or the Philox draw of (seed, offset)."""
+    if noise is not None:
+        return noise
     return k.sample(x0, x0, t, None, LINEAR, 0.0, seed, offset, True)[1]
 
 
@@ -214,73 +216,73 @@ def _bridge_dc(t: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tenso
     return dc_true - k * c, dk * c + k * dc_true
 
 
-def _dxt_dt(k, x0, x1, t, eps, kind, sigma, seed, offset):
+def _dxt_dt(k, x0, x1, t, noise, kind, sigma, seed, offset):
     """d x_t / dt (like x0)."""
-    ut = _linear_ut(k, x0, x1, t, eps, kind, sigma, seed, offset).view(x0.shape)
+    ut = _linear_ut(k, x0, x1, t, noise, kind, sigma, seed, offset).view(x0.shape)
     if kind != BRIDGE:
         return ut
     correction, _ = _bridge_dc(t, sigma)
-    return ut + _rows_scale(correction, _noise(k, x0, t, eps, seed, offset))
+    return ut + _rows_scale(correction, _noise(k, x0, t, noise, seed, offset))
 
 
-def _dut_dt(k, x0, x1, t, eps, kind, sigma, seed, offset):
+def _dut_dt(k, x0, x1, t, noise, kind, sigma, seed, offset):
     """d u_t / dt (like x0), or None where it is 0."""
     if kind == VP:
         mean = _linear_xt(k, x0, x1, t, None, kind, sigma)
         return -(math.pi / 2) ** 2 * mean
     if kind == BRIDGE:
         _, ddc = _bridge_dc(t, sigma)
-        return _rows_scale(ddc, _noise(k, x0, t, eps, seed, offset))
+        return _rows_scale(ddc, _noise(k, x0, t, noise, seed, offset))
     return None
 
 
-def _sample_backward(k, grad_xt, x0, x1, t, eps, kind, sigma, seed, offset, needs):
-    """(grad_x0, grad_x1, grad_t, grad_eps) of x_t = a x0 + b x1 + c eps, each None unless needed."""
+def _sample_backward(k, grad_xt, x0, x1, t, noise, kind, sigma, seed, offset, needs):
+    """(grad_x0, grad_x1, grad_t, grad_eps) of x_t = a x0 + b x1 + c noise, each None unless needed."""
     zero = torch.zeros_like(grad_xt)
     gx0 = _linear_xt(k, grad_xt, zero, t, zero, kind, sigma) if needs[0] else None
     gx1 = _linear_xt(k, zero, grad_xt, t, zero, kind, sigma) if needs[1] else None
     gt = None
     if needs[2]:
-        dxt = _dxt_dt(k, x0, x1, t, eps, kind, sigma, seed, offset)
+        dxt = _dxt_dt(k, x0, x1, t, noise, kind, sigma, seed, offset)
         gt = (grad_xt * dxt).reshape(grad_xt.shape[0], -1).sum(1).to(t.dtype)
     geps = _linear_xt(k, zero, zero, t, grad_xt, kind, sigma) if needs[3] else None
     return gx0, gx1, gt, geps
 
 
-def _loss_backward_all(k, grad, v, x0, x1, t, eps, weight, kind, sigma, seed, offset, needs):
-    """Gradients of per-sample w_b sum_d (v - u_t)^2 w.r.t. (v, x0, x1, t, eps, weight)."""
+def _loss_backward_all(k, grad, v, x0, x1, t, noise, weight, kind, sigma, seed, offset, needs):
+    """Gradients of per-sample w_b sum_d (v - u_t)^2 w.r.t. (v, x0, x1, t, noise, weight)."""
     if not any(needs):
         return (None,) * 6
-    grad_v = k.loss_backward(grad, v, x0, x1, t, eps, weight, kind, sigma, seed, offset)
+    grad_v = k.loss_backward(grad, v, x0, x1, t, noise, weight, kind, sigma, seed, offset)
     gx0 = gx1 = gt = geps = gw = None
     if needs[1] or needs[2] or needs[4]:
-        # dL/du_t = -dL/dv; pulled back through u_t = da x0 + db x1 + dc eps.
+        # dL/du_t = -dL/dv; pulled back through u_t = da x0 + db x1 + dc noise.
         back = -grad_v
         zero = torch.zeros_like(back)
         gx0 = _linear_ut(k, back, zero, t, zero, kind, sigma) if needs[1] else None
         gx1 = _linear_ut(k, zero, back, t, zero, kind, sigma) if needs[2] else None
         geps = _linear_ut(k, zero, zero, t, back, kind, sigma) if needs[4] else None
     if needs[3]:
-        dut = _dut_dt(k, x0, x1, t, eps, kind, sigma, seed, offset)
+        dut = _dut_dt(k, x0, x1, t, noise, kind, sigma, seed, offset)
         gt = (torch.zeros_like(t) if dut is None
               else -(grad_v * dut.view(grad_v.shape)).reshape(v.shape[0], -1).sum(1).to(t.dtype))
     if needs[5]:
-        gw = grad * k.loss(v, x0, x1, t, eps, None, kind, sigma, seed, offset)
+        gw = grad * k.loss(v, x0, x1, t, noise, None, kind, sigma, seed, offset)
     return (grad_v if needs[0] else None), gx0, gx1, gt, geps, gw
 
 
-def _loss_jvp(k, tangents, v, x0, x1, t, eps, weight, kind, sigma, seed, offset):
-    """Tangent of the per-sample loss for tangents of (v, x0, x1, t, eps, weight)."""
+def _loss_jvp(k, tangents, v, x0, x1, t, noise, weight, kind, sigma, seed, offset):
+    """Tangent of the per-sample loss for tangents of (v, x0, x1, t, noise, weight)."""
     dv, dx0, dx1, dt, deps, dw = tangents
     B = v.shape[0]
     out = torch.zeros(B, dtype=v.dtype, device=v.device)
-    dut_dt = _dut_dt(k, x0, x1, t, eps, kind, sigma, seed, offset) if dt is not None else None
+    dut_dt = _dut_dt(k, x0, x1, t, noise, kind, sigma, seed, offset) if dt is not None else None
     if dut_dt is not None:
         dx_from_t = _rows_scale(dt, dut_dt)
     if dv is not None or dx0 is not None or dx1 is not None or deps is not None or dut_dt is not None:
         # 2 w_b (v - u_t) from the backward kernel, against the tangent of (v - u_t).
         ones = torch.ones(B, dtype=v.dtype, device=v.device)
-        residual_grad = k.loss_backward(ones, v, x0, x1, t, eps, weight, kind, sigma, seed, offset)
+        residual_grad = k.loss_backward(ones, v, x0, x1, t, noise, weight, kind, sigma, seed, offset)
         d_residual = _zeros_or(dv, v)
         if dx0 is not None or dx1 is not None or deps is not None:
             d_residual = d_residual - _linear_ut(k, _zeros_or(dx0, x0), _zeros_or(dx1, x1), t, _zeros_or(deps, x0),
@@ -289,18 +291,18 @@ def _loss_jvp(k, tangents, v, x0, x1, t, eps, weight, kind, sigma, seed, offset)
             d_residual = d_residual - dx_from_t.view(v.shape)
         out = out + (residual_grad * d_residual).reshape(B, -1).sum(1)
     if dw is not None:
-        out = out + dw * k.loss(v, x0, x1, t, eps, None, kind, sigma, seed, offset)
+        out = out + dw * k.loss(v, x0, x1, t, noise, None, kind, sigma, seed, offset)
     return out
 
 
 def _loss_inputs(ctx):
-    """(v, x0, x1, t, eps, weight, kind, sigma, seed, offset) as saved by the loss Functions."""
+    """(v, x0, x1, t, noise, weight, kind, sigma, seed, offset) as saved by the loss Functions."""
     return (*ctx.saved_tensors, *ctx.config)
 
 
 def _loss_setup(ctx, inputs, output):
-    v, x0, x1, t, eps, weight, *config = inputs
-    ctx.save_for_backward(v, x0, x1, t, eps, weight)
+    v, x0, x1, t, noise, weight, *config = inputs
+    ctx.save_for_backward(v, x0, x1, t, noise, weight)
     ctx.config = tuple(config)
 
 
@@ -316,29 +318,28 @@ torch.library.register_autograd("flowfast::interpolant_loss", _loss_backward, se
 
 
 def _sample_setup(ctx, inputs, output):
-    x0, x1, t, eps, kind, sigma, seed, offset, return_noise = inputs
-    ctx.save_for_backward(x0, x1, t, eps)
+    x0, x1, t, noise, kind, sigma, seed, offset, return_noise = inputs
+    ctx.save_for_backward(x0, x1, t, noise)
     ctx.config = (kind, sigma, seed, offset)
     ctx.kernels = TRACEABLE
 
 
 def _sample_backward_op(ctx, grad_xt, _grad_noise):
-    x0, x1, t, eps = ctx.saved_tensors
-    grads = _sample_backward(ctx.kernels, grad_xt, x0, x1, t, eps, *ctx.config, ctx.needs_input_grad[:4])
+    x0, x1, t, noise = ctx.saved_tensors
+    grads = _sample_backward(ctx.kernels, grad_xt, x0, x1, t, noise, *ctx.config, ctx.needs_input_grad[:4])
     return (*grads, None, None, None, None, None)
 
 
 torch.library.register_autograd("flowfast::interpolant_sample", _sample_backward_op, setup_context=_sample_setup)
 
 
-class EagerSample(torch.autograd.Function):
-    """``interpolant_sample`` without the dispatcher, differentiable (reverse and forward mode,
-    ``torch.func.jvp`` included) in x0, x1, t and a given noise. The returned noise is not
-    differentiable."""
+class _SampleRules:
+    """``interpolant_sample``, differentiable in x0, x1, t and a given noise (reverse and forward
+    mode); the returned noise is not differentiable."""
 
     @staticmethod
-    def forward(x0, x1, t, eps, kind, sigma, seed, offset, return_noise):
-        return sample_impl(x0, x1, t, eps, kind, sigma, seed, offset, return_noise)
+    def forward(x0, x1, t, noise, kind, sigma, seed, offset, return_noise):
+        return sample_impl(x0, x1, t, noise, kind, sigma, seed, offset, return_noise)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -352,20 +353,18 @@ class EagerSample(torch.autograd.Function):
         return _sample_backward_op(ctx, grad_xt, _grad_noise)
 
     @staticmethod
-    def jvp(ctx, dx0, dx1, dt, deps, *_):
-        x0, x1, t, eps = ctx.saved_tensors
+    def jvp(ctx, dx0, dx1, dt, dnoise, *_):
+        x0, x1, t, noise = ctx.saved_tensors
         kind, sigma, seed, offset = ctx.config
-        dxt = _linear_xt(EAGER, _zeros_or(dx0, x0), _zeros_or(dx1, x1), t, deps, kind, sigma)
+        dxt = _linear_xt(EAGER, _zeros_or(dx0, x0), _zeros_or(dx1, x1), t, dnoise, kind, sigma)
         if dt is not None:
-            dxt = dxt + _rows_scale(dt, _dxt_dt(EAGER, x0, x1, t, eps, kind, sigma, seed, offset))
+            dxt = dxt + _rows_scale(dt, _dxt_dt(EAGER, x0, x1, t, noise, kind, sigma, seed, offset))
         return dxt, None
 
 
-class EagerLoss(torch.autograd.Function):
-    """``interpolant_loss`` without the dispatcher (same kernels): the custom op costs ~0.1 ms per
-    call in eager mode, which a 2-D toy step notices. Differentiable in v, x0, x1, t, a given
-    noise and the weight, in reverse and forward mode (``torch.func.jvp`` included). Under
-    torch.compile use the custom ops (:func:`loss`)."""
+class _LossRules:
+    """Per-sample ``interpolant_loss``, differentiable in v, x0, x1, t, a given noise and the
+    weight (reverse and forward mode)."""
 
     @staticmethod
     def forward(*inputs):
@@ -385,18 +384,13 @@ class EagerLoss(torch.autograd.Function):
         return _loss_jvp(EAGER, tangents[:6], *_loss_inputs(ctx))
 
 
-class EagerMeanLoss(torch.autograd.Function):
+class _MeanLossRules(_LossRules):
     """``interpolant_loss(...).sum() / v.numel()`` as one autograd node: the scalar a training step
     needs, without the two extra nodes (sum, div) per step (~35 us on a CPU toy step)."""
 
     @staticmethod
     def forward(*inputs):
         return loss_impl(*inputs).sum() / inputs[0].numel()
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        _loss_setup(ctx, inputs, output)
-        ctx.save_for_forward(*inputs[:6])
 
     @staticmethod
     def backward(ctx, grad):
@@ -411,24 +405,56 @@ class EagerMeanLoss(torch.autograd.Function):
         return _loss_jvp(EAGER, tangents[:6], *saved).sum() / saved[0].numel()
 
 
-def sample(x0, x1, t, eps, kind, sigma, seed, offset, return_noise=False):
+class _EagerOp:
+    """An op's rules as autograd.Functions, without the dispatcher (the custom op costs ~0.1 ms per
+    call in eager mode, which a 2-D toy step notices). Two classes from the same rules: torch.func
+    transforms need the ``setup_context`` form, whose ``apply`` binds arguments by signature
+    (~20 us per call), so outside those transforms the classic ``forward(ctx, ...)`` form runs
+    (reverse mode and ``torch.autograd.forward_ad`` both work there). Under torch.compile use the
+    custom ops (see :func:`sample`, :func:`loss`)."""
+
+    def __init__(self, rules) -> None:
+        def classic_forward(ctx, *inputs):
+            output = rules.forward(*inputs)
+            rules.setup_context(ctx, inputs, output)
+            return output
+
+        common = {"backward": staticmethod(rules.backward), "jvp": staticmethod(rules.jvp), "__doc__": rules.__doc__}
+        name = rules.__name__.strip("_").replace("Rules", "")
+        self.classic = type(name, (torch.autograd.Function,), {"forward": staticmethod(classic_forward), **common})
+        self.transformable = type(name + "Transformable", (torch.autograd.Function,),
+                                  {"forward": staticmethod(rules.forward),
+                                   "setup_context": staticmethod(rules.setup_context), **common})
+
+    def apply(self, *inputs):
+        if torch._C._are_functorch_transforms_active():
+            return self.transformable.apply(*inputs)
+        return self.classic.apply(*inputs)
+
+
+EagerSample = _EagerOp(_SampleRules)
+EagerLoss = _EagerOp(_LossRules)
+EagerMeanLoss = _EagerOp(_MeanLossRules)
+
+
+def sample(x0, x1, t, noise, kind, sigma, seed, offset, return_noise=False):
     """``interpolant_sample``: the custom op while compiling, :class:`EagerSample` otherwise."""
     if torch.compiler.is_compiling():
-        return interpolant_sample(x0, x1, t, eps, kind, sigma, seed, offset, return_noise)
-    return EagerSample.apply(x0, x1, t, eps, kind, sigma, seed, offset, return_noise)
+        return interpolant_sample(x0, x1, t, noise, kind, sigma, seed, offset, return_noise)
+    return EagerSample.apply(x0, x1, t, noise, kind, sigma, seed, offset, return_noise)
 
 
-def loss(v, x0, x1, t, eps, weight, kind, sigma, seed, offset):
+def loss(v, x0, x1, t, noise, weight, kind, sigma, seed, offset):
     """``interpolant_loss`` (per-sample, differentiable in v): the custom op while compiling,
     :class:`EagerLoss` otherwise."""
     if torch.compiler.is_compiling():
-        return interpolant_loss(v, x0, x1, t, eps, weight, kind, sigma, seed, offset)
-    return EagerLoss.apply(v, x0, x1, t, eps, weight, kind, sigma, seed, offset)
+        return interpolant_loss(v, x0, x1, t, noise, weight, kind, sigma, seed, offset)
+    return EagerLoss.apply(v, x0, x1, t, noise, weight, kind, sigma, seed, offset)
 
 
-def mean_loss(v, x0, x1, t, eps, weight, kind, sigma, seed, offset):
+def mean_loss(v, x0, x1, t, noise, weight, kind, sigma, seed, offset):
     """``sum_b w_b sum_d (v - u_t)^2 / v.numel()`` (a scalar, differentiable in v): the custom op
     plus torch reductions while compiling, :class:`EagerMeanLoss` otherwise."""
     if torch.compiler.is_compiling():
-        return interpolant_loss(v, x0, x1, t, eps, weight, kind, sigma, seed, offset).sum() / v.numel()
-    return EagerMeanLoss.apply(v, x0, x1, t, eps, weight, kind, sigma, seed, offset)
+        return interpolant_loss(v, x0, x1, t, noise, weight, kind, sigma, seed, offset).sum() / v.numel()
+    return EagerMeanLoss.apply(v, x0, x1, t, noise, weight, kind, sigma, seed, offset)

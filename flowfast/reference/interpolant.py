@@ -13,7 +13,7 @@ from flowfast.reference._philox import standard_normal
 
 
 def path_coeffs(kind: int, t: torch.Tensor, sigma: float):
-    """(a, b, c, da, db, dc) with x_t = a x0 + b x1 + c eps and u_t = da x0 + db x1 + dc eps."""
+    """(a, b, c, da, db, dc) with x_t = a x0 + b x1 + c noise and u_t = da x0 + db x1 + dc noise."""
     t = t.double()
     one, zero = torch.ones_like(t), torch.zeros_like(t)
     if kind == BRIDGE:
@@ -33,29 +33,29 @@ def noise(seed: int, offset: int, B: int, D: int, device=None, dtype=torch.float
     return standard_normal(seed, offset, B * D, device, dtype).reshape(B, D)
 
 
-def _terms(x0, x1, t, eps, kind, sigma, seed, offset):
+def _terms(x0, x1, t, given_noise, kind, sigma, seed, offset):
     B = x0.shape[0]
     r0, r1 = x0.reshape(B, -1).double(), x1.reshape(B, -1).double()
-    e = (eps.reshape(B, -1).double() if eps is not None
+    e = (given_noise.reshape(B, -1).double() if given_noise is not None
          else noise(seed, offset, B, r0.shape[1], x0.device, x0.dtype).double())
     coeffs = [c[:, None] for c in path_coeffs(kind, t, sigma)]
     return r0, r1, e, coeffs
 
 
-def sample(x0, x1, t, eps: Optional[torch.Tensor], kind: int, sigma: float, seed: int, offset: int, return_noise: bool):
-    r0, r1, e, (a, b, c, _, _, _) = _terms(x0, x1, t, eps, kind, sigma, seed, offset)
+def sample(x0, x1, t, noise: Optional[torch.Tensor], kind: int, sigma: float, seed: int, offset: int, return_noise: bool):
+    r0, r1, e, (a, b, c, _, _, _) = _terms(x0, x1, t, noise, kind, sigma, seed, offset)
     xt = (a * r0 + b * r1 + c * e).to(x0.dtype).reshape(x0.shape)
     return xt, (e.to(x0.dtype).reshape(x0.shape) if return_noise else x0.new_empty(0))
 
 
-def target(x0, x1, t, eps, kind, sigma, seed, offset) -> torch.Tensor:
-    r0, r1, e, (_, _, _, da, db, dc) = _terms(x0, x1, t, eps, kind, sigma, seed, offset)
+def target(x0, x1, t, noise, kind, sigma, seed, offset) -> torch.Tensor:
+    r0, r1, e, (_, _, _, da, db, dc) = _terms(x0, x1, t, noise, kind, sigma, seed, offset)
     return da * r0 + db * r1 + dc * e
 
 
-def loss(v, x0, x1, t, eps, weight, kind, sigma, seed, offset) -> torch.Tensor:
+def loss(v, x0, x1, t, noise, weight, kind, sigma, seed, offset) -> torch.Tensor:
     """Per-sample w_b * sum_d (v - u_t)^2, differentiable in v by autograd."""
-    u = target(x0, x1, t, eps, kind, sigma, seed, offset)
+    u = target(x0, x1, t, noise, kind, sigma, seed, offset)
     per_sample = ((v.reshape(v.shape[0], -1).double() - u) ** 2).sum(1)
     if weight is not None:
         per_sample = per_sample * weight.double()

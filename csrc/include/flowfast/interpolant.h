@@ -11,13 +11,13 @@
 
 namespace ff {
 
-/// Noise is either read from `eps` (B, D) or, when eps.data is null, drawn by Philox for element
+/// Noise is either read from `noise` (B, D) or, when noise.data is null, drawn by Philox for element
 /// k = b * D + d (pair k / 2, see standard_normal) under (seed, offset): then no noise tensor
 /// exists at all.
 struct InterpolantInputs {
   TensorView x0, x1;  // (B, D), contiguous, same dtype
   TensorView t;       // (B,)
-  TensorView eps;     // (B, D) or empty
+  TensorView noise;     // (B, D) or empty
   PathKind kind = PathKind::Linear;
   double sigma = 0.0;
   uint64_t seed = 0, offset = 0;
@@ -30,7 +30,7 @@ struct InterpolantRows {
   const T* x0;
   const T* x1;
   const T* t;
-  const T* eps;
+  const T* noise;
   int64_t B, D;
   PathKind kind;
   double sigma;
@@ -38,7 +38,7 @@ struct InterpolantRows {
 
   static InterpolantRows from(const InterpolantInputs& in) {
     return InterpolantRows{static_cast<const T*>(in.x0.data), static_cast<const T*>(in.x1.data),
-                           static_cast<const T*>(in.t.data),  static_cast<const T*>(in.eps.data),
+                           static_cast<const T*>(in.t.data),  static_cast<const T*>(in.noise.data),
                            in.x0.shape[0],                    in.x0.shape[1],
                            in.kind,                           in.sigma,
                            in.seed,                           in.offset};
@@ -59,7 +59,7 @@ struct InterpolantRows {
 struct InterpolantSampleParams {
   InterpolantInputs in;
   TensorView xt;
-  TensorView eps_out;  // optional
+  TensorView noise_out;  // optional
   void* stream = nullptr;
 };
 

@@ -1,9 +1,9 @@
 // Per-element math of the `interpolant` family, shared by csrc/cpu/interpolant_cpu.cpp and
-// csrc/cuda/interpolant_cuda.cu. Every CFM path is linear in (x0, x1, eps) once t is fixed:
-//   x_t = a x0 + b x1 + c eps,    u_t = da x0 + db x1 + dc eps,
+// csrc/cuda/interpolant_cuda.cu. Every CFM path is linear in (x0, x1, noise) once t is fixed:
+//   x_t = a x0 + b x1 + c noise,    u_t = da x0 + db x1 + dc noise,
 // so one coefficient set per sample drives both the sampling and the loss kernels, and the
 // target u_t is recomputed wherever it is needed instead of being stored. Where a coefficient of
-// eps is 0 (u_t of Linear and VP paths, x_t at sigma = 0) the kernels skip drawing the noise.
+// noise is 0 (u_t of Linear and VP paths, x_t at sigma = 0) the kernels skip drawing the noise.
 #pragma once
 
 #include <cmath>
@@ -18,8 +18,8 @@ namespace ff {
 enum class PathKind : int32_t { Linear = 0, Bridge = 1, Target = 2, VariancePreserving = 3 };
 
 struct PathCoeffs {
-  double a, b, c;     // x_t = a x0 + b x1 + c eps
-  double da, db, dc;  // u_t = da x0 + db x1 + dc eps
+  double a, b, c;     // x_t = a x0 + b x1 + c noise
+  double da, db, dc;  // u_t = da x0 + db x1 + dc noise
 };
 
 // SB-CFM divides by 2t(1-t); torchcfm's guard, kept so values agree with it.
@@ -34,8 +34,8 @@ FF_HD PathCoeffs path_coeffs(PathKind kind, double t, double sigma) {
       return PathCoeffs{1.0 - t, t, s, -1.0, 1.0, k * s};
     }
     case PathKind::Target: {
-      // x_t = t x1 + (1 - (1 - sigma) t) eps;  u_t = (x1 - (1 - sigma) x_t) / (1 - (1 - sigma) t)
-      //     = x1 - (1 - sigma) eps.
+      // x_t = t x1 + (1 - (1 - sigma) t) noise;  u_t = (x1 - (1 - sigma) x_t) / (1 - (1 - sigma) t)
+      //     = x1 - (1 - sigma) noise.
       return PathCoeffs{0.0, t, 1.0 - (1.0 - sigma) * t, 0.0, 1.0, -(1.0 - sigma)};
     }
     case PathKind::VariancePreserving: {
