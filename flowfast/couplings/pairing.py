@@ -53,7 +53,7 @@ def entropic_coupling(x0: torch.Tensor, x1: torch.Tensor, reg: float, reg_m: Opt
     if eps is None:
         eps = reg * scale.max if scale.max > 0 else reg
     opts = SolveOptions.parse(eps, reg_m, max_iter, tol, True, 5, "auto")
-    return solve_problem(problem, None, None, scale.range, opts)
+    return solve_problem(problem, None, None, scale, opts)
 
 
 def _random_rows(n: int, generator: Optional[torch.Generator], device: torch.device) -> torch.Tensor:

@@ -78,7 +78,9 @@ class SinkhornResult:
     r"""Output of :func:`sinkhorn`. Shapes drop the batch dim when the input had none.
 
     Attributes:
-        f: ``(B, n)`` row potentials. g: ``(B, m)`` column potentials; the plan is
+        f: ``(B, n)`` row potentials. g: ``(B, m)`` column potentials (float64 for a float32
+            balanced dense problem whose costs sit so far from 0 that float32 potentials could not
+            carry the offset to 1e-4 eps; otherwise the input's dtype); the plan is
             :math:`P_{ij} = a_i b_j \exp((f_i + g_j - C_{ij})/\varepsilon)`.
         n_iter: ``(B,)`` int64 iterations run (eps-scaling iterations included).
         marginal_error: ``(B,)`` L1 error of the plan's column marginal (rows are exact after the
@@ -184,43 +186,90 @@ def _marginals(problem, a, b, balanced: bool) -> tuple[torch.Tensor, torch.Tenso
     return log_a, log_b
 
 
-def _eps_start(problem, scale: float, opts: SolveOptions) -> float:
-    """The first eps of the schedule, after checking the target eps against the dtype and the
-    cost's range."""
+def _eps_schedule(problem, scale, opts: SolveOptions, shifted: bool) -> tuple[float, float]:
+    """(eps_start, decay) of the eps-scaling schedule, after checking the target eps against the dtype and the
+    magnitude the potentials must resolve: the cost's range when the solve runs on the cost shifted
+    to start at 0 (balanced dense problems), else the largest |cost|."""
     dtype = problem.ref.dtype
     what = "cost" if problem.cost is not None else "x and y"
     finfo = torch.finfo(dtype)
-    if not math.isfinite(scale) or scale > finfo.max / 16:
-        raise ValueError(f"the range of {what} overflows {dtype} ({scale:.3g}); rescale the inputs")
+    if not math.isfinite(scale.range) or scale.range > finfo.max / 16:
+        raise ValueError(f"the range of {what} overflows {dtype} ({scale.range:.3g}); rescale the inputs")
     eps = opts.eps
-    if eps < MIN_RELATIVE_EPS[dtype] * scale or eps < finfo.tiny:
-        raise ValueError(f"eps={eps:.3g} is too small for {dtype} with a cost range of {scale:.3g} "
-                         f"(at least {MIN_RELATIVE_EPS[dtype]:.0e} x range); use float64 or a larger eps")
+    resolved, kind = (scale.range, "range") if shifted else (scale.magnitude, "magnitude")
+    if eps < MIN_RELATIVE_EPS[dtype] * resolved or eps < finfo.tiny:
+        raise ValueError(f"eps={eps:.3g} is too small for {dtype} with a cost {kind} of {resolved:.3g} "
+                         f"(at least {MIN_RELATIVE_EPS[dtype]:.0e} x {kind}); use float64 or a larger eps")
     if eps > finfo.max / 16:
         raise ValueError(f"eps={eps:.3g} overflows {dtype}")
-    return max(scale, eps) if opts.eps_scaling else eps
+    eps_start = max(scale.range, eps) if opts.eps_scaling else eps
+    scaling_steps = math.ceil(math.log(eps_start / eps) / math.log(1 / EPS_DECAY)) if eps_start > eps else 0
+    if opts.max_iter > scaling_steps:
+        return eps_start, EPS_DECAY
+    # The schedule would end above the target eps, and the plan at eps of potentials solved at a
+    # larger eps overflows: compress it so the last iteration runs at eps (one iteration: no scaling).
+    if opts.max_iter == 1:
+        return eps, EPS_DECAY
+    return eps_start, (eps / eps_start) ** (1.0 / (opts.max_iter - 1))
 
 
-def solve_problem(problem, a, b, scale: float, opts: SolveOptions,
+# float32 potentials resolve about 2^-24 of their magnitude; returned ones that must carry an
+# offset larger than this many eps are returned in float64 (see solve_problem).
+_FLOAT32_OFFSET_LIMIT = 1e-4 * 2**24
+
+
+def _check_finite_outputs(err, value, transport, dtype) -> None:
+    """An unbalanced plan can carry more mass than the dtype holds (costs far below 0): say so
+    instead of returning inf/NaN. One host read."""
+    if not bool(torch.isfinite(torch.stack([err.double().sum(), value.double().sum(), transport.double().sum()])).all()):
+        raise ValueError(f"the Sinkhorn plan's mass or cost overflows {str(dtype).replace('torch.', '')} (unbalanced OT on costs far below 0 "
+                         "gives a plan mass of about exp(-min C / (eps + 2 reg_m))); shift the costs to be >= 0, "
+                         "raise reg_m, or use float64")
+
+
+def solve_problem(problem, a, b, scale, opts: SolveOptions,
                   generator: Optional[torch.Generator] = None) -> SinkhornResult:
-    """:func:`sinkhorn` on a problem validated by the op layer, ``scale`` its cost range."""
-    log_a, log_b = _marginals(problem, a, b, balanced=opts.reg_m is None)
-    eps_start = _eps_start(problem, scale, opts)
-    device = problem.ref.device
+    """:func:`sinkhorn` on a problem validated by the op layer, ``scale`` its
+    :class:`flowfast.ops.sinkhorn.Scale`.
+
+    Balanced dense problems are solved on the cost shifted by its per-problem minimum c0 (the plan
+    does not change, f does by c0): the potentials then only span the cost's range, which float32
+    resolves even when the costs sit far from 0. The returned f adds c0 back, in float64 when a
+    float32 f could not hold it to 1e-4 eps; errors, cost and value are those of the returned
+    potentials."""
+    balanced = opts.reg_m is None
+    log_a, log_b = _marginals(problem, a, b, balanced=balanced)
+    shift = balanced and problem.cost is not None
+    eps_start, decay = _eps_schedule(problem, scale, opts, shifted=shift)
+    device, dtype = problem.ref.device, problem.ref.dtype
     impl, run_device = ops.sinkhorn.resolve_backend(opts.backend, device)
+    offset = None
+    if shift:
+        offset = problem.cost.detach().amin(dim=(1, 2))
+        problem = ops.sinkhorn.Problem(problem.cost - offset[:, None, None], None, None, problem.batched)
     run = problem.to(run_device)
     la, lb = log_a.to(run_device), log_b.to(run_device)
     reg = opts.reg_m if opts.reg_m is not None else 0.0
     f, g, n_iter, err, value, transport = ops.sinkhorn.solve_and_value(
-        impl, run, la, lb, opts.eps, eps_start, EPS_DECAY, reg, opts.max_iter, opts.check_every, opts.tol)
+        impl, run, la, lb, opts.eps, eps_start, decay, reg, opts.max_iter, opts.check_every, opts.tol)
+    if not balanced:
+        _check_finite_outputs(err, value, transport, dtype)
+    f_out, g_out = f.to(device), g.to(device)
+    if offset is not None:
+        mass = log_a.exp().sum(-1)
+        value = value + (offset * mass).to(device=value.device, dtype=value.dtype)
+        transport = transport + (offset * mass).to(device=transport.device, dtype=transport.dtype)
+        wide = dtype == torch.float32 and scale.offset > _FLOAT32_OFFSET_LIMIT * opts.eps
+        out_dtype = torch.float64 if wide else dtype
+        f_out = (f_out.double() + offset.double()[:, None]).to(out_dtype)
+        g_out = g_out.to(out_dtype)
 
     def out(t):
         t = t.to(device)
         return t if problem.batched else t[0]
 
-    dtype = problem.ref.dtype
     return SinkhornResult(
-        f=out(f), g=out(g), n_iter=out(n_iter), marginal_error=out(err), cost=out(transport.to(dtype)),
+        f=out(f_out), g=out(g_out), n_iter=out(n_iter), marginal_error=out(err), cost=out(transport.to(dtype)),
         value=out(value.to(dtype)), eps=opts.eps, reg_m=opts.reg_m, _inputs=(*run.detached(), la, lb, f, g),
         _batched=problem.batched, _impl=impl, _generator=generator)
 
@@ -265,4 +314,4 @@ def sinkhorn(cost: Optional[torch.Tensor] = None, *, x: Optional[torch.Tensor] =
     generator = check_generator(generator)
     problem = ops.sinkhorn.validate_problem(cost, x, y)
     scale = ops.sinkhorn.problem_scale(problem)
-    return solve_problem(problem, a, b, scale.range, opts, generator)
+    return solve_problem(problem, a, b, scale, opts, generator)

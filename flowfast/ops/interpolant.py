@@ -437,11 +437,22 @@ EagerLoss = _EagerOp(_LossRules)
 EagerMeanLoss = _EagerOp(_MeanLossRules)
 
 
+def _needs_derivatives(*tensors) -> bool:
+    """Whether an autograd node is needed: an input requires grad (with grad mode on), forward-mode
+    AD is active (a dual level is open) or a torch.func transform is."""
+    if torch._C._are_functorch_transforms_active() or torch.autograd.forward_ad._current_level >= 0:
+        return True
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def sample(x0, x1, t, noise, kind, sigma, seed, offset, return_noise=False):
-    """``interpolant_sample``: the custom op while compiling, :class:`EagerSample` otherwise."""
+    """``interpolant_sample``: the custom op while compiling, :class:`EagerSample` where a
+    derivative can be asked for, the bare kernel call otherwise (a training step's x_t)."""
     if torch.compiler.is_compiling():
         return interpolant_sample(x0, x1, t, noise, kind, sigma, seed, offset, return_noise)
-    return EagerSample.apply(x0, x1, t, noise, kind, sigma, seed, offset, return_noise)
+    if _needs_derivatives(x0, x1, t, noise):
+        return EagerSample.apply(x0, x1, t, noise, kind, sigma, seed, offset, return_noise)
+    return sample_impl(x0, x1, t, noise, kind, sigma, seed, offset, return_noise)
 
 
 def loss(v, x0, x1, t, noise, weight, kind, sigma, seed, offset):

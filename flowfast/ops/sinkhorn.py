@@ -110,11 +110,19 @@ def sq_diameter_bound(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 @dataclass
 class Scale:
     """What eps is measured against: ``range`` (dense: max - min of the cost; clouds: the squared
-    diameter bound) sets eps_start and the smallest usable eps; ``max`` (dense: the largest cost;
-    clouds: the bound) scales a relative regularization."""
+    diameter bound) sets eps_start; ``max`` (dense: the largest cost; clouds: the bound) scales a
+    relative regularization; ``min`` (dense: the smallest cost; clouds: 0) with ``max`` bounds the
+    magnitude the potentials must resolve."""
 
     range: float
     max: float
+    min: float = 0.0
+    #: largest |per-problem minimum| of a dense batch: the offset a shifted solve adds back to f
+    offset: float = 0.0
+
+    @property
+    def magnitude(self) -> float:
+        return max(abs(self.min), abs(self.max))
 
 
 def problem_scale(problem: Problem) -> Scale:
@@ -122,10 +130,10 @@ def problem_scale(problem: Problem) -> Scale:
     read (the only one of a Sinkhorn call before its iterations). Names the non-finite input."""
     if problem.cost is not None:
         c = problem.cost.detach()
-        lo, hi = torch.stack([c.amin(), c.amax()]).double().tolist()
+        lo, hi, offset = torch.stack([c.amin(), c.amax(), c.amin(dim=(1, 2)).abs().amax()]).double().tolist()
         if not (math.isfinite(lo) and math.isfinite(hi)):
             check_finite("cost", c)
-        return Scale(hi - lo, hi)
+        return Scale(hi - lo, hi, lo, offset)
     bound = float(sq_diameter_bound(problem.x.detach(), problem.y.detach()))
     if not math.isfinite(bound):
         check_finite("x", problem.x)
