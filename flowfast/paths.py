@@ -120,8 +120,13 @@ class IndependentCFM:
             t = ops.interpolant.validate_t(t, x0)
         noise = self.sample_noise_like(x0, generator)
         xt = self.sample_xt(x0, x1, t, noise)
-        ut = self.compute_conditional_flow(x0, x1, t, xt)
+        ut = self.conditional_flow_from_noise(x0, x1, t, xt, noise)
         return (t, xt, ut, noise) if return_noise else (t, xt, ut)
+
+    def conditional_flow_from_noise(self, x0, x1, t, xt, noise) -> torch.Tensor:
+        """u_t when the noise that made x_t is known (the eager training step): the same values as
+        :meth:`compute_conditional_flow`, in a form that stays finite where that one divides by 0."""
+        return self.compute_conditional_flow(x0, x1, t, xt)
 
     def loss(self, model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: torch.Tensor,
              x1: torch.Tensor, t=None, generator: Optional[torch.Generator] = None,
@@ -227,6 +232,11 @@ class TargetCFM(IndependentCFM):
     def compute_conditional_flow(self, x0, x1, t, xt):
         t = pad_t_like_x(t, x1)
         return (x1 - (1 - self.sigma) * xt) / (1 - (1 - self.sigma) * t)
+
+    def conditional_flow_from_noise(self, x0, x1, t, xt, noise):
+        # (x1 - (1 - sigma) x_t) / (1 - (1 - sigma) t) with x_t = t x1 + (1 - (1 - sigma) t) noise
+        # is x1 - (1 - sigma) noise: no 0/0 at t = 1, sigma = 0 (the fused kernels' form).
+        return x1 - (1 - self.sigma) * noise
 
 
 class VariancePreservingCFM(IndependentCFM):

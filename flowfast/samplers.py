@@ -3,7 +3,9 @@
 A velocity field is called as ``velocity(x, t)`` with ``x`` of shape ``(B, *shape)`` and ``t`` of
 shape ``(B,)`` (every sample at the same time), the same convention as :mod:`flowfast.paths`.
 Integration runs from ``t0`` (source, default 0) to ``t1`` (data, default 1) under
-``torch.no_grad`` unless ``enable_grad=True``. Written in plain torch: CPU and CUDA, any dtype.
+``torch.no_grad`` unless ``enable_grad=True``. Written in plain torch: CPU and CUDA, any dtype;
+float16 / bfloat16 states are integrated in float32 (the velocity still sees the state in its own
+dtype), since steps below the 16-bit resolution would otherwise be lost.
 """
 
 from __future__ import annotations
@@ -46,17 +48,30 @@ class ODEResult:
     _steps: list = field(default_factory=list, repr=False)
 
 
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a state of ``dtype`` is integrated in: float32 for 16-bit floats, else itself."""
+    return torch.float32 if dtype in _LOW_PRECISION else dtype
+
+
 class _Counted:
-    def __init__(self, velocity: Callable):
+    """The velocity with its evaluations counted, called on the state in the caller's dtype and
+    returning it in the accumulation dtype."""
+
+    def __init__(self, velocity: Callable, dtype: torch.dtype):
         self.velocity = velocity
+        self.dtype = dtype
         self.nfe = 0
 
     def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
         self.nfe += 1
-        v = self.velocity(x, torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device))
+        xs = x.to(self.dtype)
+        v = self.velocity(xs, torch.full((x.shape[0],), t, dtype=self.dtype, device=x.device))
         if v.shape != x.shape:
             raise ValueError(f"velocity(x, t) returned shape {tuple(v.shape)}, expected {tuple(x.shape)}")
-        return v
+        return v.to(x.dtype)
 
 
 def _fixed_step(f: _Counted, x, t0: float, t1: float, steps: int, method: str, record):
@@ -122,7 +137,7 @@ def odeint(velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: t
 
     Args:
         velocity: ``velocity(x, t) -> dx/dt``, x ``(B, *shape)``, t ``(B,)``.
-        x0: ``(B, *shape)`` initial state at ``t0``.
+        x0: ``(B, *shape)`` initial state at ``t0``, finite (NaN/Inf is a ValueError: one host read).
         method: ``"euler"``, ``"midpoint"``, ``"rk4"`` (``steps`` fixed steps) or ``"dopri5"``
             (adaptive, ``atol`` / ``rtol`` on the RMS of the scaled local error).
         return_path: also return the accepted times and states.
@@ -145,19 +160,24 @@ def odeint(velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: t
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     if method == "dopri5" and not (atol > 0 and rtol >= 0):
         raise ValueError("dopri5 needs atol > 0 and rtol >= 0")
-    f = _Counted(velocity)
+    if not bool(torch.isfinite(x0.detach()).all()):
+        raise ValueError(f"x0 contains {int((~torch.isfinite(x0.detach())).sum())} NaN/Inf value(s); all entries "
+                         "must be finite")
+    f = _Counted(velocity, x0.dtype)
+    state = x0.to(accumulation_dtype(x0.dtype))
     times, states = [float(t0)], [x0]
 
     def record(t, x):
         if return_path:
             times.append(float(t))
-            states.append(x)
+            states.append(x.to(x0.dtype))
 
     with torch.set_grad_enabled(enable_grad):
         if method == "dopri5":
-            x, rejected = _dopri5(f, x0, float(t0), float(t1), float(atol), float(rtol), max_steps, record)
+            x, rejected = _dopri5(f, state, float(t0), float(t1), float(atol), float(rtol), max_steps, record)
         else:
-            x, rejected = _fixed_step(f, x0, float(t0), float(t1), steps, method, record)
+            x, rejected = _fixed_step(f, state, float(t0), float(t1), steps, method, record)
+    x = x.to(x0.dtype)
     result = ODEResult(x=x, nfe=f.nfe, n_rejected=rejected)
     if return_path:
         result.times = torch.tensor(times, dtype=x0.dtype, device=x0.device)

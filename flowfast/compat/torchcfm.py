@@ -25,7 +25,7 @@ import torch
 from flowfast import ops, paths
 from flowfast._validate import check_choice
 from flowfast.couplings.assignment import linear_assignment, pairwise_cost
-from flowfast.couplings.pairing import flat
+from flowfast.couplings.cost import flat
 from flowfast.couplings.sinkhorn import sinkhorn
 
 __all__ = [
@@ -234,7 +234,11 @@ class ExactOptimalTransportConditionalFlowMatcher(_PlanSampled, ConditionalFlowM
 
 
 class TargetConditionalFlowMatcher(paths.TargetCFM):
-    """torchcfm's TargetConditionalFlowMatcher (Lipman et al.)."""
+    """torchcfm's TargetConditionalFlowMatcher (Lipman et al.), with torchcfm's u_t formula
+    (NaN at t = 1 when sigma = 0, as torchcfm; :class:`flowfast.paths.TargetCFM` stays finite)."""
+
+    def conditional_flow_from_noise(self, x0, x1, t, xt, noise):
+        return self.compute_conditional_flow(x0, x1, t, xt)
 
 
 class VariancePreservingConditionalFlowMatcher(paths.VariancePreservingCFM):

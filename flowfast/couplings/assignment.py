@@ -9,7 +9,7 @@ import torch
 from flowfast import ops
 from flowfast._validate import (check_batch_pair, check_bool, check_choice, check_device_supported, check_finite,
                                 check_float, check_ndim, check_nonempty, to_tensor)
-from flowfast.couplings.cost import flat, pairwise_cost
+from flowfast.couplings.cost import BATCH_DTYPES, as_points, pairwise_cost
 
 COSTS = ("sqeuclidean", "euclidean")
 
@@ -94,11 +94,11 @@ def ot_pairing(x0: torch.Tensor, x1: torch.Tensor, cost: str = "sqeuclidean") ->
     Returns:
         ``(x0, x1_paired)`` with ``x1_paired = x1[cols]``.
     """
-    check_batch_pair(x0, x1)
+    check_batch_pair(x0, x1, dtypes=BATCH_DTYPES)
     check_choice("cost", cost, COSTS)
     check_device_supported("x0", x0)
     with torch.no_grad():
-        cols = solve_pair_cost(x0, x1, pairwise_cost(flat(x0.detach()), flat(x1.detach()), cost))
+        cols = solve_pair_cost(x0, x1, pairwise_cost(as_points(x0), as_points(x1), cost))
     return x0, x1[cols]
 
 

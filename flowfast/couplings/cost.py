@@ -8,12 +8,22 @@ import torch
 
 from flowfast.ops.sinkhorn import sq_diameter_bound
 
-__all__ = ["flat", "pairwise_cost", "sq_diameter"]
+__all__ = ["BATCH_DTYPES", "as_points", "flat", "pairwise_cost", "sq_diameter"]
+
+#: dtypes a coupling accepts; 16-bit batches are coupled in float32 (the solvers' dtypes are
+#: float32 and float64), the pairs keep the batch's own dtype.
+BATCH_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def flat(x: torch.Tensor) -> torch.Tensor:
     """(n, *shape) -> (n, prod(shape)); 1-D batches become (n, 1)."""
     return x.reshape(x.shape[0], -1) if x.dim() > 1 else x.unsqueeze(-1)
+
+
+def as_points(x: torch.Tensor) -> torch.Tensor:
+    """A batch as the solvers see it: (n, *shape) -> (n, D), detached, float32 for 16-bit dtypes."""
+    points = flat(x.detach())
+    return points.float() if points.dtype in (torch.float16, torch.bfloat16) else points
 
 
 def pairwise_cost(x0: torch.Tensor, x1: torch.Tensor, cost: str = "sqeuclidean") -> torch.Tensor:

@@ -16,14 +16,14 @@ from flowfast import ops
 from flowfast._rng import generator_device
 from flowfast._validate import check_batch_pair, check_choice
 from flowfast.couplings.assignment import check_batches_finite, solve_pair_cost
-from flowfast.couplings.cost import flat, pairwise_cost
+from flowfast.couplings.cost import BATCH_DTYPES, as_points, pairwise_cost
 from flowfast.couplings.sinkhorn import SolveOptions, sinkhorn, solve_problem
 
 METHODS = ("exact", "sinkhorn", "unbalanced")
 
 
 def _check_batches(x0, x1, same_size: bool) -> None:
-    check_batch_pair(x0, x1, same_size=same_size)
+    check_batch_pair(x0, x1, dtypes=BATCH_DTYPES, same_size=same_size)
     # Finiteness is checked once, on the cost the coupling computes from x0 and x1 (the op layer's
     # one host read), not here: see solve_pair_cost.
 
@@ -41,7 +41,7 @@ def entropic_coupling(x0: torch.Tensor, x1: torch.Tensor, reg: float, reg_m: Opt
     ``cost``); larger ones run on the point clouds and scale eps by an upper bound of the max
     squared distance (:func:`flowfast.ops.sinkhorn.sq_diameter_bound`): no n x m matrix is formed.
     One host read before the iterations: the scale, which is also the finiteness check."""
-    a, b = flat(x0.detach()), flat(x1.detach())
+    a, b = as_points(x0), as_points(x1)
     if cost is None and a.shape[0] * b.shape[0] <= DENSE_COUPLING_ENTRIES:
         cost = pairwise_cost(a, b)
     problem = ops.sinkhorn.validate_problem(cost, None if cost is not None else a, None if cost is not None else b)
@@ -90,13 +90,13 @@ def pair_indices(x0: torch.Tensor, x1: torch.Tensor, method: str = "exact", reg:
     _check_batches(x0, x1, same_size=not replace)
     n, device = x0.shape[0], x0.device
     if method == "exact":
-        cols = solve_pair_cost(x0, x1, pairwise_cost(flat(x0.detach()), flat(x1.detach())))
+        cols = solve_pair_cost(x0, x1, pairwise_cost(as_points(x0), as_points(x1)))
         if not replace:
             return torch.arange(n, device=device), cols
         rows = _random_rows(n, generator, device)
         return rows, cols[rows]
     # The perturb-and-MAP permutation needs the dense cost; compute it once for both steps.
-    cost = None if replace else pairwise_cost(flat(x0.detach()), flat(x1.detach()))
+    cost = None if replace else pairwise_cost(as_points(x0), as_points(x1))
     result = entropic_coupling(x0, x1, reg, reg_m if method == "unbalanced" else None, max_iter, tol, cost, eps)
     return _sample_entropic(result, cost, n, replace, generator, device)
 
@@ -155,7 +155,7 @@ def pair_with_labels(x0: torch.Tensor, x1: torch.Tensor, y0: torch.Tensor, y1: t
         return x0[rows], x1[cols], y0[rows], y1[cols]
     check_choice("method", method, METHODS)
     _check_batches(x0, x1, same_size=not replace)
-    C = pairwise_cost(flat(x0.detach()), flat(x1.detach())).double()
+    C = pairwise_cost(as_points(x0), as_points(x1)).double()
     if not bool(C.isfinite().all()):
         check_batches_finite(x0, x1)
         raise ValueError("the cost between x0 and x1 overflows float64; rescale the inputs")
