@@ -33,7 +33,9 @@ import torch
 
 from flowfast import _path_kinds, ops
 from flowfast._rng import draw_seed
+from flowfast.couplings.cost import as_points, pairwise_cost
 from flowfast.couplings.coupling import Coupling, ExactOTCoupling, SinkhornCoupling, as_coupling
+from flowfast.couplings.sinkhorn import MIN_RELATIVE_EPS
 
 __all__ = [
     "IndependentCFM",
@@ -203,7 +205,7 @@ class SchrodingerBridgeCFM(IndependentCFM):
         super().__init__(sigma, coupling)
         if coupling is None:
             self.coupling = (ExactOTCoupling(replace) if ot_method == "exact"
-                             else SinkhornCoupling(eps=2 * self.sigma**2, replace=replace))
+                             else _BridgeCoupling(self.sigma, replace))
         self.ot_method = ot_method
         self.replace = replace
 
@@ -215,6 +217,27 @@ class SchrodingerBridgeCFM(IndependentCFM):
         mu_t = t * x1 + (1 - t) * x0
         return (1 - 2 * t) / (2 * t * (1 - t) + _BRIDGE_GUARD) * (xt - mu_t) + x1 - x0
 
+
+
+class _BridgeCoupling(SinkhornCoupling):
+    """SB-CFM's entropic coupling, eps = 2 sigma^2: errors about eps are told in terms of sigma,
+    the argument the caller set."""
+
+    def __init__(self, sigma: float, replace: bool) -> None:
+        super().__init__(eps=2 * sigma**2, replace=replace)
+        self.sigma = sigma
+
+    def indices(self, x0, x1, generator=None):
+        try:
+            return super().indices(x0, x1, generator)
+        except ValueError as error:
+            if "too small" not in str(error):
+                raise
+            cost = pairwise_cost(as_points(x0), as_points(x1))
+            least = math.sqrt(MIN_RELATIVE_EPS[cost.dtype] * float(cost.amax() - cost.amin()) / 2)
+            raise ValueError(f"SB-CFM couples with eps = 2 sigma^2 = {2 * self.sigma**2:.3g} (sigma={self.sigma:g}), "
+                             f"too small for {str(cost.dtype).replace('torch.', '')} on this batch: use "
+                             f"sigma >= {least:.3g}, float64 batches, or ot_method='exact'") from None
 
 
 class TargetCFM(IndependentCFM):

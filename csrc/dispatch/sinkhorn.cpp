@@ -25,7 +25,8 @@ const TensorView& check_problem(const SinkhornProblem& pr) {
     check_view(pr.y, "sinkhorn: y", 3);
     FF_CHECK(pr.y.shape[0] == pr.x.shape[0] && pr.y.shape[2] == pr.x.shape[2],
              "sinkhorn: x (B, n, d) and y (B, m, d) must share B and d");
-    FF_CHECK(pr.x.strides[2] == 1 && pr.y.strides[2] == 1, "sinkhorn: x and y need unit stride in the feature dim");
+    FF_CHECK((pr.x.strides[2] == 1 || pr.x.shape[2] <= 1) && (pr.y.strides[2] == 1 || pr.y.shape[2] <= 1),
+             "sinkhorn: x and y need unit stride in the feature dim");
     check_like(pr.y, ref, "sinkhorn: y");
     FF_CHECK(pr.x.shape[2] >= 1, "sinkhorn: point clouds need d >= 1 features");
   }

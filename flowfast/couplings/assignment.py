@@ -108,8 +108,11 @@ def solve_pair_cost(x0: torch.Tensor, x1: torch.Tensor, cost: torch.Tensor, maxi
     that row or column of the cost non-finite. On failure the batches are checked by name."""
     try:
         return ops.assignment.solve(cost[None], maximize, name="the cost between x0 and x1")[0]
-    except ValueError:
+    except ValueError as error:
         check_batches_finite(x0, x1)
+        if "NaN/Inf" in str(error):  # finite inputs, non-finite distances: they overflow the dtype
+            raise ValueError(f"the squared distances between x0 and x1 overflow {str(cost.dtype).replace('torch.', '')} "
+                             "(x0 and x1 are finite); rescale the inputs or use float64") from None
         raise
 
 

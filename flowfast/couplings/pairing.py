@@ -8,6 +8,7 @@ semantics (n pairs drawn with replacement from the plan), for comparison and com
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -68,6 +69,12 @@ def _sample_entropic(result, cost: Optional[torch.Tensor], n: int, replace: bool
     the assignment maximizing sum_i log P_{i sigma(i)} + G_{i sigma(i)}, on the dense `cost`."""
     if replace:
         row_mass, _ = result.marginals()
+        total = float(row_mass.double().sum())
+        if not (math.isfinite(total) and total > 0):
+            raise ValueError(f"the entropic plan has no mass to sample pairs from (total mass {total:.3g}): with "
+                             f"reg_m={result.reg_m} against costs of this size, destroying mass is cheaper than "
+                             "moving it; raise reg_m (it is absolute, as POT's), rescale the inputs, or use "
+                             "method='sinkhorn'")
         rows = torch.multinomial(row_mass.clamp_min(0).double().to(generator_device(generator)), n,
                                  replacement=True, generator=generator).to(device)
         return rows, result.sample(generator, rows=rows)
@@ -90,6 +97,10 @@ def pair_indices(x0: torch.Tensor, x1: torch.Tensor, method: str = "exact", reg:
     _check_batches(x0, x1, same_size=not replace)
     n, device = x0.shape[0], x0.device
     if method == "exact":
+        if x0.shape[0] != x1.shape[0]:
+            raise ValueError(f"method='exact' pairs batches of equal size (between uniform batches of sizes n != m "
+                             f"the exact OT plan is not an assignment); got len(x0)={x0.shape[0]}, "
+                             f"len(x1)={x1.shape[0]}: use method='sinkhorn' for unequal sizes")
         cols = solve_pair_cost(x0, x1, pairwise_cost(as_points(x0), as_points(x1)))
         if not replace:
             return torch.arange(n, device=device), cols
@@ -108,7 +119,7 @@ def pair(x0: torch.Tensor, x1: torch.Tensor, method: str = "exact", reg: float =
 
     Args:
         x0: ``(n, *shape)`` source samples (noise, t=0). x1: ``(m, *shape)`` data samples (t=1),
-            ``m == n`` unless ``replace=True``. Same dtype and device.
+            ``m == n`` for ``"exact"`` and unless ``replace=True``. Same dtype and device.
         method: ``"exact"``: minibatch OT by exact linear assignment on squared distances.
             ``"sinkhorn"``: entropic OT with :math:`\varepsilon = \text{reg} \cdot \max_{ij} \|x_0^i - x_1^j\|^2`
             (relative to the MAX cost, i.e. torchcfm's ``normalize_cost=True`` convention, so a
