@@ -65,5 +65,10 @@ def stream_handle(device: torch.device) -> int:
 
 
 def workspace(nbytes: int, device: torch.device) -> torch.Tensor:
-    """Scratch memory from torch's allocator (freed when the tensor goes)."""
-    return torch.empty(max(int(nbytes), 1), dtype=torch.uint8, device=device)
+    """Scratch memory from torch's allocator (freed when the tensor goes); a failed allocation is
+    a MemoryError that says how much the kernel needed."""
+    try:
+        return torch.empty(max(int(nbytes), 1), dtype=torch.uint8, device=device)
+    except (torch.OutOfMemoryError, RuntimeError) as error:
+        raise MemoryError(f"flowfast needs {int(nbytes) / 2**20:.1f} MiB of kernel workspace on {device} and the "
+                          f"allocation failed ({error}); use smaller batches") from None

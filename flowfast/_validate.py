@@ -42,17 +42,34 @@ def check_nonempty(name: str, t: torch.Tensor) -> None:
         raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); every dimension must be >= 1")
 
 
+def distinct_view(t: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``(view, repeats)``: ``t`` without the repeats of its broadcast (stride-0) dims, as a view
+    (no copy), and how many times each of its entries appears in ``t``. Checks run on the view, so
+    an expanded (n, m) input of n distinct values is validated without materializing n * m."""
+    if all(stride != 0 or size <= 1 for stride, size in zip(t.stride(), t.shape)):
+        return t, 1
+    index = tuple(slice(0, 1) if stride == 0 and size > 1 else slice(None) for stride, size in zip(t.stride(), t.shape))
+    view = t[index]
+    return view, t.numel() // max(view.numel(), 1)
+
+
 def check_finite(name: str, t: torch.Tensor) -> None:
     """Raise on NaN/Inf. On CUDA this reads one flag back to the host (a synchronization)."""
-    t = t.detach()
-    if not bool(torch.isfinite(t).all()):
-        n_bad = int((~torch.isfinite(t)).sum())
+    view, repeats = distinct_view(t.detach())
+    if not bool(torch.isfinite(view).all()):
+        n_bad = int((~torch.isfinite(view)).sum()) * repeats
         raise ValueError(f"{name} contains {n_bad} NaN/Inf value(s); all entries must be finite")
 
 
 def check_magnitude(name: str, t: torch.Tensor, limit: float) -> None:
-    """Raise on NaN/Inf or |t| > limit with one reduction (one host read on CUDA)."""
-    peak = float(t.detach().abs().amax()) if t.numel() else 0.0
+    """Raise on NaN/Inf or |t| > limit with one reduction (one host read on CUDA), without a
+    temporary of t's size."""
+    view, _ = distinct_view(t.detach())
+    if view.numel():
+        lo, hi = torch.stack(list(torch.aminmax(view))).double().tolist()
+        peak = max(-lo, hi) if math.isfinite(lo) and math.isfinite(hi) else float("nan")
+    else:
+        peak = 0.0
     if not math.isfinite(peak):
         check_finite(name, t)
     if peak > limit:

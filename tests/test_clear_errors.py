@@ -58,3 +58,28 @@ def test_sb_cfm_small_sigma_is_told_in_sigma():
         paths.SchrodingerBridgeCFM(sigma=1e-3).loss(lambda x, t: x, x0, x1)
     least = float(str(info.value).split("sigma >= ")[1].split(",")[0])
     paths.SchrodingerBridgeCFM(sigma=1.01 * least).loss(lambda x, t: x, x0, x1)  # the advice works
+
+
+def test_expanded_inputs_are_validated_without_materializing():
+    from flowfast._validate import check_finite, check_magnitude, distinct_view
+
+    row = torch.rand(1, 500, generator=torch.Generator().manual_seed(2))
+    t = row.expand(400, 500)
+    view, repeats = distinct_view(t)
+    assert view.numel() == 500 and repeats == 400 and view.data_ptr() == row.data_ptr()
+    check_magnitude("cost", t, 1e250)
+    bad = row.clone()
+    bad[0, 7] = float("inf")
+    with pytest.raises(ValueError, match="cost contains 400 NaN/Inf"):
+        check_magnitude("cost", bad.expand(400, 500), 1e250)
+    with pytest.raises(ValueError, match="x contains 400 NaN/Inf"):
+        check_finite("x", bad.expand(400, 500))
+    cols = flowfast.linear_assignment(t[:64, :64])  # solved on the strided (stride-0) view
+    assert sorted(cols.tolist()) == list(range(64))
+
+
+def test_workspace_allocation_failure_states_the_size():
+    from flowfast import _arrays
+
+    with pytest.raises(MemoryError, match="MiB of kernel workspace"):
+        _arrays.workspace(2**62, torch.device("cpu"))
