@@ -19,7 +19,7 @@ void bind_assignment(py::module_& m) {
         p.workspace = to_ptr(workspace);
         p.workspace_bytes = workspace_bytes;
         p.stream = to_ptr(stream);
-        call_released(&assignment, p);
+        call_long(&assignment, p, static_cast<double>(p.cost.shape[0]) * p.cost.shape[1] * p.cost.shape[2]);
       },
       py::arg("cost"), py::arg("out"), py::arg("maximize"), py::arg("workspace") = 0,
       py::arg("workspace_bytes") = 0, py::arg("stream") = 0);

@@ -45,7 +45,8 @@ void bind_sinkhorn(py::module_& m) {
           p.workspace = to_ptr(workspace);
           p.workspace_bytes = workspace_bytes;
           p.stream = to_ptr(stream);
-          call_released(&sinkhorn_solve, p);
+          const SinkhornProblem& pr = p.problem;
+          call_long(&sinkhorn_solve, p, static_cast<double>(pr.batch()) * pr.rows() * pr.cols() * (pr.dim() + 1));
         });
   m.def("sinkhorn_plan",
         [](const py::tuple& problem, const py::tuple& f, const py::tuple& g, double eps, const py::object& plan,

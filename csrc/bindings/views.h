@@ -7,7 +7,11 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <chrono>
 #include <cstdint>
+#include <exception>
+#include <future>
+#include <thread>
 #include <vector>
 
 #include "flowfast/common.h"
@@ -48,6 +52,53 @@ template <typename Params>
 void call_released(void (*dispatch)(const Params&), const Params& p) {
   py::gil_scoped_release release;
   dispatch(p);
+}
+
+/// For calls that may run for seconds: the kernel runs on a worker thread while this thread waits
+/// without the GIL and, every 20 ms, lets Python run its signal handlers. On Ctrl-C it raises
+/// ff::set_interrupt_requested(true), which the kernels' loops poll (check_interrupt), waits for the worker to
+/// stop, and raises the KeyboardInterrupt. Starting a thread costs tens of microseconds, so
+/// bindings use this above a work threshold only.
+template <typename Params>
+void call_interruptible(void (*dispatch)(const Params&), const Params& p) {
+  set_interrupt_requested(false);
+  std::packaged_task<void()> task([&] { dispatch(p); });
+  std::future<void> done = task.get_future();
+  std::thread worker(std::move(task));
+  bool interrupted = false;
+  for (;;) {
+    bool ready;
+    {
+      py::gil_scoped_release release;
+      ready = done.wait_for(std::chrono::milliseconds(20)) == std::future_status::ready;
+    }
+    if (ready) break;
+    if (!interrupted && PyErr_CheckSignals() != 0) {
+      interrupted = true;
+      set_interrupt_requested(true);
+    }
+  }
+  worker.join();
+  set_interrupt_requested(false);
+  if (interrupted) throw py::error_already_set();  // the signal handler's exception (KeyboardInterrupt)
+  try {
+    done.get();
+  } catch (const Interrupted&) {
+    // Another call's interrupt stopped this one: it is a KeyboardInterrupt here too.
+    PyErr_SetNone(PyExc_KeyboardInterrupt);
+    throw py::error_already_set();
+  }
+}
+
+/// call_interruptible when the call is big enough to be worth a thread, call_released otherwise.
+template <typename Params>
+void call_long(void (*dispatch)(const Params&), const Params& p, double work) {
+  constexpr double kThreadWorthIt = 1 << 20;  // about a millisecond of kernel time
+  if (work >= kThreadWorthIt) {
+    call_interruptible(dispatch, p);
+  } else {
+    call_released(dispatch, p);
+  }
 }
 
 }  // namespace ff::bind

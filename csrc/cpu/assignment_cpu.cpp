@@ -12,6 +12,7 @@
 // (greedy, augmenting row reduction, Dijkstra): there exact ties make most augmenting paths one
 // edge long, while auction prices break the ties and leave long near-zero-cost paths.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -878,7 +879,10 @@ class SapSolver {
       if (c_.n == c_.m && c_.m > 1) augmenting_row_reduction(c_, ws_);
     }
     for (int64_t row = 0; row < c_.n; ++row) {
-      if (ws_.col4row[row] < 0) augment_from(c_, row, ws_);
+      if (ws_.col4row[row] < 0) {
+        if ((row & 63) == 0) check_interrupt();
+        augment_from(c_, row, ws_);
+      }
     }
     std::copy(ws_.col4row.begin(), ws_.col4row.end(), col_for_row);
   }
@@ -897,6 +901,7 @@ void solve_batch(const AssignmentParams& p) {
 
   // Exceptions must not cross an OpenMP region: record the first message and rethrow after.
   std::string first_error;
+  std::atomic<bool> interrupted{false};
 #if defined(FLOWFAST_WITH_OPENMP)
 #pragma omp parallel if (B > 1)
 #endif
@@ -916,6 +921,8 @@ void solve_batch(const AssignmentParams& p) {
                  "linear_assignment: cost contains NaN/Inf (problem ", b, ")");
         SapSolver<T> solver(problem, n, m, cv.strides[1], p.maximize, ws);
         solver.solve(out + b * n, lo, hi);
+      } catch (const Interrupted&) {
+        interrupted = true;
       } catch (const std::exception& e) {
 #if defined(FLOWFAST_WITH_OPENMP)
 #pragma omp critical(ff_assignment_error)
@@ -924,6 +931,7 @@ void solve_batch(const AssignmentParams& p) {
       }
     }
   }
+  if (interrupted) throw Interrupted();
   if (!first_error.empty()) throw Error(first_error);
 }
 

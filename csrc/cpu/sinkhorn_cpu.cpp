@@ -187,6 +187,7 @@ void solve_one(const SinkhornParams& p, int64_t b) {
 
   int64_t iter = 0;
   while (iter < p.max_iter) {
+    check_interrupt();
     const double eps = eps_at(iter, p.eps_start, p.eps_decay, p.eps);
     const double lam = unbalanced_factor(eps, p.reg_m);
     const bool check = eps == p.eps && ((iter + 1) % p.check_every == 0);

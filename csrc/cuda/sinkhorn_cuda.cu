@@ -434,6 +434,7 @@ struct Solver {
         FF_CUDA_CHECK(cudaMemcpyAsync(&any, ws.any_active, sizeof(int), cudaMemcpyDeviceToHost, stream));
         FF_CUDA_CHECK(cudaStreamSynchronize(stream));
         if (any == 0) break;
+        check_interrupt();  // the stream is idle here: stopping leaves no kernel reading freed memory
       }
     }
     // Error of what is returned, at the target eps, for every problem.

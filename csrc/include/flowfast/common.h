@@ -45,6 +45,26 @@ class Error : public std::runtime_error {
   explicit Error(const std::string& what) : std::runtime_error(what) {}
 };
 
+/// Thrown by check_interrupt() when the caller asked to stop (Ctrl-C); the binding turns it into
+/// the KeyboardInterrupt Python already raised.
+class Interrupted : public Error {
+ public:
+  Interrupted() : Error("interrupted") {}
+};
+
+/// Set by the binding's watcher (bindings/views.h, call_interruptible) on a signal; one flag for
+/// the process, so an interrupt stops every flowfast call running at that moment. Defined out of
+/// line (csrc/dispatch/interrupt.cpp) so that kernel files compiled for the emulation's race
+/// detector see a plain call, not an instrumented atomic.
+bool interrupt_requested();
+void set_interrupt_requested(bool value);
+
+/// Long host-side loops (iterations, augmenting rows) call this between units of work. Never
+/// inside an OpenMP region without catching (exceptions must not cross it).
+inline void check_interrupt() {
+  if (interrupt_requested()) throw Interrupted();
+}
+
 namespace detail {
 inline void append(std::ostringstream&) {}
 template <typename T, typename... Rest>
