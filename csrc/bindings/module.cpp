@@ -11,6 +11,10 @@
 #if defined(FLOWFAST_CUDA_EMULATION)  // defined by the emulation's cuda_runtime_api.h
 #include "emu_controls.h"
 #endif
+#if defined(FLOWFAST_WITH_OPENMP)
+#include <omp.h>
+#include <pthread.h>
+#endif
 
 #define FLOWFAST_FAMILIES(X) X(assignment) X(sinkhorn) X(interpolant)
 
@@ -55,6 +59,19 @@ py::dict build_info() {
   return d;
 }
 
+// A forked child inherits the parent's OpenMP state but not its worker threads: with GNU OpenMP
+// its next parallel region waits for them forever (DataLoader workers, multiprocessing pools).
+// The child runs flowfast's kernels on one thread instead (what torch does with its own pool).
+void run_single_threaded_after_fork() {
+#if defined(FLOWFAST_WITH_OPENMP)
+  static const bool registered = [] {
+    pthread_atfork(nullptr, nullptr, [] { omp_set_num_threads(1); });
+    return true;
+  }();
+  (void)registered;
+#endif
+}
+
 #if defined(FLOWFAST_CUDA_EMULATION)
 void bind_emulation_controls(py::module_& m) {
   m.def("emu_set_schedule_seed", &ff_emu::set_schedule_seed, py::arg("seed"));
@@ -92,6 +109,7 @@ PYBIND11_MODULE(FLOWFAST_MODULE_NAME, m) {
   py::register_exception<ff::Error>(m, "KernelError", PyExc_ValueError);
   m.def("build_info", &ff::bind::build_info);
   m.def("cuda_runtime_available", &ff::bind::cuda_runtime_available);
+  ff::bind::run_single_threaded_after_fork();
 #if defined(FLOWFAST_CUDA_EMULATION)
   ff::bind::bind_emulation_controls(m);
 #endif
