@@ -29,13 +29,36 @@ def _info(_: argparse.Namespace) -> int:
 
 
 def _device(name: str) -> str:
-    if name != "auto":
-        return name
+    """--device: cpu, cuda, cuda:N or auto; CUDA only when flowfast can use it here."""
     import torch
 
     import flowfast
 
-    return "cuda" if torch.cuda.is_available() and flowfast.cuda_available() else "cpu"
+    if name == "auto":
+        return "cuda" if flowfast.cuda_available() else "cpu"
+    if name == "cpu":
+        return name
+    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
+        if not flowfast.cuda_available():
+            raise ValueError(f"--device {name}, but flowfast cannot use CUDA here (torch.cuda.is_available()="
+                             f"{torch.cuda.is_available()}, cuda_compiled={flowfast.build_info()['cuda_compiled']}); "
+                             "use --device cpu or auto")
+        return name
+    raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}")
+
+
+def _check_resume_config(out_dir: str, config: dict) -> None:
+    """A resumed run must continue the configuration it was started with: refuse silent drift."""
+    from flowfast.train import CHECKPOINT_NAME, read_checkpoint_config
+
+    saved = read_checkpoint_config(os.path.join(out_dir, CHECKPOINT_NAME))
+    if saved is None:
+        return
+    differences = [f"{key}: checkpoint {saved.get(key)!r}, now {config[key]!r}"
+                   for key in sorted(config) if key in saved and saved[key] != config[key]]
+    if differences:
+        raise ValueError("--resume with a configuration that differs from the checkpoint's (" + "; ".join(differences)
+                         + "); rerun with the checkpoint's values, or train into a new --out")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -56,6 +79,8 @@ def _train(args: argparse.Namespace) -> int:
     config = {"model": model.config(), "path": args.path, "sigma": args.sigma, "source": args.source,
               "target": args.target, "batch_size": args.batch_size, "lr": args.lr, "ema_decay": ema}
     device = _device(args.device)
+    if args.resume:
+        _check_resume_config(args.out, config)
     trainer = Trainer(model, path, source, target,
                       optimizer=torch.optim.AdamW(model.to(device).parameters(), lr=args.lr, weight_decay=1e-5),
                       batch_size=args.batch_size, ema_decay=ema, seed=args.seed, device=device,
@@ -127,6 +152,13 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**63), got {value}")
+    return value
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -158,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, default=20000, help="total optimizer steps")
     train.add_argument("--batch-size", type=int, default=512)
     train.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (weight decay 1e-5)")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=_seed, default=0)
     train.add_argument("--hidden", type=int, default=64, help="MLP width")
     train.add_argument("--depth", type=int, default=3, help="MLP hidden layers")
     train.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay (0: no EMA)")
@@ -179,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--steps", type=_positive, default=100, help="solver steps (fixed-step methods)")
         p.add_argument("--method", default="euler", choices=METHODS, help="ODE solver")
         p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
-        p.add_argument("--seed", type=int, default=None, help="seed for the source samples (default: fixed per run)")
+        p.add_argument("--seed", type=_seed, default=None, help="seed for the source samples (default: fixed per run)")
         p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
         if name == "sample":
             p.add_argument("--out", default="samples.pt", help="output file: a (n, d) tensor (.pt) or array (.npy)")
@@ -197,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n-eval", type=_positive, default=2000, help="samples per W2 eval set")
     demo.add_argument("--eval-sets", type=_positive, default=3, help="independent eval sets averaged per W2")
     demo.add_argument("--n", type=_positive, default=1024, help="--coupling: minibatch size")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=_seed, default=0)
     demo.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     demo.add_argument("--out", default="runs/demo", help="output folder")
     demo.add_argument("--threads", type=int, default=1, help="torch threads (0: keep torch's default)")
@@ -209,10 +241,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    import pickle
+
     try:
         return args.func(args)
-    except ValueError as exc:
-        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"{parser.prog} {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, OSError, EOFError, OverflowError, MemoryError, pickle.UnpicklingError,
+            RuntimeError) as exc:
+        # One line, no traceback: bad arguments, unreadable or foreign files, an allocation failure.
+        kind = "" if isinstance(exc, ValueError) else f"{type(exc).__name__}: "
+        print(f"{parser.prog} {args.command}: error: {kind}{exc}".splitlines()[0], file=sys.stderr)
         return 2
 
 

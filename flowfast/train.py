@@ -82,6 +82,60 @@ def _check_int(name: str, value, minimum: int) -> int:
     return value
 
 
+def read_checkpoint(path: str) -> Optional[dict]:
+    """A Trainer checkpoint's state, or None when there is no file. A file that is not a readable
+    flowfast checkpoint (a directory, truncated, garbage, another format) is a ValueError naming it."""
+    if not os.path.exists(path):
+        return None
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a directory, not a checkpoint file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, garbage, another format: one clear message
+        raise ValueError(f"{path} is not a readable flowfast checkpoint ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if not isinstance(state, dict) or state.get("format") != _FORMAT:
+        raise ValueError(f"{path} is not a flowfast.Trainer checkpoint")
+    return state
+
+
+def read_checkpoint_config(path: str) -> Optional[dict]:
+    """The config stored in a Trainer checkpoint (see :func:`read_checkpoint`), None without a file."""
+    state = read_checkpoint(path)
+    return None if state is None else (state.get("config") or {})
+
+
+def remove_stale_temporaries(folder: str, name: str) -> list[str]:
+    """Delete ``.name.tmp.<pid>`` files left by saves that were killed (their pid is gone)."""
+    removed = []
+    prefix = f".{name}.tmp."
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.startswith(prefix) or not entry[len(prefix):].isdigit():
+            continue
+        pid = int(entry[len(prefix):])
+        if pid != os.getpid() and not _process_alive(pid):
+            try:
+                os.remove(os.path.join(folder, entry))
+                removed.append(entry)
+            except OSError:
+                pass
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _atomic_torch_save(obj, path: str) -> None:
     """torch.save to a temporary file in the same folder, fsync, then os.replace (atomic on POSIX)."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -201,6 +255,8 @@ class Trainer:
         self.path, self.source, self.target = path, source, target
         self.seed, self.ema_decay = seed, (None if ema_decay is None else float(ema_decay))
         self.out_dir, self.checkpoint_every, self.progress = out_dir, checkpoint_every, progress
+        if out_dir is not None and os.path.isdir(out_dir):
+            remove_stale_temporaries(out_dir, CHECKPOINT_NAME)
         self.config = dict(config) if config is not None else {}
 
         dist = torch.distributed
@@ -466,7 +522,10 @@ class Trainer:
         path = path if path is not None else self.checkpoint_path
         if path is None:
             raise ValueError("resume() needs a path or out_dir")
-        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        state = read_checkpoint(path)
+        if state is None:
+            raise ValueError(f"no checkpoint at {path}")
+        self.load_state_dict(state)
         if self.is_main:
             self._drop_metrics_after(self.step)
         return self
@@ -476,8 +535,18 @@ class Trainer:
             return
         with open(self.metrics_path) as f:
             lines = [ln for ln in f if ln.strip()]
-        kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
-        if len(kept) != len(lines):
+        kept = []
+        for number, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                if number == len(lines):  # torn by a kill mid-write: the line never completed
+                    break
+                raise ValueError(f"{self.metrics_path}, line {number}: not a JSON record ({exc}); "
+                                 "fix or remove the line") from None
+            if record.get("step", 0) <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        if kept != lines:
             _atomic_write_text("".join(kept), self.metrics_path)
 
     @classmethod
@@ -487,9 +556,9 @@ class Trainer:
         from flowfast import data
         from flowfast.models import MLP
 
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or state.get("format") != _FORMAT:
-            raise ValueError(f"{path} is not a flowfast.Trainer checkpoint")
+        state = read_checkpoint(path)
+        if state is None:
+            raise ValueError(f"no checkpoint at {path}")
         cfg = state.get("config") or {}
         missing = [k for k in ("model", "path", "sigma", "source", "target") if k not in cfg]
         if missing:
