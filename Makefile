@@ -14,7 +14,7 @@ ASAN_PRELOAD = $(shell $(CXX) -print-file-name=libasan.so) $(shell $(CXX) -print
 EMU_ASAN_ENV = FLOWFAST_EMU_REQUIRED=1 FLOWFAST_EMU_BUILD=asan LD_PRELOAD="$(ASAN_PRELOAD)" \
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 
-.PHONY: env build emu test test-emu demo bench gpu-check wheelhouse clean
+.PHONY: env build emu test test-emu fuzz demo bench gpu-check wheelhouse clean
 
 env: $(VENV)/.env-ready
 
@@ -43,6 +43,12 @@ test: build emu
 test-emu: build emu
 	FLOWFAST_EMU_REQUIRED=1 $(PY) -m pytest tests/emulation -q
 	$(EMU_ASAN_ENV) $(PY) -m pytest tests/emulation -q -p no:cacheprovider $(EMU_ASAN_SUBSET)
+
+# The fuzz suite with a larger budget than make test's (FUZZ_EXAMPLES cases per op family; every
+# case in a supervised child process), printing the outcome counts per op.
+FUZZ_EXAMPLES ?= 2000
+fuzz: build
+	FLOWFAST_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/fuzz -q -s -p no:cacheprovider
 
 demo: build
 	$(PY) -m flowfast demo

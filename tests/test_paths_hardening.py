@@ -119,3 +119,22 @@ def test_odeint_rejects_nan_initial_state():
     x0[1, 0] = float("nan")
     with pytest.raises(ValueError, match="x0 contains 1 NaN/Inf"):
         odeint(lambda x, t: x, x0)
+
+
+def test_pairwise_cost_keeps_the_digits_of_points_far_from_zero():
+    """float32 points at 1e6 with unit spread: the matmul form cancelled every digit (the fuzz suite
+    found a non-optimal ot_pairing from it); centring first keeps them."""
+    g = torch.Generator().manual_seed(6)
+    a = 1e6 + torch.randn(40, 3, generator=g, dtype=torch.float64)
+    b = 1e6 + torch.randn(40, 3, generator=g, dtype=torch.float64)
+    a32, b32 = a.float(), b.float()
+    want = ((a32.double()[:, None] - b32.double()[None]) ** 2).sum(-1)  # exact distances of the float32 points
+    got = couplings.pairwise_cost(a32, b32)
+    assert float((got.double() - want).abs().max()) < 1e-5 * float(want.max())
+    from scipy.optimize import linear_sum_assignment as scipy_lsa
+
+    exact = ((a32.double()[:, None] - b32.double()[None]) ** 2).sum(-1).numpy()
+    r, c = scipy_lsa(exact)
+    _, b_paired = couplings.ot_pairing(a32, b32)
+    total = float(((a32.double() - b_paired.double()) ** 2).sum())
+    assert total <= exact[r, c].sum() * (1 + 1e-4)

@@ -35,10 +35,16 @@ def pairwise_cost(x0: torch.Tensor, x1: torch.Tensor, cost: str = "sqeuclidean")
         cost: ``"sqeuclidean"`` (:math:`\|x_0 - x_1\|^2`) or ``"euclidean"``.
 
     Returns:
-        ``(n, m)`` costs in x0's dtype (clamped at 0 against cancellation in the matmul form).
+        ``(n, m)`` costs in x0's dtype (both batches centred on their joint mean first, so points far
+        from 0 keep their digits; clamped at 0 against the remaining rounding of the matmul form).
     """
     a = x0.reshape(x0.shape[0], -1)
     b = x1.reshape(x1.shape[0], -1)
+    # Distances do not change under a common translation; centring both batches on their joint
+    # mean keeps |a|^2 + |b|^2 - 2 a.b from cancelling away the digits of points far from 0.
+    if a.shape[0] and b.shape[0]:
+        center = (a.sum(0, keepdim=True) + b.sum(0, keepdim=True)) / (a.shape[0] + b.shape[0])
+        a, b = a - center, b - center
     sq = (a * a).sum(-1, keepdim=True) + (b * b).sum(-1).unsqueeze(0) - 2.0 * (a @ b.T)
     sq = sq.clamp_min_(0.0)
     return sq if cost == "sqeuclidean" else sq.sqrt_()

@@ -218,6 +218,15 @@ def _eps_schedule(problem, scale, opts: SolveOptions, shifted: bool) -> tuple[fl
 _FLOAT32_OFFSET_LIMIT = 1e-4 * 2**24
 
 
+def _exact_offsets(cost: torch.Tensor) -> torch.Tensor:
+    """(B,) per-problem shifts c0 for which C - c0 is exact in the cost's dtype (Sterbenz: every
+    entry within a factor 2 of c0 and of the same sign), else 0. Exactly the problems whose costs
+    sit far from 0 (range <= |min|) get shifted; the others need no shift and must not be rounded."""
+    lo, hi = cost.amin(dim=(1, 2)), cost.amax(dim=(1, 2))
+    exact = ((lo > 0) & (hi <= 2 * lo)) | ((hi < 0) & (2 * hi <= lo))
+    return torch.where(exact, lo, torch.zeros_like(lo))
+
+
 def _check_finite_outputs(err, value, transport, dtype) -> None:
     """An unbalanced plan can carry more mass than the dtype holds (costs far below 0): say so
     instead of returning inf/NaN. One host read."""
@@ -232,9 +241,9 @@ def solve_problem(problem, a, b, scale, opts: SolveOptions,
     """:func:`sinkhorn` on a problem validated by the op layer, ``scale`` its
     :class:`flowfast.ops.sinkhorn.Scale`.
 
-    Balanced dense problems are solved on the cost shifted by its per-problem minimum c0 (the plan
-    does not change, f does by c0): the potentials then only span the cost's range, which float32
-    resolves even when the costs sit far from 0. The returned f adds c0 back, in float64 when a
+    Balanced dense problems whose costs sit far from 0 are solved on the cost shifted by its
+    per-problem minimum c0 (exactly, see :func:`_exact_offsets`; the plan does not change, f does
+    by c0): the potentials then only span the cost's range, which float32 resolves. The returned f adds c0 back, in float64 when a
     float32 f could not hold it to 1e-4 eps; errors, cost and value are those of the returned
     potentials."""
     balanced = opts.reg_m is None
@@ -245,7 +254,7 @@ def solve_problem(problem, a, b, scale, opts: SolveOptions,
     impl, run_device = ops.sinkhorn.resolve_backend(opts.backend, device)
     offset = None
     if shift:
-        offset = problem.cost.detach().amin(dim=(1, 2))
+        offset = _exact_offsets(problem.cost.detach())
         problem = ops.sinkhorn.Problem(problem.cost - offset[:, None, None], None, None, problem.batched)
     run = problem.to(run_device)
     la, lb = log_a.to(run_device), log_b.to(run_device)
