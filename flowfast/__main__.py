@@ -47,18 +47,29 @@ def _device(name: str) -> str:
     raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}")
 
 
-def _check_resume_config(out_dir: str, config: dict) -> None:
-    """A resumed run must continue the configuration it was started with: refuse silent drift."""
+# Settings a resumed run can take over from the command line (--override-config); the model's
+# shape cannot change under its weights.
+OVERRIDABLE = ("path", "sigma", "source", "target", "batch_size", "lr", "ema_decay")
+
+
+def _check_resume_config(out_dir: str, config: dict, override: bool) -> list[str]:
+    """A resumed run must continue the configuration it was started with: refuse silent drift.
+    With ``override``, the overridable differences are accepted (and returned, to be applied)."""
     from flowfast.train import CHECKPOINT_NAME, read_checkpoint_config
 
     saved = read_checkpoint_config(os.path.join(out_dir, CHECKPOINT_NAME))
     if saved is None:
-        return
-    differences = [f"{key}: checkpoint {saved.get(key)!r}, now {config[key]!r}"
-                   for key in sorted(config) if key in saved and saved[key] != config[key]]
-    if differences:
-        raise ValueError("--resume with a configuration that differs from the checkpoint's (" + "; ".join(differences)
-                         + "); rerun with the checkpoint's values, or train into a new --out")
+        return []
+    changed = [key for key in sorted(config) if key in saved and saved[key] != config[key]]
+    describe = lambda keys: "; ".join(f"{k}: checkpoint {saved[k]!r}, now {config[k]!r}" for k in keys)  # noqa: E731
+    fixed = [key for key in changed if key not in OVERRIDABLE]
+    if fixed:
+        raise ValueError(f"--resume cannot change {describe(fixed)} (the checkpoint's weights have that shape)")
+    if changed and not override:
+        raise ValueError("--resume with a configuration that differs from the checkpoint's (" + describe(changed)
+                         + "); rerun with the checkpoint's values, pass --override-config to apply the new ones, "
+                         "or train into a new --out")
+    return changed
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -79,13 +90,16 @@ def _train(args: argparse.Namespace) -> int:
     config = {"model": model.config(), "path": args.path, "sigma": args.sigma, "source": args.source,
               "target": args.target, "batch_size": args.batch_size, "lr": args.lr, "ema_decay": ema}
     device = _device(args.device)
-    if args.resume:
-        _check_resume_config(args.out, config)
+    overridden = _check_resume_config(args.out, config, args.override_config) if args.resume else []
     trainer = Trainer(model, path, source, target,
                       optimizer=torch.optim.AdamW(model.to(device).parameters(), lr=args.lr, weight_decay=1e-5),
                       batch_size=args.batch_size, ema_decay=ema, seed=args.seed, device=device,
                       log_every=args.log_every, out_dir=args.out, checkpoint_every=args.checkpoint_every,
                       progress=not args.no_progress, config=config)
+    if "lr" in overridden:
+        trainer.lr_override = args.lr  # the optimizer state from the checkpoint carries the old one
+    if overridden:
+        print(f"[flowfast] --override-config: resuming with the new {', '.join(overridden)}", file=sys.stderr)
     losses = trainer.train(args.steps, resume=args.resume)
     summary = {"step": trainer.step, "steps_run": len(losses),
                "last_loss": losses[-1] if losses else None,
@@ -196,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay (0: no EMA)")
     train.add_argument("--out", default="runs/train", help="run folder (runs/<name>)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if present")
+    train.add_argument("--override-config", action="store_true",
+                       help="with --resume: apply this command's path, sigma, data, batch size, lr and EMA decay "
+                            "instead of refusing a configuration that differs from the checkpoint's")
     train.add_argument("--log-every", type=int, default=100, help="steps per metrics line")
     train.add_argument("--checkpoint-every", type=int, default=1000, help="steps per checkpoint")
     train.add_argument("--eval-n", type=int, default=0, help="after training, print W2 on this many samples (0: skip)")

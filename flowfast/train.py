@@ -258,6 +258,8 @@ class Trainer:
         if out_dir is not None and os.path.isdir(out_dir):
             remove_stale_temporaries(out_dir, CHECKPOINT_NAME)
         self.config = dict(config) if config is not None else {}
+        #: a learning rate that replaces the checkpoint's on resume (the CLI's --override-config)
+        self.lr_override: Optional[float] = None
 
         dist = torch.distributed
         self.distributed = dist.is_available() and dist.is_initialized()
@@ -486,6 +488,9 @@ class Trainer:
         if self.ema_model is not None:
             self.ema_model.load_state_dict(state["ema"] if state["ema"] is not None else state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.lr_override is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr_override
         coupling_state = state.get("coupling_state") or {}  # absent in checkpoints before couplings had state
         if coupling_state:
             coupling = self._coupling()

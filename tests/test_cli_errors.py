@@ -101,3 +101,21 @@ def test_stale_checkpoint_temporaries_are_removed(tmp_path):
         f.write_bytes(b"x")
     assert remove_stale_temporaries(str(folder), "checkpoint.pt") == [dead.name]
     assert not dead.exists() and mine.exists() and other.exists()
+
+
+def test_override_config_applies_the_new_values_for_real(capsys, tmp_path):
+    import torch
+
+    run = tmp_path / "run"
+    assert main(TRAIN + ["--out", str(run)]) == 0
+    argv = TRAIN[:2] + ["6"] + TRAIN[3:] + ["--out", str(run), "--resume", "--lr", "0.0123", "--path", "icfm",
+                                            "--override-config"]
+    assert main(argv) == 0
+    state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert state["step"] == 6
+    assert [g["lr"] for g in state["optimizer"]["param_groups"]] == [0.0123]
+    assert state["config"]["lr"] == 0.0123 and state["config"]["path"] == "icfm"
+    assert json.loads((run / "config.json").read_text())["lr"] == 0.0123
+    capsys.readouterr()
+    code, err = _run(capsys, TRAIN + ["--out", str(run), "--resume", "--hidden", "8", "--override-config"])
+    _one_line_error(code, err, "cannot change model")
