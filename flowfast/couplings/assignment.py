@@ -109,11 +109,18 @@ def solve_pair_cost(x0: torch.Tensor, x1: torch.Tensor, cost: torch.Tensor, maxi
     try:
         return ops.assignment.solve(cost[None], maximize, name="the cost between x0 and x1")[0]
     except ValueError as error:
+        if "NaN/Inf" in str(error):
+            raise_nonfinite_cost(x0, x1, cost.dtype)
         check_batches_finite(x0, x1)
-        if "NaN/Inf" in str(error):  # finite inputs, non-finite distances: they overflow the dtype
-            raise ValueError(f"the squared distances between x0 and x1 overflow {str(cost.dtype).replace('torch.', '')} "
-                             "(x0 and x1 are finite); rescale the inputs or use float64") from None
         raise
+
+
+def raise_nonfinite_cost(x0: torch.Tensor, x1: torch.Tensor, dtype: torch.dtype) -> None:
+    """A cost computed from x0 and x1 holds NaN/Inf: name the batch that does, or else say the
+    distances of finite inputs overflow ``dtype`` (error path only: reads both batches back)."""
+    check_batches_finite(x0, x1)
+    raise ValueError(f"the squared distances between x0 and x1 overflow {str(dtype).replace('torch.', '')} "
+                     "(x0 and x1 are finite); rescale the inputs or use float64")
 
 
 def check_batches_finite(x0: torch.Tensor, x1: torch.Tensor) -> None:

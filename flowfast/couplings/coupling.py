@@ -13,6 +13,7 @@ The implementations here are stateless (``state_dict() == {}``) and defined by i
 
 from __future__ import annotations
 
+import abc
 from typing import Optional, Protocol, runtime_checkable
 
 import torch
@@ -41,12 +42,14 @@ class Coupling(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
-class IndexCoupling:
-    """A stateless coupling given by index pairs ``(i, j)``: pairs ``(x0[i], x1[j])``."""
+class IndexCoupling(abc.ABC):
+    """A stateless coupling given by index pairs ``(i, j)``: pairs ``(x0[i], x1[j])``. Subclasses
+    define :meth:`indices`."""
 
+    @abc.abstractmethod
     def indices(self, x0: torch.Tensor, x1: torch.Tensor,
                 generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        """``(rows, cols)``, each ``(k,)`` int64 on the batches' device."""
 
     def __call__(self, x0, x1, generator=None):
         rows, cols = self.indices(x0, x1, generator)

@@ -16,7 +16,7 @@ import torch
 from flowfast import ops
 from flowfast._rng import generator_device
 from flowfast._validate import check_batch_pair, check_choice
-from flowfast.couplings.assignment import check_batches_finite, solve_pair_cost
+from flowfast.couplings.assignment import check_batches_finite, raise_nonfinite_cost, solve_pair_cost
 from flowfast.couplings.cost import BATCH_DTYPES, as_points, pairwise_cost
 from flowfast.couplings.sinkhorn import SolveOptions, sinkhorn, solve_problem
 
@@ -166,13 +166,14 @@ def pair_with_labels(x0: torch.Tensor, x1: torch.Tensor, y0: torch.Tensor, y1: t
         return x0[rows], x1[cols], y0[rows], y1[cols]
     check_choice("method", method, METHODS)
     _check_batches(x0, x1, same_size=not replace)
-    C = pairwise_cost(as_points(x0), as_points(x1)).double()
-    if not bool(C.isfinite().all()):
-        check_batches_finite(x0, x1)
-        raise ValueError("the cost between x0 and x1 overflows float64; rescale the inputs")
+    points_cost = pairwise_cost(as_points(x0), as_points(x1))
+    C = points_cost.double()
+    scale = float(C.max())  # NaN/Inf anywhere in C makes it non-finite: the one finiteness check
+    if not math.isfinite(scale):
+        raise_nonfinite_cost(x0, x1, points_cost.dtype)
     mismatch = y0.reshape(y0.shape[0], -1)[:, None, :] != y1.reshape(y1.shape[0], -1)[None, :, :]
     mismatch = mismatch.any(-1).to(device=C.device)
-    penalty = float(C.max()) * C.shape[0] + 1.0
+    penalty = scale * C.shape[0] + 1.0
     penalized = C + penalty * mismatch
     if method == "exact":
         cols_for_rows = solve_pair_cost(x0, x1, penalized)
@@ -180,7 +181,6 @@ def pair_with_labels(x0: torch.Tensor, x1: torch.Tensor, y0: torch.Tensor, y1: t
         cols = cols_for_rows[rows]
     else:
         # eps relative to the within-label cost scale; the penalty makes cross-label entries vanish.
-        scale = float(C.max())
         result = sinkhorn(penalized, eps=reg * scale if scale > 0 else reg,
                           reg_m=reg_m if method == "unbalanced" else None)  # dense: the penalty needs it
         rows, cols = _sample_entropic(result, penalized, x0.shape[0], replace, generator, x0.device)

@@ -213,27 +213,19 @@ def _eps_schedule(problem, scale, opts: SolveOptions, shifted: bool) -> tuple[fl
     return eps_start, (eps / eps_start) ** (1.0 / (opts.max_iter - 1))
 
 
-# float32 potentials resolve about 2^-24 of their magnitude; returned ones that must carry an
-# offset larger than this many eps are returned in float64 (see solve_problem).
+# float32 potentials resolve about 2^-24 of their magnitude; returned ones that must carry a
+# shift larger than this many eps are returned in float64 (see solve_problem).
 _FLOAT32_OFFSET_LIMIT = 1e-4 * 2**24
-
-
-def _exact_offsets(cost: torch.Tensor) -> torch.Tensor:
-    """(B,) per-problem shifts c0 for which C - c0 is exact in the cost's dtype (Sterbenz: every
-    entry within a factor 2 of c0 and of the same sign), else 0. Exactly the problems whose costs
-    sit far from 0 (range <= |min|) get shifted; the others need no shift and must not be rounded."""
-    lo, hi = cost.amin(dim=(1, 2)), cost.amax(dim=(1, 2))
-    exact = ((lo > 0) & (hi <= 2 * lo)) | ((hi < 0) & (2 * hi <= lo))
-    return torch.where(exact, lo, torch.zeros_like(lo))
 
 
 def _check_finite_outputs(err, value, transport, dtype) -> None:
     """An unbalanced plan can carry more mass than the dtype holds (costs far below 0): say so
     instead of returning inf/NaN. One host read."""
-    if not bool(torch.isfinite(torch.stack([err.double().sum(), value.double().sum(), transport.double().sum()])).all()):
-        raise ValueError(f"the Sinkhorn plan's mass or cost overflows {str(dtype).replace('torch.', '')} (unbalanced OT on costs far below 0 "
-                         "gives a plan mass of about exp(-min C / (eps + 2 reg_m))); shift the costs to be >= 0, "
-                         "raise reg_m, or use float64")
+    totals = torch.stack([err.double().sum(), value.double().sum(), transport.double().sum()])
+    if not bool(torch.isfinite(totals).all()):
+        raise ValueError(f"the Sinkhorn plan's mass or cost overflows {str(dtype).replace('torch.', '')} (unbalanced "
+                         "OT on costs far below 0 gives a plan mass of about exp(-min C / (eps + 2 reg_m))); shift "
+                         "the costs to be >= 0, raise reg_m, or use float64")
 
 
 def solve_problem(problem, a, b, scale, opts: SolveOptions,
@@ -242,19 +234,18 @@ def solve_problem(problem, a, b, scale, opts: SolveOptions,
     :class:`flowfast.ops.sinkhorn.Scale`.
 
     Balanced dense problems whose costs sit far from 0 are solved on the cost shifted by its
-    per-problem minimum c0 (exactly, see :func:`_exact_offsets`; the plan does not change, f does
-    by c0): the potentials then only span the cost's range, which float32 resolves. The returned f adds c0 back, in float64 when a
-    float32 f could not hold it to 1e-4 eps; errors, cost and value are those of the returned
-    potentials."""
+    per-problem minimum c0 (exactly, see :func:`flowfast.ops.sinkhorn.exact_offsets`; the plan
+    does not change, f does by c0): the potentials then only span the cost's range, which float32
+    resolves. The returned f adds c0 back, in float64 when a float32 f could not hold it to
+    1e-4 eps; errors, cost and value are those of the returned potentials."""
     balanced = opts.reg_m is None
     log_a, log_b = _marginals(problem, a, b, balanced=balanced)
     shift = balanced and problem.cost is not None
     eps_start, decay = _eps_schedule(problem, scale, opts, shifted=shift)
     device, dtype = problem.ref.device, problem.ref.dtype
     impl, run_device = ops.sinkhorn.resolve_backend(opts.backend, device)
-    offset = None
-    if shift:
-        offset = _exact_offsets(problem.cost.detach())
+    offset = scale.offsets if shift else None
+    if offset is not None:
         problem = ops.sinkhorn.Problem(problem.cost - offset[:, None, None], None, None, problem.batched)
     run = problem.to(run_device)
     la, lb = log_a.to(run_device), log_b.to(run_device)

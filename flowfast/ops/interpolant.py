@@ -29,6 +29,7 @@ from flowfast._validate import check_batch_pair, check_finite
 #: storage dtypes of the kernels (they compute in double)
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
+
 def validate_batches(x0: torch.Tensor, x1: torch.Tensor) -> None:
     """x0, x1: (B, *shape) of one kernel dtype, device and shape."""
     check_batch_pair(x0, x1, dtypes=KERNEL_DTYPES)
@@ -45,8 +46,6 @@ def validate_t(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if bool(((t < 0) | (t > 1)).any()):
         raise ValueError("t must lie in [0, 1]")
     return t.to(device=x.device, dtype=x.dtype)
-
-
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -237,7 +236,7 @@ def _dut_dt(k, x0, x1, t, noise, kind, sigma, seed, offset):
 
 
 def _sample_backward(k, grad_xt, x0, x1, t, noise, kind, sigma, seed, offset, needs):
-    """(grad_x0, grad_x1, grad_t, grad_eps) of x_t = a x0 + b x1 + c noise, each None unless needed."""
+    """(grad_x0, grad_x1, grad_t, grad_noise) of x_t = a x0 + b x1 + c noise, each None unless needed."""
     zero = torch.zeros_like(grad_xt)
     gx0 = _linear_xt(k, grad_xt, zero, t, zero, kind, sigma) if needs[0] else None
     gx1 = _linear_xt(k, zero, grad_xt, t, zero, kind, sigma) if needs[1] else None
@@ -277,8 +276,6 @@ def _loss_jvp(k, tangents, v, x0, x1, t, noise, weight, kind, sigma, seed, offse
     B = v.shape[0]
     out = torch.zeros(B, dtype=v.dtype, device=v.device)
     dut_dt = _dut_dt(k, x0, x1, t, noise, kind, sigma, seed, offset) if dt is not None else None
-    if dut_dt is not None:
-        dx_from_t = _rows_scale(dt, dut_dt)
     if dv is not None or dx0 is not None or dx1 is not None or deps is not None or dut_dt is not None:
         # 2 w_b (v - u_t) from the backward kernel, against the tangent of (v - u_t).
         ones = torch.ones(B, dtype=v.dtype, device=v.device)
@@ -288,7 +285,7 @@ def _loss_jvp(k, tangents, v, x0, x1, t, noise, weight, kind, sigma, seed, offse
             d_residual = d_residual - _linear_ut(k, _zeros_or(dx0, x0), _zeros_or(dx1, x1), t, _zeros_or(deps, x0),
                                                  kind, sigma).view(v.shape)
         if dut_dt is not None:
-            d_residual = d_residual - dx_from_t.view(v.shape)
+            d_residual = d_residual - _rows_scale(dt, dut_dt).view(v.shape)
         out = out + (residual_grad * d_residual).reshape(B, -1).sum(1)
     if dw is not None:
         out = out + dw * k.loss(v, x0, x1, t, noise, None, kind, sigma, seed, offset)
@@ -304,10 +301,11 @@ def _loss_setup(ctx, inputs, output):
     v, x0, x1, t, noise, weight, *config = inputs
     ctx.save_for_backward(v, x0, x1, t, noise, weight)
     ctx.config = tuple(config)
+    ctx.kernels = TRACEABLE
 
 
 def _loss_backward(ctx, grad):
-    grads = _loss_backward_all(TRACEABLE, grad, *_loss_inputs(ctx), needs=ctx.needs_input_grad[:6])
+    grads = _loss_backward_all(ctx.kernels, grad, *_loss_inputs(ctx), needs=ctx.needs_input_grad[:6])
     return (*grads, None, None, None, None)
 
 
@@ -356,9 +354,9 @@ class _SampleRules:
     def jvp(ctx, dx0, dx1, dt, dnoise, *_):
         x0, x1, t, noise = ctx.saved_tensors
         kind, sigma, seed, offset = ctx.config
-        dxt = _linear_xt(EAGER, _zeros_or(dx0, x0), _zeros_or(dx1, x1), t, dnoise, kind, sigma)
+        dxt = _linear_xt(ctx.kernels, _zeros_or(dx0, x0), _zeros_or(dx1, x1), t, dnoise, kind, sigma)
         if dt is not None:
-            dxt = dxt + _rows_scale(dt, _dxt_dt(EAGER, x0, x1, t, noise, kind, sigma, seed, offset))
+            dxt = dxt + _rows_scale(dt, _dxt_dt(ctx.kernels, x0, x1, t, noise, kind, sigma, seed, offset))
         return dxt, None
 
 
@@ -373,15 +371,14 @@ class _LossRules:
     @staticmethod
     def setup_context(ctx, inputs, output):
         _loss_setup(ctx, inputs, output)
+        ctx.kernels = EAGER
         ctx.save_for_forward(*inputs[:6])
 
-    @staticmethod
-    def backward(ctx, grad):
-        return (*_loss_backward_all(EAGER, grad, *_loss_inputs(ctx), needs=ctx.needs_input_grad[:6]),) + (None,) * 4
+    backward = staticmethod(_loss_backward)
 
     @staticmethod
     def jvp(ctx, *tangents):
-        return _loss_jvp(EAGER, tangents[:6], *_loss_inputs(ctx))
+        return _loss_jvp(ctx.kernels, tangents[:6], *_loss_inputs(ctx))
 
 
 class _MeanLossRules(_LossRules):
@@ -394,15 +391,12 @@ class _MeanLossRules(_LossRules):
 
     @staticmethod
     def backward(ctx, grad):
-        saved = _loss_inputs(ctx)
-        v = saved[0]
-        per_sample_grad = (grad / v.numel()).expand(v.shape[0])
-        return (*_loss_backward_all(EAGER, per_sample_grad, *saved, needs=ctx.needs_input_grad[:6]),) + (None,) * 4
+        v = ctx.saved_tensors[0]
+        return _loss_backward(ctx, (grad / v.numel()).expand(v.shape[0]))
 
     @staticmethod
     def jvp(ctx, *tangents):
-        saved = _loss_inputs(ctx)
-        return _loss_jvp(EAGER, tangents[:6], *saved).sum() / saved[0].numel()
+        return _LossRules.jvp(ctx, *tangents).sum() / ctx.saved_tensors[0].numel()
 
 
 class _EagerOp:

@@ -29,8 +29,8 @@ import torch
 
 from flowfast import _arrays
 from flowfast._backend import _C
-from flowfast._validate import check_device_supported, check_finite, check_float, check_ndim, check_nonempty, \
-    check_same_device
+from flowfast._validate import (check_device_supported, check_finite, check_float, check_ndim, check_nonempty,
+                                check_same_device)
 from flowfast.ops import _switch
 
 DENSE, SQEUCLIDEAN = 0, 1
@@ -117,7 +117,9 @@ class Scale:
     range: float
     max: float
     min: float = 0.0
-    #: largest |per-problem minimum| of a dense batch: the offset a shifted solve adds back to f
+    #: dense: ``(B,)`` per-problem shifts that are exact in the cost's dtype (:func:`exact_offsets`)
+    offsets: Optional[torch.Tensor] = None
+    #: the largest of ``|offsets|``: what a shifted solve adds back to f
     offset: float = 0.0
 
     @property
@@ -125,15 +127,26 @@ class Scale:
         return max(abs(self.min), abs(self.max))
 
 
+def exact_offsets(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` shifts c0 for problems with per-problem cost bounds ``lo``, ``hi`` such that C - c0
+    is exact in the cost's dtype (Sterbenz: every entry within a factor 2 of c0 and of the same
+    sign), else 0. Exactly the problems whose costs sit far from 0 (range <= |min|) get shifted;
+    the others need no shift and must not be rounded."""
+    exact = ((lo > 0) & (hi <= 2 * lo)) | ((hi < 0) & (2 * hi <= lo))
+    return torch.where(exact, lo, torch.zeros_like(lo))
+
+
 def problem_scale(problem: Problem) -> Scale:
     """:class:`Scale` of a validated problem, with its finiteness check: one reduction and one host
     read (the only one of a Sinkhorn call before its iterations). Names the non-finite input."""
     if problem.cost is not None:
         c = problem.cost.detach()
-        lo, hi, offset = torch.stack([c.amin(), c.amax(), c.amin(dim=(1, 2)).abs().amax()]).double().tolist()
+        lo_b, hi_b = c.amin(dim=(1, 2)), c.amax(dim=(1, 2))
+        offsets = exact_offsets(lo_b, hi_b)
+        lo, hi, offset = torch.stack([lo_b.amin(), hi_b.amax(), offsets.abs().amax()]).double().tolist()
         if not (math.isfinite(lo) and math.isfinite(hi)):
             check_finite("cost", c)
-        return Scale(hi - lo, hi, lo, offset)
+        return Scale(hi - lo, hi, lo, offsets, offset)
     bound = float(sq_diameter_bound(problem.x.detach(), problem.y.detach()))
     if not math.isfinite(bound):
         check_finite("x", problem.x)
