@@ -2,11 +2,12 @@
 
 Commands:
     info     print the build and device information
-    train    train a flow-matching MLP on a 2D toy (JSONL metrics, checkpoints, --resume)
-    sample   draw samples from a checkpoint with an ODE solver
-    eval     exact W2 between a checkpoint's samples and the target (prints JSON)
-    demo     train I-CFM and OT-CFM on N(0, I) -> 8 gaussians, print a W2 / NFE table, write a plot
-             (--coupling: the older exact-OT pairing demo)
+    train    train a flow-matching MLP (--method cfm) or a few-step flow map (--method lsd|esd|psd|distill)
+             on a 2D toy or your own data (--data PATH.npy|.pt); JSONL metrics, checkpoints, --resume
+    sample   draw samples from a checkpoint (flow maps: --steps K jumps; velocity models: an ODE solver)
+    eval     exact W2 and NFE of a checkpoint's samples against the target (prints JSON)
+    demo     OT-CFM teacher -> LSD and distilled flow maps on N(0, I) -> 8 gaussians: W2 at 1/2/4/8
+             steps next to the ODE, and a plot (--cfm: I-CFM vs OT-CFM; --coupling: exact-OT pairing)
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def _device(name: str) -> str:
 
 # Settings a resumed run can take over from the command line (--override-config); the model's
 # shape cannot change under its weights.
-OVERRIDABLE = ("path", "sigma", "source", "target", "batch_size", "lr", "ema_decay")
+OVERRIDABLE = ("path", "sigma", "source", "target", "data", "coupling", "batch_size", "lr", "ema_decay")
 
 
 def _check_resume_config(out_dir: str, config: dict, override: bool) -> list[str]:
@@ -72,28 +73,60 @@ def _check_resume_config(out_dir: str, config: dict, override: bool) -> list[str
     return changed
 
 
-def _train(args: argparse.Namespace) -> int:
+def _run_config(args: argparse.Namespace) -> dict:
+    """The JSON-able description of the run (flowfast.train.recipes) from the train options."""
     import torch
 
     from flowfast import data
-    from flowfast.models import MLP
-    from flowfast.train import Trainer, make_path
+    from flowfast.train.recipes import flow_map_model
 
-    path = make_path(args.path, args.sigma)
-    if args.path == "fm" and args.source != "gaussian":
-        raise ValueError("--path fm (Lipman's flow matching) starts from N(0, I): use --source gaussian")
-    source, target = data.get_sampler(args.source), data.get_sampler(args.target)
-    dim = source(1, torch.Generator().manual_seed(0)).shape[1]
-    torch.manual_seed(args.seed)  # the initial weights
-    model = MLP(dim, hidden=args.hidden, depth=args.depth)
-    ema = None if args.ema_decay <= 0 else args.ema_decay
-    config = {"model": model.config(), "path": args.path, "sigma": args.sigma, "source": args.source,
-              "target": args.target, "batch_size": args.batch_size, "lr": args.lr, "ema_decay": ema}
+    config = {"method": args.method, "batch_size": args.batch_size, "lr": args.lr,
+              "ema_decay": None if args.ema_decay <= 0 else args.ema_decay}
+    if args.data:
+        from flowfast.train.batches import load_array
+
+        config.update(data=os.path.abspath(args.data), source=args.source)
+        item_shape = tuple(load_array(args.data).shape[1:])
+    else:
+        config.update(source=args.source or "gaussian", target=args.target)
+        item_shape = tuple(data.get_sampler(config["source"])(1, torch.Generator().manual_seed(0)).shape[1:])
+    if args.method == "cfm":
+        if args.path == "fm" and (config["source"] or "gaussian") != "gaussian":
+            raise ValueError("--path fm (Lipman's flow matching) starts from N(0, I): use --source gaussian")
+        if len(item_shape) != 1:
+            raise ValueError(f"--method cfm trains a vector MLP; the data has samples of shape {item_shape}: "
+                             "use a flow-map method (e.g. --method lsd, a U-Net for images)")
+        config.update(path=args.path, sigma=args.sigma, model_kind="mlp",
+                      model={"dim": item_shape[0], "hidden": args.hidden, "depth": args.depth,
+                             "time_embedding": True})
+        return config
+    kind, model = flow_map_model(item_shape, args.hidden, args.depth)
+    config.update(model_kind=kind, model=model, coupling=args.coupling, loss_weight=args.loss_weight)
+    needs_teacher = args.method in ("distill", "lmd", "emd", "pfmm")
+    if needs_teacher and not args.teacher:
+        raise ValueError(f"--method {args.method} distils a teacher: pass --teacher CHECKPOINT (e.g. of an otcfm run)")
+    if args.teacher and not needs_teacher:
+        raise ValueError(f"--teacher is for the distillation methods; --method {args.method} trains without one")
+    if args.teacher:
+        if not os.path.exists(args.teacher):
+            raise ValueError(f"no teacher checkpoint at {args.teacher}")
+        config["teacher"] = os.path.abspath(args.teacher)
+    return config
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    from flowfast.train import Trainer
+    from flowfast.train.recipes import build_run
+
+    config = _run_config(args)
     device = _device(args.device)
+    model, objective, source, target = build_run(config, device=device, seed=args.seed)
     overridden = _check_resume_config(args.out, config, args.override_config) if args.resume else []
-    trainer = Trainer(model, path, source, target,
+    trainer = Trainer(model, objective, source, target,
                       optimizer=torch.optim.AdamW(model.to(device).parameters(), lr=args.lr, weight_decay=1e-5),
-                      batch_size=args.batch_size, ema_decay=ema, seed=args.seed, device=device,
+                      batch_size=args.batch_size, ema_decay=config["ema_decay"], seed=args.seed, device=device,
                       log_every=args.log_every, out_dir=args.out, checkpoint_every=args.checkpoint_every,
                       progress=not args.no_progress, config=config)
     if "lr" in overridden:
@@ -105,9 +138,20 @@ def _train(args: argparse.Namespace) -> int:
                "last_loss": losses[-1] if losses else None,
                "checkpoint": trainer.checkpoint_path, "metrics": trainer.metrics_path}
     if args.eval_n:
-        summary["eval"] = trainer.evaluate(n=args.eval_n)
+        summary["eval"] = trainer.evaluate(n=args.eval_n, **_sampler_options(trainer, None, None))
     print(json.dumps(summary))
     return 0
+
+
+def _sampler_options(trainer, method, steps) -> dict:
+    """A flow map samples by composing its map (4 jumps by default), a velocity model by Euler (100)."""
+    from flowfast.train.recipes import is_flow_map_config
+
+    flow_map = is_flow_map_config(trainer.config)
+    method = method or ("map" if flow_map else "euler")
+    if method == "map" and not flow_map:
+        raise ValueError("--method map composes a flow map; this checkpoint is a velocity model: use an ODE method")
+    return {"method": method, "steps": steps or (4 if method == "map" else 100)}
 
 
 def _load(args: argparse.Namespace):
@@ -128,8 +172,8 @@ def _sample(args: argparse.Namespace) -> int:
     import torch
 
     trainer = _load(args)
-    result = trainer.sample(args.n, steps=args.steps, method=args.method, ema=not args.no_ema,
-                            generator=_generator(args.seed))
+    options = _sampler_options(trainer, args.method, args.steps)
+    result = trainer.sample(args.n, ema=not args.no_ema, generator=_generator(args.seed), **options)
     x = result.x.cpu()
     folder = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(folder, exist_ok=True)
@@ -139,15 +183,16 @@ def _sample(args: argparse.Namespace) -> int:
         np.save(args.out, x.numpy())
     else:
         torch.save(x, args.out)
-    print(json.dumps({"out": args.out, "shape": list(x.shape), "nfe": result.nfe, "method": args.method,
-                      "steps": None if args.method == "dopri5" else args.steps, "checkpoint_step": trainer.step}))
+    print(json.dumps({"out": args.out, "shape": list(x.shape), "nfe": result.nfe, "method": options["method"],
+                      "steps": None if options["method"] == "dopri5" else options["steps"],
+                      "checkpoint_step": trainer.step}))
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
     trainer = _load(args)
-    print(json.dumps(trainer.evaluate(n=args.n, steps=args.steps, method=args.method, ema=not args.no_ema,
-                                      generator=_generator(args.seed))))
+    print(json.dumps(trainer.evaluate(n=args.n, ema=not args.no_ema, generator=_generator(args.seed),
+                                      **_sampler_options(trainer, args.method, args.steps))))
     return 0
 
 
@@ -157,12 +202,17 @@ def _demo(args: argparse.Namespace) -> int:
 
         run_pairing_demo(n=args.n, seed=args.seed, out_dir=args.out, device=_device(args.device))
         return 0
-    from flowfast.demo import run_training_demo
+    options = dict(batch_size=args.batch_size, n_eval=args.n_eval, eval_sets=args.eval_sets, seed=args.seed,
+                   out_dir=args.out, device=_device(args.device), progress=not args.no_progress,
+                   threads=args.threads or None)
+    if args.cfm:
+        from flowfast.demo import run_training_demo
 
-    run_training_demo(steps=args.steps, batch_size=args.batch_size, n_eval=args.n_eval,
-                      eval_sets=args.eval_sets, seed=args.seed,
-                      out_dir=args.out, device=_device(args.device), progress=not args.no_progress,
-                      threads=args.threads or None)
+        run_training_demo(steps=args.steps or 12000, **options)
+        return 0
+    from flowfast.demo import run_flowmap_demo
+
+    run_flowmap_demo(teacher_steps=args.steps or 8000, map_steps=args.steps or 8000, **options)
     return 0
 
 
@@ -183,6 +233,7 @@ def _positive(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from flowfast.data import SAMPLERS
     from flowfast.samplers import METHODS
+    from flowfast.flowmaps import OBJECTIVES
     from flowfast.train import PATHS
 
     parser = argparse.ArgumentParser(prog="python -m flowfast", description=__doc__,
@@ -191,22 +242,35 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("info", help="build and device information").set_defaults(func=_info)
     defaults = argparse.ArgumentDefaultsHelpFormatter
 
-    train = sub.add_parser("train", help="train a flow-matching MLP on a 2D toy", formatter_class=defaults,
-                           description="Train an MLP velocity field on a CFM path between two 2D toy "
-                                       "distributions. Writes OUT/metrics.jsonl, OUT/config.json and "
-                                       "OUT/checkpoint.pt (atomic); --resume continues from the checkpoint "
-                                       "with the same losses as an uninterrupted run. --steps is the total.")
-    train.add_argument("--source", default="gaussian", choices=sorted(SAMPLERS), help="x0 distribution (t=0)")
+    train = sub.add_parser("train", help="train a flow-matching model or a flow map", formatter_class=defaults,
+                           description="Train an MLP velocity field on a CFM path (--method cfm) or a few-step flow "
+                                       "map (--method lsd, esd, psd, psd-u, or distill/emd/pfmm from --teacher) between "
+                                       "two 2D toys or from N(0, I) noise to your own data (--data). Writes "
+                                       "OUT/metrics.jsonl, OUT/config.json and OUT/checkpoint.pt (atomic); --resume "
+                                       "continues from the checkpoint with the same losses as an uninterrupted run. "
+                                       "--steps is the total.")
+    train.add_argument("--method", default="cfm", choices=["cfm", *sorted(OBJECTIVES)],
+                       help="cfm: a velocity model on --path; the others train a flow map X_{s,t} (flowfast.flowmaps)")
+    train.add_argument("--source", default=None, choices=sorted(SAMPLERS),
+                       help="x0 distribution (t=0); default gaussian, or N(0, I) shaped like --data")
     train.add_argument("--target", default="8gaussians", choices=sorted(SAMPLERS), help="x1 distribution (t=1)")
+    train.add_argument("--data", default=None, metavar="PATH",
+                       help="train on your own x1 rows instead of --target: a .npy or .pt file of shape (N, d) or "
+                            "(N, C, H, H) images (flow maps get a U-Net)")
     train.add_argument("--path", default="otcfm", choices=sorted(PATHS),
-                       help="icfm, otcfm (exact minibatch OT), sbcfm (Schrodinger bridge), fm (Lipman), vp")
-    train.add_argument("--sigma", type=float, default=0.1, help="path noise (sigma_min for fm)")
+                       help="--method cfm: icfm, otcfm (exact minibatch OT), sbcfm (Schrodinger bridge), fm (Lipman), vp")
+    train.add_argument("--sigma", type=float, default=0.1, help="--method cfm: path noise (sigma_min for fm)")
+    train.add_argument("--coupling", default="independent", choices=["independent", "exact", "sinkhorn"],
+                       help="flow maps: how each batch is paired")
+    train.add_argument("--teacher", default=None, metavar="CHECKPOINT",
+                       help="distill/lmd/emd/pfmm: the checkpoint of the velocity to distil (e.g. an otcfm run)")
+    train.add_argument("--loss-weight", action="store_true", help="flow maps: learn the two-time loss weight w_{s,t}")
     train.add_argument("--steps", type=int, default=20000, help="total optimizer steps")
     train.add_argument("--batch-size", type=int, default=512)
     train.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (weight decay 1e-5)")
     train.add_argument("--seed", type=_seed, default=0)
-    train.add_argument("--hidden", type=int, default=64, help="MLP width")
-    train.add_argument("--depth", type=int, default=3, help="MLP hidden layers")
+    train.add_argument("--hidden", type=int, default=64, help="MLP width (vector data)")
+    train.add_argument("--depth", type=int, default=3, help="MLP hidden layers (vector data)")
     train.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay (0: no EMA)")
     train.add_argument("--out", default="runs/train", help="run folder (runs/<name>)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if present")
@@ -225,8 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helptext, description=helptext, formatter_class=defaults)
         p.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by `python -m flowfast train`")
         p.add_argument("--n", type=_positive, default=2000 if name == "eval" else 1000, help="number of samples")
-        p.add_argument("--steps", type=_positive, default=100, help="solver steps (fixed-step methods)")
-        p.add_argument("--method", default="euler", choices=METHODS, help="ODE solver")
+        p.add_argument("--steps", type=_positive, default=None,
+                       help="flow maps: jumps of the map (default 4); ODE: fixed solver steps (default 100)")
+        p.add_argument("--method", default=None, choices=["map", *METHODS],
+                       help="map (flow maps, the default for them) or an ODE solver (default euler)")
         p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
         p.add_argument("--seed", type=_seed, default=None, help="seed for the source samples (default: fixed per run)")
         p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
@@ -235,13 +301,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
 
     demo = sub.add_parser("demo", formatter_class=defaults,
-                          help="I-CFM vs OT-CFM on N(0,I) -> 8 gaussians: W2 / NFE table and a plot",
-                          description="Train I-CFM and OT-CFM (sigma 0.1, MLP 3x64) on N(0, I) -> 8 gaussians, "
-                                      "print W2 for 1/2/4/8/100 Euler steps and dopri5 with the NFE, write "
-                                      "OUT/demo.png and OUT/results.json. --coupling runs the exact-OT "
-                                      "pairing demo instead.")
+                          help="flow maps on N(0,I) -> 8 gaussians: W2 at 1/2/4/8 steps next to the ODE, and a plot",
+                          description="Train an OT-CFM teacher (MLP 3x64), then an LSD flow map and a map distilled "
+                                      "from the teacher (FlowMapMLP 3x128) on N(0, I) -> 8 gaussians; print W2 and "
+                                      "NFE at 1/2/4/8 jumps next to the teacher's Euler and dopri5, write "
+                                      "OUT/demo.png and OUT/results.json. --cfm: I-CFM vs OT-CFM instead "
+                                      "(OUT/cfm.png); --coupling: the exact-OT pairing demo.")
+    demo.add_argument("--cfm", action="store_true", help="run the I-CFM vs OT-CFM demo instead")
     demo.add_argument("--coupling", action="store_true", help="run the exact-OT pairing demo instead")
-    demo.add_argument("--steps", type=_positive, default=12000, help="training steps per model")
+    demo.add_argument("--steps", type=_positive, default=None,
+                      help="training steps per model (default 8000; --cfm 12000)")
     demo.add_argument("--batch-size", type=_positive, default=256, help="training minibatch")
     demo.add_argument("--n-eval", type=_positive, default=2000, help="samples per W2 eval set")
     demo.add_argument("--eval-sets", type=_positive, default=3, help="independent eval sets averaged per W2")

@@ -3,10 +3,13 @@
 Conventions follow torchcfm so published W2 numbers are comparable: ``eight_gaussians`` puts
 8 modes on a circle of radius 5 with per-coordinate std sqrt(sqrt(0.1)) (torchcfm passes
 sqrt(var) as the covariance), ``moons`` is sklearn-style two moons (noise 0.2) scaled by 3 minus 1.
+
+Also one small image set: the 8x8 digits (``digits``, ``digits_labels``; needs scikit-learn).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -81,3 +84,36 @@ def get_sampler(name: str):
         return SAMPLERS[name]
     except KeyError:
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(SAMPLERS)}") from None
+
+
+# --- 8x8 digits (a fixed image set, not a sampler) -----------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _load_digits():
+    # Cached: load_digits parses a compressed CSV on every call; callers copy before returning.
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:
+        raise ImportError("the 8x8 digits come from scikit-learn (it ships the data, no download): "
+                          "pip install scikit-learn") from e
+    return load_digits()
+
+
+def digits(device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The 1797 8x8 handwritten digits of ``sklearn.datasets.load_digits`` as ``(1797, 1, 8, 8)``
+    images in [-1, 1] (pixel value v in 0..16 becomes ``v / 8 - 1``; background is -1), in the
+    dataset's fixed order. As data x1 (t = 1) for image flow matching; see ``digits_labels``.
+
+    Raises:
+        ImportError: scikit-learn is not installed.
+    """
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    images = torch.from_numpy(_load_digits().images)  # float64, values 0..16
+    return (images / 8 - 1).reshape(-1, 1, 8, 8).to(device=device, dtype=dtype)
+
+
+def digits_labels(device=None) -> torch.Tensor:
+    """The classes 0..9 of ``digits()``, int64 ``(1797,)``, in the same order."""
+    return torch.from_numpy(_load_digits().target).to(dtype=torch.int64).clone().to(device)

@@ -31,8 +31,9 @@ for spec in pybind11:pybind11 scikit_build_core:scikit-build-core numpy:numpy sc
 done
 if [ ${#missing[@]} -gt 0 ]; then pip_install "${missing[@]}"; fi
 
-# Peers for benchmarks and cross-checks, matplotlib for the demo plot; optional (the GPU machine is offline).
-for spec in ot:pot lap:lap matplotlib:matplotlib; do
+# Peers for benchmarks and cross-checks, matplotlib for the demo plot, scikit-learn for the 8x8
+# digits (flowfast.data.digits ships inside it, no download); optional (the GPU machine is offline).
+for spec in ot:pot lap:lap matplotlib:matplotlib sklearn:scikit-learn; do
   mod=${spec%%:*}; pkg=${spec#*:}
   "$PY" -c "import $mod" 2>/dev/null || pip_install "$pkg" || echo "note: optional peer '$pkg' not installed"
 done
@@ -40,4 +41,9 @@ done
 # optimal_transport module, and resolving them could pull another torch: install it alone.
 "$PY" -c "import torchcfm.optimal_transport" 2>/dev/null || pip_install --no-deps "torchcfm==1.0.7" \
   || echo "note: optional peer 'torchcfm' not installed"
+# rectified-flow-pytorch (the flow-map peer: MeanFlow, LsdFlow): only its mean_flow / lsd_flow modules
+# are loaded, which need einops; its declared deps (torchvision, x-transformers, ...) would pull another torch.
+"$PY" -c "import einops" 2>/dev/null || pip_install --no-deps "einops" || echo "note: optional 'einops' not installed"
+"$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('rectified_flow_pytorch') is None)" 2>/dev/null \
+  || pip_install --no-deps "rectified-flow-pytorch==0.14.0" || echo "note: optional peer 'rectified-flow-pytorch' not installed"
 "$PY" -c "import sys, torch; print('flowfast env: python', sys.version.split()[0], 'torch', torch.__version__)"

@@ -351,20 +351,37 @@ def test_cli_bad_inputs(tmp_path, capsys):
     assert cli_main(["sample", "--checkpoint", str(tmp_path / "junk.pt")]) == 2
 
 
-def test_demo_at_toy_size(tmp_path, capsys):
+def test_cfm_demo_at_toy_size(tmp_path, capsys):
     threads = torch.get_num_threads()
-    assert cli_main(["demo", "--steps", "20", "--batch-size", "32", "--n-eval", "100", "--eval-sets", "2",
+    assert cli_main(["demo", "--cfm", "--steps", "20", "--batch-size", "32", "--n-eval", "100", "--eval-sets", "2",
                      "--out", str(tmp_path), "--no-progress"]) == 0
     assert torch.get_num_threads() == threads  # the demo's single-thread setting is undone
     text = capsys.readouterr().out
     assert "| euler, 1 step | 1 | " in text and "| dopri5" in text and "train time / 1000 steps" in text
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = json.loads((tmp_path / "cfm-results.json").read_text())
     assert set(results["models"]) == {"icfm", "otcfm"}
     assert [e["nfe"] for e in results["models"]["icfm"]["evals"]][:5] == [1, 2, 4, 8, 100]
     assert all(len(e["w2_per_set"]) == 2 for e in results["models"]["otcfm"]["evals"])
     pytest.importorskip("matplotlib")
-    assert (tmp_path / "demo.png").stat().st_size > 0
+    assert (tmp_path / "cfm.png").stat().st_size > 0
     assert cli_main(["demo", "--coupling", "--n", "64", "--out", str(tmp_path / "pairing")]) == 0
+
+
+def test_flowmap_demo_at_toy_size(tmp_path, capsys):
+    assert cli_main(["demo", "--steps", "20", "--batch-size", "32", "--n-eval", "100", "--eval-sets", "2",
+                     "--out", str(tmp_path), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "| OT-CFM teacher (ODE) | dopri5" in text and "| LSD map (exact-OT pairs) | map, 1 step | 1 |" in text
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["models"]) == {"teacher", "lsd", "distill"}
+    assert [e["nfe"] for e in results["models"]["lsd"]["evals"]] == [1, 2, 4, 8]
+    assert [e["nfe"] for e in results["models"]["distill"]["evals"]] == [1, 2, 4, 8]
+    # the run folders are CLI checkpoints: eval reads the flow map back and composes its map
+    assert cli_main(["eval", "--checkpoint", str(tmp_path / "distill" / "checkpoint.pt"), "--n", "50",
+                     "--steps", "2"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["nfe"] == 2
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "demo.png").stat().st_size > 0
 
 
 # --- bad inputs ----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Small velocity networks for the 2D toys (torchcfm's 2D ``MLP``: SELU, input ``concat(x, t)``)."""
+"""The 2D velocity MLP (torchcfm's 2D ``MLP``: SELU, input ``concat(x, t)``)."""
 
 from __future__ import annotations
 

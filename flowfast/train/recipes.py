@@ -1,0 +1,110 @@
+"""A run described by a JSON-able config: the model, the objective and the data it trains on.
+
+``python -m flowfast train`` writes such a config into every checkpoint, and
+:meth:`flowfast.train.Trainer.from_checkpoint` rebuilds the run from it, so both go through
+:func:`build_run`. Keys:
+
+- ``method``: ``"cfm"`` (a velocity MLP on the CFM path ``path`` with ``sigma``) or a flow-map
+  objective of :data:`flowfast.flowmaps.OBJECTIVES` (``lsd``, ``esd``, ``psd``, ``distill``, ...);
+- ``model_kind`` / ``model``: ``"mlp"`` (:class:`flowfast.models.MLP`), ``"flowmap_mlp"`` or
+  ``"flowmap_unet"`` (wrapped in a :class:`flowfast.flowmaps.FlowMap`) and the constructor kwargs;
+  ``loss_weight``: a learned two-time loss weight for flow maps;
+- ``source`` / ``target``: toy sampler names (:data:`flowfast.data.SAMPLERS`), or ``data``: a
+  ``.npy`` / ``.pt`` file of x1 rows with ``source`` None (standard normal noise like the data);
+- ``coupling`` (flow maps): ``independent``, ``exact`` or ``sinkhorn``; ``teacher``: the checkpoint
+  of the velocity a distillation method distils.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from flowfast.train.objectives import make_path
+
+__all__ = ["build_run", "flow_map_model", "is_flow_map_config", "load_teacher", "MODEL_KINDS"]
+
+MODEL_KINDS = ("mlp", "flowmap_mlp", "flowmap_unet")
+
+
+def is_flow_map_config(cfg: dict) -> bool:
+    return cfg.get("method", "cfm") != "cfm"
+
+
+def flow_map_model(item_shape: tuple, width: int, depth: int) -> tuple[str, dict]:
+    """The default flow-map net for data of shape ``item_shape``: an MLP for vectors, the U-Net
+    for ``(C, H, W)`` images."""
+    if len(item_shape) == 1:
+        return "flowmap_mlp", {"dim": int(item_shape[0]), "hidden": width, "depth": depth}
+    if len(item_shape) == 3 and item_shape[1] == item_shape[2]:
+        return "flowmap_unet", {"channels": int(item_shape[0]), "size": int(item_shape[1])}
+    raise ValueError(f"no default flow-map network for samples of shape {tuple(item_shape)}: vectors (d,) get "
+                     "FlowMapMLP, square images (C, H, H) FlowMapUNet; build the model in Python for others")
+
+
+def _model(cfg: dict):
+    from flowfast import flowmaps
+    from flowfast.models import MLP, FlowMapMLP, FlowMapUNet
+
+    kind = cfg.get("model_kind", "mlp")
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model_kind {kind!r} in the config; expected one of {MODEL_KINDS}")
+    if kind == "mlp":
+        if is_flow_map_config(cfg):
+            raise ValueError(f"method {cfg['method']!r} trains a flow map, but model_kind is 'mlp' (a velocity net)")
+        return MLP(**cfg["model"])
+    if not is_flow_map_config(cfg):
+        raise ValueError(f"model_kind {kind!r} is a flow-map net; method 'cfm' trains a velocity MLP")
+    net = (FlowMapMLP if kind == "flowmap_mlp" else FlowMapUNet)(**cfg["model"])
+    return flowmaps.FlowMap(net, loss_weight=bool(cfg.get("loss_weight", False)))
+
+
+def load_teacher(path: str, device="cpu"):
+    """The frozen velocity of a checkpoint (its EMA weights when kept): ``teacher(x, t)``."""
+    from flowfast import flowmaps
+    from flowfast.train.trainer import Trainer
+
+    trainer = Trainer.from_checkpoint(path, device=device)
+    model = trainer.ema_model if trainer.ema_model is not None else trainer.model
+    model.requires_grad_(False).eval()
+    return model.velocity if isinstance(model, flowmaps.FlowMap) else model
+
+
+def _objective(cfg: dict, device):
+    if not is_flow_map_config(cfg):
+        return make_path(cfg["path"], cfg["sigma"])
+    from flowfast import flowmaps
+
+    teacher = None
+    if cfg.get("teacher"):
+        teacher = load_teacher(cfg["teacher"], device)
+    kwargs = {}
+    if cfg.get("coupling") not in (None, "independent"):
+        kwargs["coupling"] = cfg["coupling"]
+    return flowmaps.make_objective(cfg["method"], teacher=teacher, **kwargs)
+
+
+def _data(cfg: dict):
+    from flowfast import data
+    from flowfast.train.batches import load_array
+
+    if cfg.get("data"):
+        source = data.get_sampler(cfg["source"]) if cfg.get("source") else None
+        return source, load_array(cfg["data"])
+    return data.get_sampler(cfg["source"]), data.get_sampler(cfg["target"])
+
+
+def build_run(cfg: dict, device="cpu", seed: Optional[int] = None):
+    """``(model, objective, source, target)`` for a config (see the module docstring). With
+    ``seed``, the model's initial weights are drawn after ``torch.manual_seed(seed)``."""
+    needed = ["model"] + (["path", "sigma"] if not is_flow_map_config(cfg) else ["method"])
+    needed += [] if cfg.get("data") else ["source", "target"]
+    missing = [key for key in needed if key not in cfg]
+    if missing:
+        raise ValueError(f"the run's config has no {missing}; rebuild the Trainer yourself and call resume()")
+    source, target = _data(cfg)
+    objective = _objective(cfg, device)
+    if seed is not None:
+        torch.manual_seed(seed)
+    return _model(cfg), objective, source, target
