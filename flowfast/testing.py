@@ -117,3 +117,34 @@ class HostReads:
     def count(self, exclude: tuple[str, ...] = ()) -> int:
         """Reads whose site starts with none of ``exclude``."""
         return sum(not s.startswith(exclude) for s in self.sites)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a local process group)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn_gloo(worker, out_dir: str, world: int = 2, timeout: float = 120.0) -> bool:
+    """Run ``worker(rank, world, port, out_dir)`` in ``world`` processes (torch.multiprocessing.spawn)
+    for a gloo process group on a free local port. Returns False if gloo is unavailable; kills the
+    workers and raises TimeoutError after ``timeout`` seconds. Results travel through files in
+    ``out_dir``."""
+    import time
+
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        return False
+    ctx = mp.spawn(worker, args=(world, free_port(), str(out_dir)), nprocs=world, join=False)
+    deadline = time.monotonic() + timeout
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in ctx.processes:
+                process.kill()
+            raise TimeoutError(f"the {world} gloo workers did not finish in {timeout:g} s")
+    return True

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -18,6 +16,7 @@ from flowfast.couplings.assignment import linear_assignment, pairwise_cost
 from flowfast.__main__ import main as cli_main
 from flowfast.models import MLP
 from flowfast.samplers import odeint
+from flowfast.testing import spawn_gloo
 from flowfast.train import CHECKPOINT_NAME, METRICS_NAME, Trainer, make_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -198,12 +197,6 @@ def test_same_seed_same_run_other_seed_other_run():
 # --- distributed (2 CPU processes, gloo) ---------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
@@ -251,18 +244,8 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 def test_ddp_gloo_two_processes(tmp_path):
-    import torch.distributed as dist
-    import torch.multiprocessing as mp
-
-    if not dist.is_available() or not dist.is_gloo_available():
+    if not spawn_gloo(_ddp_worker, tmp_path):
         pytest.skip("torch.distributed gloo backend unavailable")
-    ctx = mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False)
-    deadline = time.monotonic() + 120
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("DDP workers did not finish in 120 s")
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     for mode in (False, True):
         assert torch.equal(r0[mode]["params"], r1[mode]["params"])  # DDP keeps the ranks in lockstep

@@ -6,8 +6,6 @@ coupling of loader batches whose sizes differ between the ranks."""
 from __future__ import annotations
 
 import os
-import socket
-import time
 
 import pytest
 import torch
@@ -16,6 +14,7 @@ from torch import nn
 from flowfast import data, paths
 from flowfast.models import MLP
 from flowfast.samplers import ODEResult
+from flowfast.testing import spawn_gloo
 from flowfast.train import Trainer
 
 
@@ -175,12 +174,6 @@ def _dataset():
     return torch.linspace(-2, 2, _ROWS * 2, dtype=torch.float64).reshape(_ROWS, 2)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _jvp_worker(rank: int, world: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
@@ -213,18 +206,8 @@ def _jvp_worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 def test_function_transform_objective_under_ddp_matches_one_process_on_the_global_batch(tmp_path):
-    import torch.distributed as dist
-    import torch.multiprocessing as mp
-
-    if not dist.is_available() or not dist.is_gloo_available():
+    if not spawn_gloo(_jvp_worker, tmp_path):
         pytest.skip("torch.distributed gloo backend unavailable")
-    ctx = mp.spawn(_jvp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False)
-    deadline = time.monotonic() + 120
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("DDP workers did not finish in 120 s")
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["modules"] == r1["modules"] == ["_Net"]  # the bare module, not the DDP wrapper
     for a, b in zip(r0["init"], r1["init"]):

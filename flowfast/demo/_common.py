@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+
+import torch
+
 
 def pyplot():
     """matplotlib.pyplot on the Agg backend, or None (with a note) when matplotlib is missing."""
@@ -27,3 +31,15 @@ def std(values) -> float:
         return 0.0
     m = mean(values)
     return (sum((v - m) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+
+
+@contextlib.contextmanager
+def torch_threads(threads):
+    """Run with ``threads`` torch intra-op threads (None: torch's setting), restored afterwards."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -10,7 +10,7 @@ import time
 import torch
 
 from flowfast import data, metrics, paths
-from flowfast.demo._common import mean as _mean, pyplot as _pyplot, std as _std
+from flowfast.demo._common import mean as _mean, pyplot as _pyplot, std as _std, torch_threads
 
 #: (method, steps) of the demo's W2 table; steps None = adaptive.
 DEMO_SOLVERS = (("euler", 1), ("euler", 2), ("euler", 4), ("euler", 8), ("euler", 100), ("dopri5", None))
@@ -32,13 +32,8 @@ def run_training_demo(steps: int = 12000, batch_size: int = 256, n_eval: int = 2
     more threads to help, and a single thread does not collapse when other work shares the cores);
     ``None`` keeps torch's setting.
     """
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _training_demo(steps, batch_size, n_eval, eval_sets, seed, out_dir, device, progress, sigma)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _training_demo(steps, batch_size, n_eval, eval_sets, seed, out_dir, device, progress, sigma) -> dict:

@@ -17,7 +17,7 @@ import time
 import torch
 
 from flowfast import data, flowmaps, metrics, paths
-from flowfast.demo._common import mean, pyplot, std
+from flowfast.demo._common import mean, pyplot, std, torch_threads
 
 #: (label, kind, steps) of the table's rows: the teacher's ODE solvers, then map jumps
 TEACHER_SOLVERS = (("euler", 1), ("euler", 2), ("euler", 4), ("euler", 8), ("euler", 100), ("dopri5", None))
@@ -32,13 +32,8 @@ def run_flowmap_demo(teacher_steps: int = 8000, map_steps: int = 8000, batch_siz
     Every W2 is a mean over ``eval_sets`` independent sets of ``n_eval`` source and target points
     (the same sets for every row). ``threads``: torch threads for the run (None keeps torch's).
     """
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _demo(teacher_steps, map_steps, batch_size, n_eval, eval_sets, seed, out_dir, device, progress)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _trainer(model, objective, steps, batch_size, seed, device, out_dir, progress, config):
