@@ -13,7 +13,7 @@ EMA. The methods only differ in their training objective (each with its own libr
   batch on the diagonal s = t (flow matching of :math:`v_{t,t}`), the rest s < t uniform on the
   triangle with the Lagrangian term
   :math:`\|\partial_t X_{s,t}(I_s) - \mathrm{sg}\,v_{t,t}(\mathrm{sg}\,X_{s,t}(I_s))\|^2`.
-- **flowfast ESD** ``flowfast.flowmaps.ESD()``: same split, Eulerian semigradient term
+- **flowfast ESD** ``flowfast.flowmaps.ESD()``: same split, Eulerian semigradient term in MeanFlow's placement (``stop_gradient="target"``)
   :math:`\|v_{s,t} - \mathrm{sg}(b + (t-s)(\partial_s v + \nabla v\,b))\|^2`, :math:`b = \mathrm{sg}\,v_{s,s}(I_s)`.
 - **peer MeanFlow** ``rectified_flow_pytorch.mean_flow.MeanFlow(model)`` (defaults): per batch, with
   probability 0.5 plain flow matching, else (r, t) ~ sorted logit-normal(-0.4, 1) pairs and the
@@ -229,7 +229,7 @@ class Method:
         self.flow_map = flowmaps.FlowMap(net)  # every method's net is a flowfast-convention net
         self.meanflow_fm_batch: Optional[bool] = None
         if key in ("ff-lsd", "ff-esd"):
-            objective = flowmaps.LSD() if key == "ff-lsd" else flowmaps.ESD()
+            objective = flowmaps.LSD() if key == "ff-lsd" else flowmaps.ESD(stop_gradient="target")
             generator = torch.Generator().manual_seed(seed)
             self.wrapper = None
 
@@ -530,7 +530,7 @@ def notes(args, net_desc: str, n_params: int, peer, floors: dict, checks: dict, 
         f"drawn up front (generator {DATA_SEED_BASE} + seed), fed to flowfast as (x0, x1) and to the peers as "
         "(noise=x0, data=x1). Each objective draws its own times (flowfast from a generator seeded with the seed, "
         "the peers from torch's / Python's global RNG, seeded with the seed).",
-        "flowfast LSD / ESD: `flowmaps.LSD()` / `flowmaps.ESD()` defaults (exactly 75% of each batch on s = t, "
+        "flowfast LSD / ESD: `flowmaps.LSD()` / `flowmaps.ESD(stop_gradient=\"target\")` defaults (exactly 75% of each batch on s = t, "
         "the rest uniform on s < t). Peer: `MeanFlow(MeanFlowView(net))` and `LsdFlow(net)` with their defaults "
         "(MeanFlow: 50% of batches plain flow matching, logit-normal(-0.4, 1) times, adaptive weight p = 0.5, "
         "conditional-velocity JVP target; LsdFlow: Bernoulli(0.75) diagonal per sample, both terms computed on "

@@ -244,7 +244,8 @@ def main(argv=None) -> int:
         "= off the data (uniform noise row); clamped_fraction = pixel values outside [-1, 1] (clamped before "
         "scoring). A good sampler is near the real row on all of them at once",
         f"finite-sample yardstick for class_entropy: {args.eval_n} draws from ten equally likely classes give "
-        f"{ideal_entropy(args.eval_n):.3f} on average ({heldout.shape[0]} draws: {ideal_entropy(heldout.shape[0]):.3f}); "
+        f"{ideal_entropy(args.eval_n):.3f} on average "
+        f"({heldout.shape[0]} draws: {ideal_entropy(heldout.shape[0]):.3f}); "
         "the real held-out row's own class mix is not exactly uniform either",
     ]
     extra = {"settings": vars(args), "n_params": n_params, "train_s": train_s, "train_ms_per_step": step_ms,

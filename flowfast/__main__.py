@@ -65,7 +65,8 @@ def _check_resume_config(out_dir: str, config: dict, override: bool) -> list[str
     describe = lambda keys: "; ".join(f"{k}: checkpoint {saved[k]!r}, now {config[k]!r}" for k in keys)  # noqa: E731
     fixed = [key for key in changed if key not in OVERRIDABLE]
     if fixed:
-        raise ValueError(f"--resume cannot change {describe(fixed)} (the checkpoint's weights have that shape)")
+        raise ValueError(f"--resume cannot change {describe(fixed)} (the checkpoint's weights and optimizer belong to "
+                         "that model and method); train into a new --out")
     if changed and not override:
         raise ValueError("--resume with a configuration that differs from the checkpoint's (" + describe(changed)
                          + "); rerun with the checkpoint's values, pass --override-config to apply the new ones, "
@@ -78,6 +79,7 @@ def _run_config(args: argparse.Namespace) -> dict:
     import torch
 
     from flowfast import data
+    from flowfast.flowmaps import TEACHER_METHODS
     from flowfast.train.recipes import flow_map_model
 
     config = {"method": args.method, "batch_size": args.batch_size, "lr": args.lr,
@@ -91,6 +93,11 @@ def _run_config(args: argparse.Namespace) -> dict:
         config.update(source=args.source or "gaussian", target=args.target)
         item_shape = tuple(data.get_sampler(config["source"])(1, torch.Generator().manual_seed(0)).shape[1:])
     if args.method == "cfm":
+        if args.coupling is not None:
+            raise ValueError("--coupling is for the flow-map methods; --method cfm pairs by its --path "
+                             "(otcfm: exact OT, sbcfm: Sinkhorn, icfm: independent)")
+        args.path = args.path or "otcfm"
+        args.sigma = 0.1 if args.sigma is None else args.sigma
         if args.path == "fm" and (config["source"] or "gaussian") != "gaussian":
             raise ValueError("--path fm (Lipman's flow matching) starts from N(0, I): use --source gaussian")
         if len(item_shape) != 1:
@@ -100,15 +107,20 @@ def _run_config(args: argparse.Namespace) -> dict:
                       model={"dim": item_shape[0], "hidden": args.hidden, "depth": args.depth,
                              "time_embedding": True})
         return config
+    if args.path is not None or args.sigma is not None:
+        raise ValueError(f"--path and --sigma are for --method cfm; the flow maps (--method {args.method}) train on "
+                         "the straight interpolant (1 - t) x0 + t x1 without noise; pair with --coupling")
     kind, model = flow_map_model(item_shape, args.hidden, args.depth)
-    config.update(model_kind=kind, model=model, coupling=args.coupling, loss_weight=args.loss_weight)
-    needs_teacher = args.method in ("distill", "lmd", "emd", "pfmm")
+    config.update(model_kind=kind, model=model, coupling=args.coupling or "independent", loss_weight=args.loss_weight)
+    needs_teacher = args.method in TEACHER_METHODS
     if needs_teacher and not args.teacher:
         raise ValueError(f"--method {args.method} distils a teacher: pass --teacher CHECKPOINT (e.g. of an otcfm run)")
     if args.teacher and not needs_teacher:
         raise ValueError(f"--teacher is for the distillation methods; --method {args.method} trains without one")
     if args.teacher:
-        if not os.path.exists(args.teacher):
+        from flowfast.train import read_checkpoint
+
+        if read_checkpoint(args.teacher) is None:  # a garbage file is refused now, not at the first step
             raise ValueError(f"no teacher checkpoint at {args.teacher}")
         config["teacher"] = os.path.abspath(args.teacher)
     return config
@@ -257,11 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", default=None, metavar="PATH",
                        help="train on your own x1 rows instead of --target: a .npy or .pt file of shape (N, d) or "
                             "(N, C, H, H) images (flow maps get a U-Net)")
-    train.add_argument("--path", default="otcfm", choices=sorted(PATHS),
-                       help="--method cfm: icfm, otcfm (exact minibatch OT), sbcfm (Schrodinger bridge), fm (Lipman), vp")
-    train.add_argument("--sigma", type=float, default=0.1, help="--method cfm: path noise (sigma_min for fm)")
-    train.add_argument("--coupling", default="independent", choices=["independent", "exact", "sinkhorn"],
-                       help="flow maps: how each batch is paired")
+    train.add_argument("--path", default=None, choices=sorted(PATHS),
+                       help="--method cfm: icfm, otcfm (exact minibatch OT, the default), sbcfm (Schrodinger bridge), "
+                            "fm (Lipman), vp")
+    train.add_argument("--sigma", type=float, default=None, help="--method cfm: path noise (default 0.1; sigma_min for fm)")
+    train.add_argument("--coupling", default=None, choices=["independent", "exact", "sinkhorn"],
+                       help="flow maps: how each batch is paired (default independent)")
     train.add_argument("--teacher", default=None, metavar="CHECKPOINT",
                        help="distill/lmd/emd/pfmm: the checkpoint of the velocity to distil (e.g. an otcfm run)")
     train.add_argument("--loss-weight", action="store_true", help="flow maps: learn the two-time loss weight w_{s,t}")

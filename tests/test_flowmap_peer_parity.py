@@ -119,7 +119,7 @@ def test_meanflow_equals_eulerian_residual_with_conditional_drift(bench, peer, a
     s, end = 1 - t_peer, 1 - r_peer  # flowfast times: the jump z_t -> z_r is X_{s, end}
     xs = (1 - s)[:, None] * x0 + s[:, None] * x1
     assert torch.allclose(xs, x1.lerp(x0, t_peer[:, None]), atol=1e-6)  # the peer's noised data
-    per_sample = eulerian_residual(flowmaps.FlowMap(net), xs, s, end, x1 - x0)
+    per_sample = eulerian_residual(flowmaps.FlowMap(net), xs, s, end, x1 - x0, stop_gradient="target")
     if adaptive:  # the peer's default: weight 1 / (l + 1e-3)^0.5, detached
         per_sample = per_sample / (per_sample.detach() + mf.eps).pow(mf.adaptive_loss_weight_p)
     ours = per_sample.mean()

@@ -112,7 +112,27 @@ def test_cli_trains_on_user_data(tmp_path, capsys):
     assert torch.load(tmp_path / "img.pt").shape == (4, 1, 8, 8)
 
 
+def test_a_distilled_checkpoint_samples_without_its_teacher(tmp_path, capsys):
+    common = ["--steps", "5", "--batch-size", "32", "--no-progress"]
+    assert cli_main(["train", "--out", str(tmp_path / "teacher"), *common]) == 0
+    assert cli_main(["train", "--method", "pfmm", "--teacher", str(tmp_path / "teacher" / "checkpoint.pt"),
+                     "--out", str(tmp_path / "student"), *common]) == 0
+    (tmp_path / "teacher" / "checkpoint.pt").rename(tmp_path / "moved.pt")
+    capsys.readouterr()
+    assert cli_main(["eval", "--checkpoint", str(tmp_path / "student" / "checkpoint.pt"), "--n", "50"]) == 0
+    assert _last_json(capsys)["nfe"] == 4
+
+
+def test_a_dataset_with_nan_rows_is_refused():
+    rows = torch.randn(64, 2)
+    rows[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="1 row"):
+        _map_trainer(flowmaps.LSD()).__class__(flowmaps.FlowMap(FlowMapMLP(2)), flowmaps.LSD(), None, rows)
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["--method", "lsd", "--path", "icfm"], "--path and --sigma are for --method cfm"),
+    (["--coupling", "exact"], "--coupling is for the flow-map methods"),
     (["--method", "distill"], "--teacher"),
     (["--method", "lsd", "--teacher", "nowhere.pt"], "--teacher is for the distillation"),
     (["--method", "distill", "--teacher", "nowhere.pt"], "no teacher checkpoint"),

@@ -15,7 +15,7 @@ from flowfast import flowmaps
 from flowfast.flowmaps import (EMD, ESD, LMD, LSD, PSD, FlowMap, FlowMatchingDiagonal, LossWeight,
                                ProgressiveMapDistillation, sample, sample_times)
 from flowfast.flowmaps.analytic import GaussianFlowMapNet, gaussian_fm_minimum
-from flowfast.flowmaps.derivatives import along_characteristic, time_derivative
+from flowfast.flowmaps.derivatives import along_characteristic, spatial_derivative, start_derivative, time_derivative
 from flowfast.flowmaps.objective import per_sample_mse
 
 F64 = torch.float64
@@ -43,8 +43,9 @@ def _times(n, g, dtype=F64, fraction=0.0):
 
 
 def _all_objectives(teacher):
-    return {"lsd": LSD(), "esd": ESD(), "psd-m": PSD(), "psd-u": PSD(gamma="uniform"), "lmd": LMD(teacher),
-            "emd": EMD(teacher)}
+    return {"lsd": LSD(), "esd": ESD(), "esd-target": ESD(stop_gradient="target"), "psd-m": PSD(),
+            "psd-u": PSD(gamma="uniform"), "lmd": LMD(teacher), "emd": EMD(teacher),
+            "emd-target": EMD(teacher, stop_gradient="target")}
 
 
 # --- the map ----------------------------------------------------------------------------------------
@@ -75,7 +76,7 @@ def test_closed_form_map_is_a_semigroup_with_the_right_marginals():
     torch.testing.assert_close(big.std(0), torch.full((2,), 0.5, dtype=F64), atol=0.01, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["lsd", "esd", "psd-m", "psd-u", "lmd", "emd"])
+@pytest.mark.parametrize("name", ["lsd", "esd", "esd-target", "psd-m", "psd-u", "lmd", "emd", "emd-target"])
 def test_off_diagonal_terms_vanish_on_the_exact_map_and_not_on_a_perturbed_one(name):
     net, fm = _gaussian()
     objective = _all_objectives(fm.velocity)[name]
@@ -144,7 +145,11 @@ def _reference_off_diagonal(name, fm, frozen, xs, s, t):
     if name == "lsd":
         landing, rate = time_derivative(fm, xs, s, t)
         return per_sample_mse(rate, frozen.velocity(landing.detach(), t))
-    if name == "esd":
+    if name == "esd":  # the paper's placement: the gradient through d/ds X only
+        b = frozen.v(xs, s, s)
+        _, rate = start_derivative(fm, xs, s, t)
+        return per_sample_mse(rate, -spatial_derivative(frozen, xs, s, t, b))
+    if name == "esd-target":  # MeanFlow's: through v only
         b = frozen.v(xs, s, s)
         _, dv = along_characteristic(frozen, xs, s, t, b)
         return per_sample_mse(fm.v(xs, s, t), b + (t - s)[:, None] * dv)
@@ -155,12 +160,12 @@ def _reference_off_diagonal(name, fm, frozen, xs, s, t):
     return per_sample_mse(fm.v(xs, s, t), 0.5 * first + 0.5 * second)
 
 
-@pytest.mark.parametrize("name", ["lsd", "esd", "psd-m"])
+@pytest.mark.parametrize("name", ["lsd", "esd", "esd-target", "psd-m"])
 def test_the_teacher_branch_gets_no_gradient(name):
     torch.manual_seed(5)
     fm = FlowMap(TwoTimeNet(dtype=F64))
     frozen = copy.deepcopy(fm).requires_grad_(False)
-    objective = {"lsd": LSD(), "esd": ESD(), "psd-m": PSD()}[name]
+    objective = {"lsd": LSD(), "esd": ESD(), "esd-target": ESD(stop_gradient="target"), "psd-m": PSD()}[name]
     g = torch.Generator().manual_seed(6)
     x0, x1 = torch.randn(32, 2, dtype=F64), torch.randn(32, 2, dtype=F64) + 3
     times = _times(32, g)
@@ -230,6 +235,47 @@ def test_objective_uses_the_models_loss_weight():
     torch.testing.assert_close(a, b)  # w = 0 at initialisation
     b.backward()
     assert weighted.loss_weight.mlp[-1].weight.grad.abs().sum() > 0
+
+
+def test_the_two_eulerian_placements_have_the_same_value_and_different_gradients():
+    torch.manual_seed(16)
+    fm = FlowMap(TwoTimeNet(dtype=F64))
+    g = torch.Generator().manual_seed(0)
+    x0, x1 = torch.randn(64, 2, dtype=F64), torch.randn(64, 2, dtype=F64) + 2
+    times = _times(64, g)
+    paper = ESD().off_diagonal(fm, x0, x1, times.s, times.t, g).mean()
+    target = ESD(stop_gradient="target").off_diagonal(fm, x0, x1, times.s, times.t, g).mean()
+    torch.testing.assert_close(paper, target, rtol=1e-10, atol=0)
+    a = torch.cat([g_.flatten() for g_ in _grads(fm, paper)])
+    b = torch.cat([g_.flatten() for g_ in _grads(fm, target)])
+    assert float((a - b).norm()) > 0.1 * float(a.norm())
+    with pytest.raises(ValueError, match="stop_gradient"):
+        ESD(stop_gradient="none")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_16_bit_batches_give_finite_losses(dtype):
+    torch.manual_seed(17)
+    fm = FlowMap(TwoTimeNet(dtype=dtype))
+    teacher = FlowMap(TwoTimeNet(dtype=dtype)).velocity
+    g = torch.Generator().manual_seed(0)
+    for objective in (LSD(), PSD(), ProgressiveMapDistillation(teacher, first_gap=0.01)):
+        for _ in range(5):
+            x0, x1 = torch.randn(512, 2).to(dtype), torch.randn(512, 2).to(dtype)
+            assert torch.isfinite(objective.loss(fm, x0, x1, g).float()), type(objective).__name__
+
+
+def test_small_batches_keep_an_off_diagonal_row_and_objectives_leave_the_global_rng_alone():
+    assert sample_times(2, 0.75).n_diagonal == 1
+    assert sample_times(1, 0.75).n_diagonal == 1
+    assert sample_times(8, 1.0).n_diagonal == 8
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    LSD(max_gap=0.5), PSD(), ESD()
+    assert torch.equal(torch.rand(3), expected)
+    with pytest.raises(ValueError, match="batch"):
+        sample_times(0)
 
 
 def test_sample_times_split_order_and_gap():
@@ -368,7 +414,11 @@ def test_bad_objective_arguments():
         flowmaps.make_objective("distill")
     with pytest.raises(ValueError, match="unknown flow-map method"):
         flowmaps.make_objective("meanflow")
+    with pytest.raises(ValueError, match="psd-u"):
+        flowmaps.make_objective("psd-u", gamma="midpoint")
     fm = FlowMap(TwoTimeNet())
+    with pytest.raises(TypeError, match="teacher's weights are float64"):
+        LMD(FlowMap(TwoTimeNet(dtype=F64)).velocity).loss(fm, torch.randn(8, 2), torch.randn(8, 2))
     bad_teacher = LMD(lambda x, t: x[:, :1])
     with pytest.raises(ValueError, match=r"teacher\(x, t\) returned"):
         bad_teacher.loss(fm, torch.randn(8, 2), torch.randn(8, 2))

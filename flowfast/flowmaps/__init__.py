@@ -29,13 +29,15 @@ from flowfast.flowmaps.times import TwoTimes, sample_times
 
 __all__ = ["FlowMap", "LossWeight", "FlowMapObjective", "FlowMatchingDiagonal", "LSD", "ESD", "PSD", "LMD", "EMD",
            "ProgressiveMapDistillation", "sample", "make_grid", "sample_times", "TwoTimes", "OBJECTIVES",
-           "make_objective"]
+           "make_objective", "TEACHER_METHODS"]
 
 #: CLI names of the objectives; ``distill`` = LMD, which needs a teacher
 OBJECTIVES = {"fm": FlowMatchingDiagonal, "lsd": LSD, "esd": ESD, "psd": PSD, "psd-u": PSD, "distill": LMD,
               "lmd": LMD, "emd": EMD, "pfmm": ProgressiveMapDistillation}
 
-_TEACHER = ("distill", "lmd", "emd", "pfmm")
+#: the methods that distil a teacher velocity
+TEACHER_METHODS = ("distill", "lmd", "emd", "pfmm")
+_TEACHER = TEACHER_METHODS
 
 
 def make_objective(name: str, teacher=None, **kwargs):
@@ -49,5 +51,7 @@ def make_objective(name: str, teacher=None, **kwargs):
     if teacher is not None:
         raise ValueError(f"method {name!r} trains without a teacher; teacher= is for {list(_TEACHER)}")
     if name == "psd-u":
-        kwargs.setdefault("gamma", "uniform")
+        if kwargs.get("gamma", "uniform") != "uniform":
+            raise ValueError(f"method 'psd-u' is PSD with gamma='uniform'; got gamma={kwargs['gamma']!r} (use 'psd')")
+        kwargs["gamma"] = "uniform"
     return OBJECTIVES[name](**kwargs)

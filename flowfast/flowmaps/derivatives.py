@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch.func import jvp
 
-__all__ = ["time_derivative", "along_characteristic"]
+__all__ = ["time_derivative", "start_derivative", "spatial_derivative", "along_characteristic"]
 
 
 def time_derivative(flow_map, x: torch.Tensor, s: torch.Tensor, t: torch.Tensor):
@@ -19,6 +19,16 @@ def time_derivative(flow_map, x: torch.Tensor, s: torch.Tensor, t: torch.Tensor)
 
     Differentiable in the parameters (reverse-over-forward), as LSD needs."""
     return jvp(lambda time: flow_map.jump(x, s, time), (t,), (torch.ones_like(t),))
+
+
+def start_derivative(flow_map, x: torch.Tensor, s: torch.Tensor, t: torch.Tensor):
+    r"""``(X, dX/ds)``: :math:`X_{s,t}(x)` and :math:`\partial_s X_{s,t}(x)` (tangent in s only)."""
+    return jvp(lambda start: flow_map.jump(x, start, t), (s,), (torch.ones_like(s),))
+
+
+def spatial_derivative(flow_map, x: torch.Tensor, s: torch.Tensor, t: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    r""":math:`\nabla_x X_{s,t}(x)\,b`, the map's Jacobian applied to ``b`` (tangent in x only)."""
+    return jvp(lambda state: flow_map.jump(state, s, t), (x,), (b,))[1]
 
 
 def along_characteristic(flow_map, x: torch.Tensor, s: torch.Tensor, t: torch.Tensor, b: torch.Tensor):

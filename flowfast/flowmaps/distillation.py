@@ -4,8 +4,9 @@ OT-CFM model; Boffi et al. 2024, restated in 2025 App. B).
 - :class:`LMD` (Lagrangian map distillation, semigradient):
   :math:`\|\partial_t X_{s,t}(I_s) - \hat b_t(\mathrm{sg} X_{s,t}(I_s))\|^2`.
 - :class:`EMD` (Eulerian map distillation, semigradient):
-  :math:`\|\partial_s X_{s,t}(I_s) + \mathrm{sg}(\nabla X_{s,t}(I_s)\,\hat b_s(I_s))\|^2`, in the form
-  of :func:`flowfast.flowmaps.self_distillation.eulerian_residual`.
+  :math:`\|\partial_s X_{s,t}(I_s) + \mathrm{sg}(\nabla X_{s,t}(I_s)\,\hat b_s(I_s))\|^2`
+  (:func:`flowfast.flowmaps.self_distillation.eulerian_residual`; ``stop_gradient="target"`` for
+  MeanFlow's placement).
 - :class:`ProgressiveMapDistillation` (progressive flow map matching): the map on gaps up to 2 tau
   matches two jumps of a frozen map valid up to tau; tau doubles every ``stage_steps`` steps, the
   first frozen map being one Euler step of the teacher.
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 from flowfast.flowmaps.objective import FlowMapObjective, as_flow_map, pad_like, per_sample_mse
-from flowfast.flowmaps.self_distillation import eulerian_residual, lagrangian_residual
+from flowfast.flowmaps.self_distillation import check_stop_gradient, eulerian_residual, lagrangian_residual
 
 __all__ = ["LMD", "EMD", "ProgressiveMapDistillation"]
 
@@ -41,11 +42,15 @@ class _TeacherObjective(FlowMapObjective):
         self.teacher = teacher
 
     def teacher_velocity(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.teacher, nn.Module):
-            param = next(self.teacher.parameters(), None)
+        owner = getattr(self.teacher, "__self__", self.teacher)  # a bound method such as FlowMap.velocity
+        if isinstance(owner, nn.Module):
+            param = next(owner.parameters(), None)
             if param is not None and param.device != x.device:
                 raise ValueError(f"the teacher is on {param.device} but the batch is on {x.device}: "
                                  "move it with teacher.to(device)")
+            if param is not None and param.dtype != x.dtype:
+                raise TypeError(f"the teacher's weights are {str(param.dtype).replace('torch.', '')} but the batch "
+                                f"is {str(x.dtype).replace('torch.', '')}: convert one (e.g. teacher.to(dtype))")
         with torch.no_grad():
             b = self.teacher(x, t)
         if not isinstance(b, torch.Tensor) or b.shape != x.shape:
@@ -67,11 +72,17 @@ class LMD(_TeacherObjective):
 
 
 class EMD(_TeacherObjective):
-    """Eulerian map distillation from ``teacher(x, t)`` (semigradient)."""
+    """Eulerian map distillation from ``teacher(x, t)`` (semigradient; ``stop_gradient`` as :class:`ESD`)."""
+
+    def __init__(self, teacher: Callable, interpolant=None, *, stop_gradient: str = "paper", coupling=None,
+                 diagonal_fraction: float = 0.75, max_gap: Optional[float] = None) -> None:
+        super().__init__(teacher, interpolant, coupling=coupling, diagonal_fraction=diagonal_fraction,
+                         max_gap=max_gap)
+        self.stop_gradient = check_stop_gradient(stop_gradient)
 
     def off_diagonal(self, flow_map, x0, x1, s, t, generator) -> torch.Tensor:
         xs, _ = self.interpolate(x0, x1, s, generator)
-        return eulerian_residual(flow_map, xs, s, t, self.teacher_velocity(xs, s))
+        return eulerian_residual(flow_map, xs, s, t, self.teacher_velocity(xs, s), self.stop_gradient)
 
 
 class ProgressiveMapDistillation(_TeacherObjective):
@@ -115,18 +126,20 @@ class ProgressiveMapDistillation(_TeacherObjective):
             self._pending_state = None
         return self._frozen
 
-    def _frozen_jump(self, flow_map, x, s, t):
+    def _frozen_velocity(self, flow_map, x, s, t):
+        """v of the frozen map over [s, t]: the teacher's b_s(x) (one Euler step) at stage 0."""
         frozen = self._frozen_map(flow_map)
-        if frozen is None:
-            return x + pad_like(t - s, x) * self.teacher_velocity(x, s)
-        return frozen.jump(x, s, t)
+        return self.teacher_velocity(x, s) if frozen is None else frozen.v(x, s, t)
 
     def off_diagonal(self, flow_map, x0, x1, s, t, generator) -> torch.Tensor:
         xs, _ = self.interpolate(x0, x1, s, generator)
         u = 0.5 * (s + t)
         with torch.no_grad():
-            landing = self._frozen_jump(flow_map, self._frozen_jump(flow_map, xs, s, u), u, t)
-            target = (landing - xs) / pad_like(t - s, xs)
+            # (X(u,t)(X(s,u)(x)) - x) / (t - s) written as the mean of the two jumps' velocities: no
+            # 0/0 when a 16-bit draw gives s == t, no cancellation for tiny gaps
+            first = self._frozen_velocity(flow_map, xs, s, u)
+            midway = xs + pad_like(u - s, xs) * first
+            target = 0.5 * (first + self._frozen_velocity(flow_map, midway, u, t))
         return per_sample_mse(flow_map.v(xs, s, t), target)
 
     # --- the trainer's hooks --------------------------------------------------------------------

@@ -24,7 +24,7 @@ from flowfast import ops, paths
 from flowfast.couplings.coupling import as_coupling
 from flowfast.flowmaps.flow_map import FlowMap
 from flowfast.flowmaps.sampling import sample as sample_map
-from flowfast.flowmaps.times import check_fraction, sample_times
+from flowfast.flowmaps.times import check_fraction, check_max_gap, sample_times
 from flowfast.samplers import METHODS, ODEResult, odeint
 
 __all__ = ["FlowMapObjective", "FlowMatchingDiagonal", "as_flow_map", "per_sample_mse", "pad_like"]
@@ -80,8 +80,7 @@ class FlowMapObjective:
             interpolant.coupling = as_coupling(coupling)
         self.interpolant = interpolant
         self.diagonal_fraction = check_fraction(diagonal_fraction)
-        sample_times(1, self.diagonal_fraction, max_gap=max_gap)  # validates max_gap
-        self.max_gap = max_gap
+        self.max_gap = check_max_gap(max_gap)
 
     @property
     def coupling(self):

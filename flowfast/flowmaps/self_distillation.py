@@ -6,12 +6,13 @@ With :math:`X_{s,t}(x) = x + (t-s)v_{s,t}(x)`, rows with s < t, :math:`x = I_s`,
 
 - :class:`LSD` (Lagrangian): :math:`\|\partial_t X_{s,t}(x) - \mathrm{sg}(v_{t,t}(X_{s,t}(x)))\|^2`;
   the time derivative by forward mode through t, the landing point detached.
-- :class:`ESD` (Eulerian): :math:`\|\partial_s X_{s,t}(x) + \nabla X_{s,t}(x)\,b\|^2` with
-  :math:`b = \mathrm{sg}(v_{s,s}(x))`. One augmented JVP along :math:`(1, b)` gives
-  :math:`dv = \partial_s v + \nabla v\, b`, and the residual equals :math:`v - \mathrm{sg}(b + (t-s)dv)`:
-  the gradient flows through v only (the semigradient form that MeanFlow and continuous-time
-  consistency models are instances of), never back through the spatial JVP, which the paper found
-  to blow up.
+- :class:`ESD` (Eulerian): :math:`\|\partial_s X_{s,t}(x) + \mathrm{sg}(\nabla X_{s,t}(x)\,b)\|^2` with
+  :math:`b = \mathrm{sg}(v_{s,s}(x))` (``stop_gradient="paper"``, the official "convex" placement):
+  the gradient flows through the s-derivative (reverse over a JVP in s) and never back through the
+  spatial JVP, which the paper found to blow up. ``stop_gradient="target"`` is the MeanFlow
+  update instead: one augmented JVP along :math:`(1, b)` gives :math:`dv = \partial_s v + \nabla v\,b`,
+  the residual (same value) is :math:`v - \mathrm{sg}(b + (t-s)dv)` and only v carries a gradient
+  (cheaper: one JVP, no reverse pass through it).
 - :class:`PSD` (progressive): with :math:`u = \gamma s + (1-\gamma) t`,
   :math:`\|v_{s,t}(x) - \mathrm{sg}((1-\gamma)v_{s,u}(x) + \gamma v_{u,t}(X_{s,u}(x)))\|^2`
   (the preconditioned form, without the (t-s)^2 factor); ``gamma="midpoint"`` (PSD-M, gamma = 1/2)
@@ -24,10 +25,10 @@ from typing import Optional
 
 import torch
 
-from flowfast.flowmaps.derivatives import along_characteristic, time_derivative
+from flowfast.flowmaps.derivatives import along_characteristic, spatial_derivative, start_derivative, time_derivative
 from flowfast.flowmaps.objective import FlowMapObjective, pad_like, per_sample_mse
 
-__all__ = ["LSD", "ESD", "PSD", "lagrangian_residual", "eulerian_residual"]
+__all__ = ["LSD", "ESD", "PSD", "lagrangian_residual", "eulerian_residual", "STOP_GRADIENTS"]
 
 
 def lagrangian_residual(flow_map, x: torch.Tensor, s: torch.Tensor, t: torch.Tensor, velocity) -> torch.Tensor:
@@ -38,9 +39,25 @@ def lagrangian_residual(flow_map, x: torch.Tensor, s: torch.Tensor, t: torch.Ten
     return per_sample_mse(rate, target)
 
 
-def eulerian_residual(flow_map, x: torch.Tensor, s: torch.Tensor, t: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    r"""``(m,)``: :math:`\|v_{s,t}(x) - \mathrm{sg}(b + (t-s)(\partial_s v + \nabla v\,b))\|^2` for a
-    detached drift ``b`` at (x, s)."""
+STOP_GRADIENTS = ("paper", "target")
+
+
+def check_stop_gradient(value: str) -> str:
+    if value not in STOP_GRADIENTS:
+        raise ValueError(f"stop_gradient must be one of {STOP_GRADIENTS}, got {value!r}")
+    return value
+
+
+def eulerian_residual(flow_map, x: torch.Tensor, s: torch.Tensor, t: torch.Tensor, b: torch.Tensor,
+                      stop_gradient: str = "paper") -> torch.Tensor:
+    r"""``(m,)``: :math:`\|\partial_s X_{s,t}(x) + \nabla X_{s,t}(x)\,b\|^2` for a detached drift ``b``
+    at (x, s), with the gradient through :math:`\partial_s X` only (``"paper"``) or through v only
+    (``"target"``: :math:`\|v - \mathrm{sg}(b + (t-s)(\partial_s v + \nabla v\,b))\|^2`, the same value)."""
+    if stop_gradient == "paper":
+        _, rate = start_derivative(flow_map, x, s, t)
+        with torch.no_grad():
+            transport = spatial_derivative(flow_map, x, s, t, b)
+        return per_sample_mse(rate, -transport)
     v, dv = along_characteristic(flow_map, x, s, t, b)
     target = (b + pad_like(t - s, x) * dv).detach()
     return per_sample_mse(v, target)
@@ -57,13 +74,23 @@ class LSD(FlowMapObjective):
 
 class ESD(FlowMapObjective):
     """Eulerian self-distillation (semigradient; see the module docstring). The paper found it
-    unstable on images: prefer :class:`LSD` there."""
+    unstable on images: prefer :class:`LSD` there.
+
+    Args:
+        stop_gradient: ``"paper"`` (default) or ``"target"`` (MeanFlow's form), see the module docstring.
+        other arguments: as :class:`flowfast.flowmaps.FlowMapObjective`.
+    """
+
+    def __init__(self, interpolant=None, *, stop_gradient: str = "paper", coupling=None,
+                 diagonal_fraction: float = 0.75, max_gap: Optional[float] = None) -> None:
+        super().__init__(interpolant, coupling=coupling, diagonal_fraction=diagonal_fraction, max_gap=max_gap)
+        self.stop_gradient = check_stop_gradient(stop_gradient)
 
     def off_diagonal(self, flow_map, x0, x1, s, t, generator) -> torch.Tensor:
         xs, _ = self.interpolate(x0, x1, s, generator)
         with torch.no_grad():
             b = flow_map.v(xs, s, s)
-        return eulerian_residual(flow_map, xs, s, t, b)
+        return eulerian_residual(flow_map, xs, s, t, b, self.stop_gradient)
 
 
 class PSD(FlowMapObjective):

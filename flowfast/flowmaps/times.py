@@ -9,12 +9,13 @@ from typing import Optional
 
 import torch
 
-__all__ = ["TwoTimes", "sample_times", "check_fraction"]
+__all__ = ["TwoTimes", "sample_times", "check_fraction", "check_max_gap"]
 
 
 @dataclass
 class TwoTimes:
-    """A batch's times: s, t ``(B,)`` with s <= t; the first ``n_diagonal`` rows have s == t."""
+    """A batch's times: s, t ``(B,)`` with s <= t; the first ``n_diagonal`` rows have s == t, the
+    others s < t (up to the rounding of a 16-bit dtype, which may tie them)."""
 
     s: torch.Tensor
     t: torch.Tensor
@@ -25,6 +26,20 @@ def check_fraction(value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 <= value <= 1.0):
         raise ValueError(f"diagonal_fraction must be a number in [0, 1], got {value!r}")
     return float(value)
+
+
+def check_max_gap(max_gap) -> Optional[float]:
+    if max_gap is not None and (isinstance(max_gap, bool) or not isinstance(max_gap, (int, float))
+                                or not (max_gap > 0 and math.isfinite(max_gap))):
+        raise ValueError(f"max_gap must be None or a finite number > 0, got {max_gap!r}")
+    return None if max_gap is None else float(max_gap)
+
+
+def diagonal_rows(batch: int, fraction: float) -> int:
+    """round(fraction * batch), but at least one off-diagonal row when fraction < 1 and batch >= 2
+    (a batch of 2 would otherwise round to all-diagonal and silently train plain flow matching)."""
+    n = int(round(fraction * batch))
+    return min(n, batch - 1) if fraction < 1 and batch >= 2 else n
 
 
 def sample_times(batch: int, diagonal_fraction: float = 0.75, *, generator: Optional[torch.Generator] = None,
@@ -39,15 +54,17 @@ def sample_times(batch: int, diagonal_fraction: float = 0.75, *, generator: Opti
     Draws come from ``generator`` (its device decides where they are made); results are moved to
     ``device``.
     """
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be an int >= 1, got {batch!r}")
     fraction = check_fraction(diagonal_fraction)
-    if max_gap is not None and (isinstance(max_gap, bool) or not isinstance(max_gap, (int, float))
-                                or not (max_gap > 0 and math.isfinite(max_gap))):
-        raise ValueError(f"max_gap must be None or a finite number > 0, got {max_gap!r}")
-    n_diagonal = int(round(fraction * batch))
+    max_gap = check_max_gap(max_gap)
+    n_diagonal = diagonal_rows(batch, fraction)
     where = generator.device if generator is not None else torch.device("cpu")
-    u = torch.rand(batch, 2, generator=generator, device=where, dtype=dtype).to(device)
+    # drawn in float32 at least: 16-bit uniforms tie often (s == t on an off-diagonal row)
+    draw_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    u = torch.rand(batch, 2, generator=generator, device=where, dtype=draw_dtype).to(device)
     diagonal = u[:n_diagonal, 0]
     low, high = u[n_diagonal:].min(dim=1).values, u[n_diagonal:].max(dim=1).values
     if max_gap is not None:
         high = torch.minimum(high, low + max_gap)
-    return TwoTimes(torch.cat([diagonal, low]), torch.cat([diagonal, high]), n_diagonal)
+    return TwoTimes(torch.cat([diagonal, low]).to(dtype), torch.cat([diagonal, high]).to(dtype), n_diagonal)

@@ -145,7 +145,12 @@ class TensorSource:
             if data.dtype.kind not in "fiub":
                 raise ValueError(f"{name} is a numpy array of {data.dtype}; expected numbers")
             data = torch.tensor(data)  # a copy: from_numpy would share (and warn about) read-only arrays
+            if not data.is_floating_point():
+                data = data.float()  # as load_array does for integer files
         self.data = _check_data(data, name)
+        if not bool(torch.isfinite(self.data).all()):  # once, here: a NaN row would poison every epoch
+            bad = int((~torch.isfinite(self.data)).flatten(1).any(1).sum())
+            raise ValueError(f"{name} has {bad} row(s) with NaN/Inf values; clean the dataset first")
         self.name, self.seed, self.world = name, seed, world
         self.rows = data.shape[0]
         if self.rows < batch_size * world.size:

@@ -23,7 +23,7 @@ import torch
 
 from flowfast.train.objectives import make_path
 
-__all__ = ["build_run", "flow_map_model", "is_flow_map_config", "load_teacher", "MODEL_KINDS"]
+__all__ = ["build_run", "flow_map_model", "is_flow_map_config", "load_teacher", "LazyTeacher", "MODEL_KINDS"]
 
 MODEL_KINDS = ("mlp", "flowmap_mlp", "flowmap_unet")
 
@@ -71,6 +71,19 @@ def load_teacher(path: str, device="cpu"):
     return model.velocity if isinstance(model, flowmaps.FlowMap) else model
 
 
+class LazyTeacher:
+    """``teacher(x, t)`` loaded from its checkpoint at the first call: sampling or evaluating a
+    distilled run never needs the teacher (it may have moved), only training does."""
+
+    def __init__(self, path: str, device) -> None:
+        self.path, self.device, self._velocity = path, device, None
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self._velocity is None:
+            self._velocity = load_teacher(self.path, self.device)
+        return self._velocity(x, t)
+
+
 def _objective(cfg: dict, device):
     if not is_flow_map_config(cfg):
         return make_path(cfg["path"], cfg["sigma"])
@@ -78,7 +91,7 @@ def _objective(cfg: dict, device):
 
     teacher = None
     if cfg.get("teacher"):
-        teacher = load_teacher(cfg["teacher"], device)
+        teacher = LazyTeacher(cfg["teacher"], device)
     kwargs = {}
     if cfg.get("coupling") not in (None, "independent"):
         kwargs["coupling"] = cfg["coupling"]
