@@ -156,14 +156,13 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _sampler_options(trainer, method, steps) -> dict:
-    """A flow map samples by composing its map (4 jumps by default), a velocity model by Euler (100)."""
-    from flowfast.train.recipes import is_flow_map_config
+    """The run's default sampler (a flow map: 4 jumps; a velocity model: Euler, 100 steps) unless given."""
+    from flowfast.train.objectives import resolve_sampler
 
-    flow_map = is_flow_map_config(trainer.config)
-    method = method or ("map" if flow_map else "euler")
-    if method == "map" and not flow_map:
+    if method == "map" and not callable(getattr(trainer.path, "sample", None)):
         raise ValueError("--method map composes a flow map; this checkpoint is a velocity model: use an ODE method")
-    return {"method": method, "steps": steps or (4 if method == "map" else 100)}
+    method, steps = resolve_sampler(trainer.path, method, steps)
+    return {"method": method, "steps": steps}
 
 
 def _load(args: argparse.Namespace):

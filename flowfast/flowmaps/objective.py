@@ -68,6 +68,8 @@ class FlowMapObjective:
     uses_function_transforms = True
     #: sampling methods besides the ODE solvers of flowfast.samplers
     MAP_METHOD = "map"
+    #: what Trainer.sample / evaluate and the CLI use when no method is given: 4 jumps of the map
+    default_sampler = ("map", 4)
 
     def __init__(self, interpolant=None, *, coupling=None, diagonal_fraction: float = 0.75,
                  max_gap: Optional[float] = None) -> None:
@@ -156,7 +158,10 @@ class FlowMapObjective:
 
 class FlowMatchingDiagonal(FlowMapObjective):
     """Only the diagonal term (plain flow matching of v_{t,t}; the map off the diagonal is not
-    trained): the baseline the self-distillation objectives add to."""
+    trained): the baseline the self-distillation objectives add to. It samples by an ODE on v_{t,t}
+    by default, since its jumps are untrained."""
+
+    default_sampler = ("euler", 100)
 
     def __init__(self, interpolant=None, *, coupling=None) -> None:
         super().__init__(interpolant, coupling=coupling, diagonal_fraction=1.0)

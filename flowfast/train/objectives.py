@@ -15,6 +15,7 @@ docs/architecture.md, "Trainer objectives"):
 from __future__ import annotations
 
 import contextlib
+from typing import Optional
 
 import torch
 from torch import nn
@@ -23,7 +24,7 @@ from flowfast import paths
 from flowfast.samplers import METHODS, ODEResult, odeint
 
 __all__ = ["PATHS", "make_path", "as_objective", "PreCoupled", "integrate", "objective_states",
-           "load_objective_states"]
+           "load_objective_states", "resolve_sampler"]
 
 #: CLI names of the CFM paths.
 PATHS = {
@@ -94,11 +95,22 @@ def check_loss(loss) -> torch.Tensor:
     return loss
 
 
-def integrate(objective, model: nn.Module, x0: torch.Tensor, *, steps: int, method: str, atol: float,
-              rtol: float, return_path: bool) -> ODEResult:
+def resolve_sampler(objective, method: Optional[str], steps: Optional[int]) -> tuple[str, int]:
+    """``(method, steps)`` with the objective's defaults filled in: its ``default_sampler`` (a flow
+    map's ``("map", 4)``), else Euler with 100 steps; a given method without steps gets 4 jumps for
+    ``"map"``, 100 ODE steps otherwise."""
+    default_method, default_steps = getattr(objective, "default_sampler", ("euler", 100))
+    if method is None:
+        return default_method, default_steps if steps is None else steps
+    return method, (4 if method == "map" else 100) if steps is None else steps
+
+
+def integrate(objective, model: nn.Module, x0: torch.Tensor, *, steps: Optional[int], method: Optional[str],
+              atol: float, rtol: float, return_path: bool) -> ODEResult:
     """Samples from x0 (t=0) to t=1, with ``model`` in eval mode: the objective's own ``sample`` when
     it has one (a flow map's K jumps; it validates ``method``), else :func:`flowfast.samplers.odeint`
-    of the velocity model."""
+    of the velocity model. ``method`` / ``steps`` None: :func:`resolve_sampler`."""
+    method, steps = resolve_sampler(objective, method, steps)
     own = getattr(objective, "sample", None)
     if not callable(own) and method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")

@@ -21,7 +21,7 @@ from flowfast.train.distributed import (RandomStreams, World, all_reduce_sum, av
                                         derive_seed, gather_rows, wrap_model)
 from flowfast.train.ema import EMA
 from flowfast.train.metrics_log import LossWindow, MetricsLog, Progress, read_losses
-from flowfast.train.objectives import PreCoupled, as_objective, check_loss, integrate
+from flowfast.train.objectives import PreCoupled, as_objective, check_loss, integrate, resolve_sampler
 
 __all__ = ["Trainer"]
 
@@ -267,14 +267,15 @@ class Trainer:
         return trainer
 
     # --- sampling and evaluation --------------------------------------------------------------------
-    def sample(self, n: int, steps: int = 100, method: str = "euler", ema: bool = True, return_path: bool = False,
-               x0: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
+    def sample(self, n: int, steps: Optional[int] = None, method: Optional[str] = None, ema: bool = True,
+               return_path: bool = False, x0: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
                atol: float = 1e-5, rtol: float = 1e-5) -> ODEResult:
         """:class:`~flowfast.samplers.ODEResult` (``.x``, ``.nfe``, ``.path`` if ``return_path``) from x0
         (t=0) to t=1 by the objective's ``sample`` if it has one, else :func:`flowfast.samplers.odeint`
         (``euler``/``midpoint``/``rk4`` with ``steps`` steps, adaptive ``dopri5`` with ``atol``/``rtol``).
         ``x0`` ``(n, *shape)`` defaults to ``n`` source draws from ``generator`` (default: a fixed stream
-        derived from ``seed``, never the training one); ``ema`` uses the EMA weights when kept."""
+        derived from ``seed``, never the training one); ``ema`` uses the EMA weights when kept. ``method`` /
+        ``steps`` None: the objective's default (a flow map: 4 jumps, ``"map"``; else Euler, 100 steps)."""
         model = self.ema_model if (ema and self.ema_model is not None) else self.model
         if x0 is None:
             check_int("n", n, 1)
@@ -283,13 +284,14 @@ class Trainer:
         return integrate(self.path, model, x0.to(device=self.device, dtype=self.dtype), steps=steps,
                          method=method, atol=atol, rtol=rtol, return_path=return_path)
 
-    def evaluate(self, n: int = 2000, steps: int = 100, method: str = "euler", ema: bool = True,
+    def evaluate(self, n: int = 2000, steps: Optional[int] = None, method: Optional[str] = None, ema: bool = True,
                  generator: Optional[torch.Generator] = None, atol: float = 1e-5, rtol: float = 1e-5) -> dict:
         """``{"w2", "nfe", "n", "method", "steps", "ema", "step"}``: exact W2 (O(n^3), n=2000 about a
         second on CPU) between generated and target samples. A dataset gives min(n, N) distinct rows, a
         loader the first n rows of a fresh pass: ``n`` is the count compared; ``steps`` None for dopri5.
         The default generator is a fixed stream derived from ``seed``."""
         check_int("n", n, 1)
+        method, steps = resolve_sampler(self.path, method, steps)
         g = generator if generator is not None else torch.Generator().manual_seed(derive_seed(self.seed, "eval"))
         x0, real = self._pair(n, g, evaluation=True)
         result = self.sample(n, steps=steps, method=method, ema=ema, x0=x0, atol=atol, rtol=rtol)
