@@ -10,7 +10,7 @@ import time
 import torch
 
 from flowfast import data, metrics, paths
-from flowfast.demo._common import mean as _mean, pyplot as _pyplot, std as _std, torch_threads
+from flowfast.demo._common import mean as _mean, pyplot as _pyplot, std as _std, torch_threads, w2_over_sets
 
 #: (method, steps) of the demo's W2 table; steps None = adaptive.
 DEMO_SOLVERS = (("euler", 1), ("euler", 2), ("euler", 4), ("euler", 8), ("euler", 100), ("dopri5", None))
@@ -70,11 +70,7 @@ def _training_demo(steps, batch_size, n_eval, eval_sets, seed, out_dir, device, 
         train_s = time.perf_counter() - start
         evals = []
         for method, n_steps in DEMO_SOLVERS:
-            w2s, nfes = [], []
-            for x0, x1 in sets:
-                res = trainer.sample(0, steps=n_steps or 1, method=method, x0=x0)
-                w2s.append(metrics.wasserstein2(res.x.cpu(), x1))
-                nfes.append(res.nfe)
+            w2s, nfes = w2_over_sets(trainer, sets, method, n_steps)
             evals.append({"method": method, "steps": n_steps, "nfe": _mean(nfes), "w2": _mean(w2s),
                           "w2_std": _std(w2s), "w2_per_set": w2s, "nfe_per_set": nfes})
         tail = losses[-min(len(losses), 100):]

@@ -17,7 +17,7 @@ import time
 import torch
 
 from flowfast import data, flowmaps, metrics, paths
-from flowfast.demo._common import mean, pyplot, std, torch_threads
+from flowfast.demo._common import mean, pyplot, std, torch_threads, w2_over_sets
 
 #: (label, kind, steps) of the table's rows: the teacher's ODE solvers, then map jumps
 TEACHER_SOLVERS = (("euler", 1), ("euler", 2), ("euler", 4), ("euler", 8), ("euler", 100), ("dopri5", None))
@@ -62,11 +62,7 @@ def _demo(teacher_steps, map_steps, batch_size, n_eval, eval_sets, seed, out_dir
     def evaluate(name, label, trainer, sampler_calls, train_s, steps):
         rows = []
         for kind, k in sampler_calls:
-            w2s, nfes = [], []
-            for x0, x1 in sets:
-                res = trainer.sample(0, steps=k or 1, method=kind, x0=x0)
-                w2s.append(metrics.wasserstein2(res.x.cpu(), x1))
-                nfes.append(res.nfe)
+            w2s, nfes = w2_over_sets(trainer, sets, kind, k)
             rows.append({"method": kind, "steps": k, "nfe": mean(nfes), "w2": mean(w2s), "w2_std": std(w2s)})
         results["models"][name] = {"label": label, "train_s": train_s, "ms_per_step": 1e3 * train_s / steps,
                                    "evals": rows, "checkpoint": trainer.checkpoint_path}
