@@ -55,3 +55,14 @@ def w2_over_sets(trainer, sets, method: str, steps) -> tuple[list, list]:
         w2s.append(metrics.wasserstein2(res.x.cpu(), x1))
         nfes.append(res.nfe)
     return w2s, nfes
+
+
+def save_figure(plt, fig, out_dir: str, name: str, dpi: int) -> str:
+    """Lay out, write ``out_dir/name`` and close the figure; returns the path."""
+    import os
+
+    fig.tight_layout()
+    path = os.path.join(out_dir, name)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path

@@ -10,7 +10,7 @@ import time
 import torch
 
 from flowfast import data, metrics, paths
-from flowfast.demo._common import mean as _mean, pyplot as _pyplot, std as _std, torch_threads, w2_over_sets
+from flowfast.demo._common import mean as _mean, pyplot as _pyplot, std as _std, save_figure, torch_threads, w2_over_sets
 
 #: (method, steps) of the demo's W2 table; steps None = adaptive.
 DEMO_SOLVERS = (("euler", 1), ("euler", 2), ("euler", 4), ("euler", 8), ("euler", 100), ("dopri5", None))
@@ -131,8 +131,4 @@ def _plot_training_demo(plt, trainers: dict, results: dict, target: torch.Tensor
     axes[0, 3].legend(loc="upper left", markerscale=2, fontsize=8)
     for ax in axes.flat:
         ax.set_aspect("equal")
-    fig.tight_layout()
-    path = os.path.join(out_dir, "cfm.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, out_dir, "cfm.png", dpi=110)

@@ -17,7 +17,7 @@ import time
 import torch
 
 from flowfast import data, flowmaps, metrics, paths
-from flowfast.demo._common import mean, pyplot, std, torch_threads, w2_over_sets
+from flowfast.demo._common import mean, pyplot, std, save_figure, torch_threads, w2_over_sets
 
 #: (label, kind, steps) of the table's rows: the teacher's ODE solvers, then map jumps
 TEACHER_SOLVERS = (("euler", 1), ("euler", 2), ("euler", 4), ("euler", 8), ("euler", 100), ("dopri5", None))
@@ -136,8 +136,4 @@ def _plot(plt, teacher, maps: dict, results: dict, eval_set, out_dir: str) -> st
         sampler = "dopri5" if kind == "dopri5" else f"{k} {'Euler step' if kind == 'euler' else 'jump'}{'s' if k > 1 else ''}"
         ax.set_title(f"{results['models'][name]['label']}\n{sampler}: W2 {w2:.2f}, NFE {res.nfe}", fontsize=9)
         ax.set_aspect("equal")
-    fig.tight_layout()
-    path = os.path.join(out_dir, "demo.png")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, out_dir, "demo.png", dpi=100)

@@ -25,8 +25,9 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from flowfast.flowmaps.objective import FlowMapObjective, as_flow_map, pad_like, per_sample_mse
+from flowfast.flowmaps.objective import FlowMapObjective, as_flow_map, per_sample_mse
 from flowfast.flowmaps.self_distillation import check_stop_gradient, eulerian_residual, lagrangian_residual
+from flowfast.paths import pad_t_like_x
 
 __all__ = ["LMD", "EMD", "ProgressiveMapDistillation"]
 
@@ -138,7 +139,7 @@ class ProgressiveMapDistillation(_TeacherObjective):
             # (X(u,t)(X(s,u)(x)) - x) / (t - s) written as the mean of the two jumps' velocities: no
             # 0/0 when a 16-bit draw gives s == t, no cancellation for tiny gaps
             first = self._frozen_velocity(flow_map, xs, s, u)
-            midway = xs + pad_like(u - s, xs) * first
+            midway = xs + pad_t_like_x(u - s, xs) * first
             target = 0.5 * (first + self._frozen_velocity(flow_map, midway, u, t))
         return per_sample_mse(flow_map.v(xs, s, t), target)
 

@@ -13,6 +13,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from flowfast.paths import pad_t_like_x
+
 __all__ = ["FlowMap", "LossWeight", "as_times"]
 
 
@@ -97,7 +99,7 @@ class FlowMap(nn.Module):
 
     def jump(self, x: torch.Tensor, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """:math:`X_{s,t}(x)` without the argument checks of :meth:`forward`."""
-        return x + _pad(t - s, x) * self.v(x, s, t)
+        return x + pad_t_like_x(t - s, x) * self.v(x, s, t)
 
     # --- the public calls ------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, s, t) -> torch.Tensor:
@@ -132,10 +134,6 @@ def _check_state(x) -> torch.Tensor:
     if x.dim() < 1 or x.shape[0] == 0:
         raise ValueError(f"x must be a non-empty (B, *shape) batch, got shape {tuple(x.shape)}")
     return x
-
-
-def _pad(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return t.reshape(-1, *([1] * (x.dim() - 1)))
 
 
 class LossWeight(nn.Module):

@@ -25,8 +25,11 @@ from typing import Optional
 
 import torch
 
+from flowfast._rng import generator_device
+
 from flowfast.flowmaps.derivatives import along_characteristic, spatial_derivative, start_derivative, time_derivative
-from flowfast.flowmaps.objective import FlowMapObjective, pad_like, per_sample_mse
+from flowfast.flowmaps.objective import FlowMapObjective, per_sample_mse
+from flowfast.paths import pad_t_like_x
 
 __all__ = ["LSD", "ESD", "PSD", "lagrangian_residual", "eulerian_residual", "STOP_GRADIENTS"]
 
@@ -59,7 +62,7 @@ def eulerian_residual(flow_map, x: torch.Tensor, s: torch.Tensor, t: torch.Tenso
             transport = spatial_derivative(flow_map, x, s, t, b)
         return per_sample_mse(rate, -transport)
     v, dv = along_characteristic(flow_map, x, s, t, b)
-    target = (b + pad_like(t - s, x) * dv).detach()
+    target = (b + pad_t_like_x(t - s, x) * dv).detach()
     return per_sample_mse(v, target)
 
 
@@ -111,8 +114,8 @@ class PSD(FlowMapObjective):
 
     def _gamma(self, s: torch.Tensor, generator) -> torch.Tensor:
         if self.gamma == "uniform":
-            where = generator.device if generator is not None else torch.device("cpu")
-            return torch.rand(s.shape[0], generator=generator, dtype=s.dtype, device=where).to(s.device)
+            return torch.rand(s.shape[0], generator=generator, dtype=s.dtype,
+                              device=generator_device(generator)).to(s.device)
         return torch.full_like(s, 0.5 if self.gamma == "midpoint" else float(self.gamma))
 
     def off_diagonal(self, flow_map, x0, x1, s, t, generator) -> torch.Tensor:
@@ -121,6 +124,6 @@ class PSD(FlowMapObjective):
         u = gamma * s + (1 - gamma) * t
         with torch.no_grad():
             first = flow_map.v(xs, s, u)
-            midway = xs + pad_like(u - s, xs) * first
-            target = pad_like(1 - gamma, xs) * first + pad_like(gamma, xs) * flow_map.v(midway, u, t)
+            midway = xs + pad_t_like_x(u - s, xs) * first
+            target = pad_t_like_x(1 - gamma, xs) * first + pad_t_like_x(gamma, xs) * flow_map.v(midway, u, t)
         return per_sample_mse(flow_map.v(xs, s, t), target)

@@ -9,6 +9,8 @@ from typing import Optional
 
 import torch
 
+from flowfast._rng import generator_device
+
 __all__ = ["TwoTimes", "sample_times", "check_fraction", "check_max_gap"]
 
 
@@ -59,7 +61,7 @@ def sample_times(batch: int, diagonal_fraction: float = 0.75, *, generator: Opti
     fraction = check_fraction(diagonal_fraction)
     max_gap = check_max_gap(max_gap)
     n_diagonal = diagonal_rows(batch, fraction)
-    where = generator.device if generator is not None else torch.device("cpu")
+    where = generator_device(generator)
     # drawn in float32 at least: 16-bit uniforms tie often (s == t on an off-diagonal row)
     draw_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     u = torch.rand(batch, 2, generator=generator, device=where, dtype=draw_dtype).to(device)
