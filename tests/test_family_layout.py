@@ -25,7 +25,7 @@ def families() -> list[str]:
 
 
 def test_families_are_listed():
-    assert families() == ["assignment", "sinkhorn", "interpolant"]
+    assert families() == ["assignment", "sinkhorn", "interpolant", "simplex"]
 
 
 @pytest.mark.parametrize("family", families())

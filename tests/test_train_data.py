@@ -161,7 +161,7 @@ def test_evaluate_on_a_tensor_dataset():
     (42, TypeError, "target must be"),
     (torch.empty(0, 2), ValueError, "empty"),
     (torch.randn(10, 2), ValueError, "fewer than one batch"),
-    (torch.arange(64).reshape(32, 2), ValueError, "floating"),
+    (torch.arange(64, dtype=torch.int16).reshape(32, 2), ValueError, "floating"),
     (torch.randn(64), ValueError, "2 dims"),
     (np.array([["a", "b"]] * 32), ValueError, "numbers"),
     ((x for x in [torch.randn(16, 2)]), TypeError, "one-shot"),
@@ -174,7 +174,7 @@ def test_bad_targets_raise_clear_errors(target, error, match):
 @pytest.mark.parametrize("target, error, match", [
     ([], ValueError, "yielded no batches"),
     ([{"x": torch.randn(16, 2)}], TypeError, "yielded a dict"),
-    ([torch.arange(32).reshape(16, 2)], ValueError, "floating"),
+    ([torch.arange(32, dtype=torch.int16).reshape(16, 2)], ValueError, "floating"),
 ])
 def test_bad_batches_raise_clear_errors(target, error, match):
     with pytest.raises(error, match=match):
@@ -245,3 +245,14 @@ def test_load_array_errors(tmp_path):
     np.save(tmp_path / "scalar.npy", np.float64(3.0))
     with pytest.raises(ValueError, match="no rows"):
         load_array(tmp_path / "scalar.npy")
+
+
+def test_token_data_reach_the_objective_as_integers_and_a_cfm_path_refuses_them():
+    """int64 data are token ids (flowfast.categorical): kept as integers, not cast to the model's
+    dtype; a continuous path names the dtype it needs at the first step."""
+    tokens = torch.arange(64).reshape(32, 2)
+    trainer = Trainer(MLP(2, hidden=16, depth=2), "icfm", target=tokens, batch_size=16, progress=False)
+    x0, x1 = trainer._pair(16, torch.Generator().manual_seed(0))
+    assert x1.dtype == torch.int64 and x0.dtype == torch.float32
+    with pytest.raises(TypeError, match="x1 must be float.* got int64"):
+        trainer.train(1)

@@ -16,7 +16,7 @@
 #include <pthread.h>
 #endif
 
-#define FLOWFAST_FAMILIES(X) X(assignment) X(sinkhorn) X(interpolant)
+#define FLOWFAST_FAMILIES(X) X(assignment) X(sinkhorn) X(interpolant) X(simplex)
 
 namespace ff::bind {
 

@@ -52,16 +52,21 @@ def _rows(n_or_batch) -> int:
     return n_or_batch.shape[0] if isinstance(n_or_batch, torch.Tensor) else int(n_or_batch)
 
 
+#: integer data are token ids (flowfast.categorical): kept as integers, never cast to the model's dtype
+_TOKEN_DTYPES = (torch.int64, torch.int32)
+
+
 def _check_data(x: torch.Tensor, what: str) -> torch.Tensor:
-    """Data must be (N, *shape) floating point with N >= 1 (1-D data is almost always a missing
+    """Data must be (N, *shape) floating point (or int64/int32 token ids) with N >= 1 (1-D data is almost always a missing
     feature axis, so it is refused rather than guessed)."""
     if x.dim() < 2:
         raise ValueError(f"{what} has shape {tuple(x.shape)}; expected (N, *shape) with at least 2 dims "
                          "(reshape 1-D data to (N, 1))")
     if x.shape[0] == 0 or x.numel() == 0:
         raise ValueError(f"{what} is empty (shape {tuple(x.shape)})")
-    if not x.is_floating_point():
-        raise ValueError(f"{what} holds {x.dtype} values; expected floating point (convert with .float())")
+    if not x.is_floating_point() and x.dtype not in _TOKEN_DTYPES:
+        raise ValueError(f"{what} holds {x.dtype} values; expected floating point (convert with .float()) "
+                         "or int64/int32 token ids (for a categorical objective)")
     return x
 
 
@@ -110,18 +115,20 @@ class NoiseSource:
 
     kind, name = "noise", "source"
 
-    def __init__(self, item_shape: Callable[[], tuple], dtype: torch.dtype) -> None:
+    def __init__(self, item_shape: Callable[[], tuple], dtype: torch.dtype,
+                 source_shape: Optional[Callable[[tuple], tuple]] = None) -> None:
         self._item_shape, self._shape = item_shape, None
+        self._source_shape = source_shape if source_shape is not None else tuple
         self.dtype = torch.float64 if dtype == torch.float64 else torch.float32
 
     def item_shape(self) -> tuple:
         if self._shape is None:
-            self._shape = tuple(self._item_shape())
+            self._shape = tuple(self._source_shape(tuple(self._item_shape())))
         return self._shape
 
     def draw(self, n_or_batch, generator: torch.Generator) -> torch.Tensor:
         if isinstance(n_or_batch, torch.Tensor):
-            shape = n_or_batch.shape
+            shape = (n_or_batch.shape[0], *self._source_shape(tuple(n_or_batch.shape[1:])))
         else:
             shape = (int(n_or_batch), *self.item_shape())
         return torch.randn(shape, generator=generator, dtype=self.dtype)
@@ -148,7 +155,7 @@ class TensorSource:
             if not data.is_floating_point():
                 data = data.float()  # as load_array does for integer files
         self.data = _check_data(data, name)
-        if not bool(torch.isfinite(self.data).all()):  # once, here: a NaN row would poison every epoch
+        if self.data.is_floating_point() and not bool(torch.isfinite(self.data).all()):  # once, here: a NaN row would poison every epoch
             bad = int((~torch.isfinite(self.data)).flatten(1).any(1).sum())
             raise ValueError(f"{name} has {bad} row(s) with NaN/Inf values; clean the dataset first")
         self.name, self.seed, self.world = name, seed, world
@@ -343,10 +350,12 @@ def as_target(target, *, batch_size: int, seed: int, world: World = World(), nam
     raise TypeError(f"{name} must be {_TARGET_KINDS}; got {type(target).__name__}")
 
 
-def as_source(source, *, item_shape: Callable[[], tuple], dtype: torch.dtype, name: str = "source"):
-    """Wrap ``source`` (x0): a sampler callable, or None for standard normal noise like x1."""
+def as_source(source, *, item_shape: Callable[[], tuple], dtype: torch.dtype, name: str = "source",
+              source_shape: Optional[Callable[[tuple], tuple]] = None):
+    """Wrap ``source`` (x0): a sampler callable, or None for standard normal noise like x1 (of shape
+    ``source_shape(x1's item shape)`` when given: token ids (L,) -> noise (L, V))."""
     if source is None:
-        return NoiseSource(item_shape, dtype)
+        return NoiseSource(item_shape, dtype, source_shape)
     if callable(source) and not isinstance(source, (str, bytes)):
         return SamplerSource(source, name)
     raise TypeError(f"{name} must be a callable sample(n, generator) -> (n, *shape), or None for standard "

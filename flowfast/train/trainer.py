@@ -114,7 +114,11 @@ class Trainer:
 
     @source.setter
     def source(self, value) -> None:
-        self._x0 = as_source(value, item_shape=lambda: self._x1.item_shape(), dtype=self.dtype)
+        # An objective whose source differs in shape from the data (categorical: token ids (L,) ->
+        # noise (L, V)) says so with source_shape(data_item_shape).
+        source_shape = getattr(self.path, "source_shape", None)
+        self._x0 = as_source(value, item_shape=lambda: self._x1.item_shape(), dtype=self.dtype,
+                             source_shape=source_shape if callable(source_shape) else None)
         self._source_arg = value
 
     @property
@@ -145,7 +149,7 @@ class Trainer:
 
     def _pair(self, n: int, generator: torch.Generator, evaluation: bool = False):
         """(x0, x1) on the trainer's device and dtype (:func:`flowfast.train.batches.draw_pair`)."""
-        return (x.to(device=self.device, dtype=self.dtype)
+        return (x.to(device=self.device, dtype=self.dtype if x.is_floating_point() else x.dtype)
                 for x in draw_pair(self._x0, self._x1, n, generator, evaluation))
 
     # --- the loop -----------------------------------------------------------------------------------

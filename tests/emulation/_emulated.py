@@ -20,6 +20,7 @@ from pathlib import Path
 import flowfast._arrays as arrays
 import flowfast.ops.assignment as ops_assignment
 import flowfast.ops.interpolant as ops_interpolant
+import flowfast.ops.simplex as ops_simplex
 import flowfast.ops.sinkhorn as ops_sinkhorn
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,6 +35,8 @@ _OUTPUTS = {
     "sinkhorn_solve": (3, 4),
     "sinkhorn_plan": (4, 5, 6, 7, 8, 9),
     "sinkhorn_sample": (5,),
+    "simplex_step": (3, 4, 5),
+    "simplex_distill_loss": (1, 2, 3),
 }
 
 
@@ -96,13 +99,15 @@ class _SentinelModule:
 @contextlib.contextmanager
 def emulated_cuda(module):
     """Within the block, flowfast ops on CPU tensors run the emulated CUDA kernels."""
-    saved = (arrays.describe, arrays.device_code, ops_assignment._C, ops_interpolant._C, ops_sinkhorn._C)
+    saved = (arrays.describe, arrays.device_code, ops_assignment._C, ops_interpolant._C, ops_sinkhorn._C,
+             ops_simplex._C)
     plain_describe = arrays.describe
     wrapped = _SentinelModule(module)
     arrays.describe = lambda t: _describe_as_cuda(plain_describe, t)
     arrays.device_code = lambda device: 1
-    ops_assignment._C = ops_interpolant._C = ops_sinkhorn._C = wrapped
+    ops_assignment._C = ops_interpolant._C = ops_sinkhorn._C = ops_simplex._C = wrapped
     try:
         yield module
     finally:
-        (arrays.describe, arrays.device_code, ops_assignment._C, ops_interpolant._C, ops_sinkhorn._C) = saved
+        (arrays.describe, arrays.device_code, ops_assignment._C, ops_interpolant._C, ops_sinkhorn._C,
+         ops_simplex._C) = saved
