@@ -66,7 +66,7 @@ RTOL = {torch.float32: 1e-4, torch.float64: 1e-10, torch.bfloat16: 2e-2, torch.f
 LOSS_RTOL = {torch.float64: 1e-10}
 LOSS_RTOL_DEFAULT = 1e-4
 H100_PEAK_GBS = 3350.0  # H100 SXM5 HBM3: the fallback when the device name is not in the table
-COMPILE_BUDGET_S = 120.0
+COMPILE_BUDGET_S = 60.0  # make gpu-check gives all benchmarks 240 s
 
 
 # ---------------------------------------------------------------- cases and inputs

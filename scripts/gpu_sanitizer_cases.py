@@ -8,7 +8,7 @@ import sys
 import torch
 
 import flowfast
-from flowfast.ops import interpolant, sinkhorn
+from flowfast.ops import interpolant, simplex, sinkhorn
 
 
 def main() -> int:
@@ -60,6 +60,23 @@ def main() -> int:
         want = interpolant.interpolant_loss(v, x0, x1, t, None, None, 1, 0.3, 5, 6)
         got = interpolant.interpolant_loss(v.cuda(), x0.cuda(), x1.cuda(), t.cuda(), None, None, 1, 0.3, 5, 6)
         check(f"interpolant loss {dtype}", got, want, rtol=2e-3, atol=2e-3)
+
+    for V in (7, 300, 5000):  # the three row layouts: 4 lanes, a warp, the block
+        z, zdot, target, x = (torch.randn(3, 5, V, generator=g) for _ in range(4))
+        s = torch.rand(3, generator=g) * 0.5
+        t = s + 0.3
+        want = simplex.flow_map_step(z, x, 0.4, return_argmax=True, return_log_probs=True)
+        got = simplex.flow_map_step(z.cuda(), x.cuda(), 0.4, return_argmax=True, return_log_probs=True)
+        for name, a, b in zip(("x", "argmax", "log_probs"), got, want):
+            check(f"simplex step V={V} {name}", a, b, rtol=1e-5, atol=1e-5)
+        for kind in ("ecld", "csd"):
+            grads = []
+            for dev in ("cpu", "cuda"):
+                zz, zd = z.to(dev).requires_grad_(), zdot.to(dev).requires_grad_()
+                loss = simplex.distill_loss(kind, zz, zd, target.to(dev), s.to(dev), t.to(dev), x=x.to(dev))
+                grads.append([loss.detach().cpu(), *[a.cpu() for a in torch.autograd.grad(loss.sum(), [zz, zd])]])
+            for name, a, b in zip(("loss", "grad_z", "grad_zdot"), grads[1], grads[0]):
+                check(f"simplex {kind} V={V} {name}", a, b, rtol=1e-4, atol=1e-4)
 
     torch.cuda.synchronize()
     for f in failures:

@@ -267,3 +267,33 @@ def test_euler_on_the_exact_posterior_converges_to_the_data_law():
             for K in (1, 128)}
     assert freq[1][0] == 1.0
     torch.testing.assert_close(freq[128], p.double(), atol=0.006, rtol=0)
+
+
+def test_many_steps_land_on_the_simplex():
+    """The grid's exact gamma: the last of K = 100 steps lands on the endpoint (the training clamp
+    of 1 - s would stop the last five steps short)."""
+    fm = _map(dtype=torch.float32)
+    out = cat.sample(fm, torch.randn(4, 3, 5), 100, method="euler")
+    torch.testing.assert_close(out.probs.sum(-1), torch.ones(4, 3))
+    assert (out.probs >= 0).all()
+
+
+def test_trainer_evaluate_reports_token_statistics():
+    task = MarkovChainTask(vocab=5, length=3, seed=0)
+    data = task.sample(512, torch.Generator().manual_seed(1))
+    fm = _map(dtype=torch.float32)
+    trainer = Trainer(fm, objective=cat.CategoricalObjective(5, "ecld"), target=data, batch_size=64, progress=False)
+    report = trainer.evaluate(256)
+    assert {"unigram_tv", "position_tv", "unique_fraction", "nfe"} <= set(report) and report["nfe"] == 4
+    assert 0 <= report["unigram_tv"] <= 1 and 0 <= report["position_tv"] <= 1
+
+
+def test_bad_guidance_inputs():
+    fm = _map(num_classes=3, dtype=torch.float32)
+    x0 = torch.randn(2, 3, 5)
+    with pytest.raises(ValueError, match="guidance_weight must be a finite number"):
+        cat.sample(fm, x0, 2, label=torch.zeros(2, dtype=torch.long), guidance_weight=float("nan"))
+    with pytest.raises(ValueError, match=r"label must lie in \[0, 3\]"):
+        cat.sample(fm, x0, 2, label=torch.tensor([0, 4]))
+    with pytest.raises(ValueError, match="ce_weight must be a finite number"):
+        cat.CategoricalObjective(5, ce_weight=float("inf"))

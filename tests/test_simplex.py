@@ -243,3 +243,39 @@ def test_empty_batches(device):
     z = torch.zeros(0, 4, 7, device=device)
     assert ops.flow_map_step(z, z, 0.5).x.shape == (0, 4, 7)
     assert ops.distill_loss("ecld", z, z, z, torch.zeros(0), torch.zeros(0)).shape == (0, 4)
+
+
+@pytest.mark.parametrize("V", [9, 16, 20, 300])
+def test_nan_logits_give_nan_rows_without_validation(device, V):
+    """validate=False skips the finiteness read, but a NaN logit must still poison its row (never a
+    plausible-looking distribution): the vector exp and max keep NaN."""
+    z = torch.randn(4, V, device=device)
+    z[1, V // 2] = float("nan")
+    z[3, V - 1] = float("nan")
+    out = ops.flow_map_step(z, torch.zeros_like(z), 1.0, validate=False).x
+    assert torch.isnan(out[[1, 3]]).all()
+    assert torch.isfinite(out[[0, 2]]).all()
+
+
+def test_one_row_and_loss_scaling(device):
+    """A single (V,) row; fp16 gradients under a large loss scale stay finite when they fit."""
+    z = torch.randn(7, device=device)
+    torch.testing.assert_close(ops.flow_map_step(z, z, 1.0).x, torch.softmax(z, -1))
+    assert ops.distill_loss("ecld", z, z, z, 0.2, 0.5).shape == ()
+    inputs = _rows((3, 4), 65, torch.float16, device)
+    z16 = inputs[0].clone().requires_grad_()
+    loss = ops.distill_loss("ecld", z16, inputs[1], inputs[2], inputs[4], inputs[5])
+    scale = 4096.0  # the unscaled gradients reach about 10: 4e4 still fits fp16 (max 65504), 65536 would not
+    (loss.sum() * scale).backward()
+    assert torch.isfinite(z16.grad).all()
+    z32 = inputs[0].float().requires_grad_()
+    (ops.distill_loss("ecld", z32, inputs[1].float(), inputs[2].float(), inputs[4], inputs[5]).sum() * scale).backward()
+    torch.testing.assert_close(z16.grad.float(), z32.grad, rtol=2e-2, atol=2e-2 * float(z32.grad.abs().max()))
+
+
+def test_no_double_backward():
+    z, zdot, target, _, s, t = _rows((2, 3), 5, torch.float64)
+    z.requires_grad_()
+    loss = ops.distill_loss("ecld", z, zdot, target, s, t).sum()
+    with pytest.raises(RuntimeError, match="no second derivative"):
+        torch.autograd.grad(loss, z, create_graph=True)

@@ -1,7 +1,8 @@
-// Vectorized exp-sums for the CPU kernels (log-sum-exp is the inner loop of Sinkhorn). AVX2+FMA
-// is chosen at run time; the scalar fallback uses std::exp. Only arguments <= 0 occur (scores
-// minus their max), so the vector exp handles x in [-708, 0] to ~1e-16 relative and flushes
-// anything below -708 (where exp < 4e-308) to 0.
+// Vectorized exps for the CPU kernels: double exp-sums (log-sum-exp is the inner loop of Sinkhorn)
+// and float row softmax pieces (the simplex family). AVX2+FMA is chosen at run time; the scalar
+// fallback uses std::exp. Only arguments <= 0 occur (scores minus their max), so the double exp
+// handles x in [-708, 0] to ~1e-16 relative and flushes anything below -708 (where exp < 4e-308)
+// to 0; the float exp is described at exp8_nonpositive.
 #pragma once
 
 #include <algorithm>
@@ -78,6 +79,99 @@ __attribute__((target("avx2,fma"))) inline void accumulate_exp_avx2(double* sum,
   for (; j < m; ++j) sum[j] += std::exp(s[j] - shift[j]);
 }
 #endif
+
+#if defined(FF_SIMD_EXP_AVX2)
+// expf(x) for x <= 0 (float rows: the simplex family's softmax): x = n ln2 + r, |r| <= ln2/2,
+// e^r by its degree-7 Taylor polynomial (at most 1 ulp from expf over [-87.3, 0], checked
+// exhaustively), 2^n in the exponent bits; below -87.3 (where expf turns subnormal) the result is
+// flushed to 0. NaN stays NaN: max_ps returns its second operand when one is NaN.
+__attribute__((target("avx2,fma"))) inline __m256 exp8_nonpositive(__m256 x) {
+  const __m256 lowest = _mm256_set1_ps(-87.3f);
+  const __m256 underflow = _mm256_cmp_ps(x, lowest, _CMP_LT_OQ);
+  x = _mm256_max_ps(lowest, x);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-0.693359375f), x);
+  r = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.0f / 5040);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256i exponent = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(underflow, _mm256_mul_ps(p, _mm256_castsi256_ps(exponent)));
+}
+
+/// max of a float row; NaN if the row holds one (max_ps alone would drop it, depending on the lane).
+__attribute__((target("avx2,fma"))) inline float max_avx2(const float* s, int64_t m) {
+  __m256 top = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  __m256 unordered = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 8 <= m; j += 8) {
+    const __m256 v = _mm256_loadu_ps(s + j);
+    unordered = _mm256_or_ps(unordered, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    top = _mm256_max_ps(top, v);
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, top);
+  float best = lanes[0];
+  for (int k = 1; k < 8; ++k) best = std::max(best, lanes[k]);
+  bool nan = _mm256_movemask_ps(unordered) != 0;
+  for (; j < m; ++j) {
+    nan = nan || std::isnan(s[j]);
+    best = std::max(best, s[j]);
+  }
+  return nan ? std::numeric_limits<float>::quiet_NaN() : best;
+}
+
+__attribute__((target("avx2,fma"))) inline float exp_shifted_avx2(const float* s, int64_t m, float shift, float* e) {
+  const __m256 vshift = _mm256_set1_ps(shift);
+  __m256 acc = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 8 <= m; j += 8) {
+    const __m256 v = exp8_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(s + j), vshift));
+    _mm256_storeu_ps(e + j, v);
+    acc = _mm256_add_ps(acc, v);
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, acc);
+  float total = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+  for (; j < m; ++j) {
+    e[j] = std::exp(s[j] - shift);
+    total += e[j];
+  }
+  return total;
+}
+#endif
+
+/// max_j s_j of a float row.
+inline float row_max(const float* s, int64_t m) {
+#if defined(FF_SIMD_EXP_AVX2)
+  if (has_avx2_fma()) return max_avx2(s, m);
+#endif
+  float best = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < m; ++j) {
+    if (std::isnan(s[j])) return s[j];
+    best = std::max(best, s[j]);
+  }
+  return best;
+}
+
+/// e_j = exp(s_j - shift) (shift >= max_j s_j) for a float row; returns sum_j e_j.
+inline float exp_shifted(const float* s, int64_t m, float shift, float* e) {
+#if defined(FF_SIMD_EXP_AVX2)
+  if (has_avx2_fma()) return exp_shifted_avx2(s, m, shift, e);
+#endif
+  float total = 0.0f;
+  for (int64_t j = 0; j < m; ++j) {
+    e[j] = std::exp(s[j] - shift);
+    total += e[j];
+  }
+  return total;
+}
 
 /// sum_j exp(s_j - shift), shift >= max_j s_j.
 inline double exp_sum(const double* s, int64_t m, double shift) {

@@ -2,9 +2,13 @@
 // one row (position) at a time, rows in parallel (OpenMP). Each row's exponentials are computed
 // once into a thread-local buffer and reused by the later passes. float32/float64/float16/
 // bfloat16 storage; float accumulation for 16/32-bit rows, double for float64 (the CUDA rule).
+#include <algorithm>
 #include <cmath>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
+#include "cpu/simd_exp.h"
 #include "flowfast/half.h"
 #include "flowfast/simplex.h"
 
@@ -29,26 +33,42 @@ void for_each_row(int64_t rows, int64_t V, int64_t per_row, Body&& body) {
   }
 }
 
-/// max and argmax (lowest index among ties) of a row.
-template <typename A, typename T>
-ArgMax<A> row_argmax(const T* z, int64_t V) {
-  ArgMax<A> best{static_cast<A>(z[0]), 0};
-  for (int64_t v = 1; v < V; ++v) {
-    const A zv = static_cast<A>(z[v]);
-    if (zv > best.value) best = ArgMax<A>{zv, v};
+template <typename T>
+const float* z_as_float(const T* z, int64_t V, float* scratch) {
+  if constexpr (std::is_same<T, float>::value) {
+    return z;
+  } else {
+    for (int64_t v = 0; v < V; ++v) scratch[v] = static_cast<float>(z[v]);
+    return scratch;
   }
-  return best;
 }
 
-/// e[v] = exp(z[v] - max) for every v; returns their sum.
+/// exp(z - max z) of a row into e; returns (max, sum). Float accumulation runs on a float copy of
+/// the row (in e itself: each element is read before it is overwritten) with the AVX2 exp.
 template <typename A, typename T>
-A exp_shifted(const T* z, int64_t V, A max, A* e) {
-  A sum = 0;
-  for (int64_t v = 0; v < V; ++v) {
-    e[v] = std::exp(static_cast<A>(z[v]) - max);
-    sum += e[v];
+std::pair<A, A> softmax_row(const T* z, int64_t V, A* e) {
+  if constexpr (std::is_same<A, float>::value) {
+    const float* zf = z_as_float(z, V, e);
+    const float max = cpu::row_max(zf, V);
+    return {max, cpu::exp_shifted(zf, V, max, e)};
+  } else {
+    A max = static_cast<A>(z[0]);
+    for (int64_t v = 1; v < V; ++v) max = std::max(max, static_cast<A>(z[v]));
+    A sum = 0;
+    for (int64_t v = 0; v < V; ++v) {
+      e[v] = std::exp(static_cast<A>(z[v]) - max);
+      sum += e[v];
+    }
+    return {max, sum};
   }
-  return sum;
+}
+
+/// The lowest index whose logit equals the row's max (torch.argmax's rule for ties).
+template <typename A, typename T>
+int64_t first_index_of(const T* z, int64_t V, A max) {
+  for (int64_t v = 0; v < V; ++v)
+    if (static_cast<A>(z[v]) == max) return v;
+  return 0;
 }
 
 template <typename T>
@@ -63,16 +83,17 @@ void step(const SimplexStepParams& p) {
   T* log_probs = static_cast<T*>(p.log_probs.data);
   for_each_row<A>(R, V, 1, [&](int64_t r, A* e) {
     const T* z = logits + r * V;
-    const ArgMax<A> best = row_argmax<A>(z, V);
-    const A sum = exp_shifted(z, V, best.value, e);
-    const A inv = static_cast<A>(1) / sum, log_sum = std::log(sum), g = gamma[r];
+    const auto [max, sum] = softmax_row(z, V, e);
+    const A inv = static_cast<A>(1) / sum, log_norm = max + std::log(sum), g = gamma[r];
+    const T* xr = x + r * V;
+    T* out = x_new + r * V;
     for (int64_t v = 0; v < V; ++v) {
-      const int64_t k = r * V + v;
-      const A xv = static_cast<A>(x[k]);  // read before the write: x_new may be x
-      x_new[k] = static_cast<T>(xv + g * (e[v] * inv - xv));
-      if (log_probs) log_probs[k] = static_cast<T>(static_cast<A>(z[v]) - best.value - log_sum);
+      const A xv = static_cast<A>(xr[v]);  // read before the write: x_new may be x
+      out[v] = static_cast<T>(xv + g * (e[v] * inv - xv));
     }
-    if (argmax) argmax[r] = best.index;
+    if (log_probs)
+      for (int64_t v = 0; v < V; ++v) log_probs[r * V + v] = static_cast<T>(static_cast<A>(z[v]) - log_norm);
+    if (argmax) argmax[r] = first_index_of(z, V, max);
   });
 }
 
@@ -95,9 +116,8 @@ void distill_loss(const SimplexDistillParams& p) {
     const T* zdot = logits_dot + row;
     A* e = buffer;      // exp(z - max z)
     A* eq = buffer + V;  // exp(target - max target)
-    const A max_z = row_argmax<A>(z, V).value;
-    const A sum = exp_shifted(z, V, max_z, e);
-    const A sum_q = exp_shifted(target + row, V, row_argmax<A>(target + row, V).value, eq);
+    const auto [max_z, sum] = softmax_row(z, V, e);
+    const A sum_q = softmax_row(target + row, V, eq).second;
     A dot = 0;
     for (int64_t v = 0; v < V; ++v) dot += e[v] * static_cast<A>(zdot[v]);
     const A inv = static_cast<A>(1) / sum, inv_q = static_cast<A>(1) / sum_q;

@@ -207,19 +207,22 @@ __global__ void __launch_bounds__(kThreads) distill_kernel(DistillArgs<T, A> a) 
   }
 }
 
+/// Threads per row for rows of length V (the file comment's three layouts).
+int lanes_for(int64_t V) { return V <= 64 ? 4 : (V <= 4096 ? cuda::kWarp : kThreads); }
+
+int64_t blocks_for(int64_t R, int64_t V) {
+  const int64_t per_block = kThreads / lanes_for(V);
+  return (R + per_block - 1) / per_block;
+}
+
 // Launches kernel<LANES> with the lane count for rows of length V.
 template <template <int> class Launch, typename Args>
 void launch_for_rows(int64_t R, int64_t V, cudaStream_t stream, const Args& args) {
-  const auto blocks = [&](int lanes) {
-    const int64_t per_block = kThreads / lanes;
-    return static_cast<unsigned>((R + per_block - 1) / per_block);
-  };
-  if (V <= 64) {
-    Launch<4>::run(blocks(4), stream, args);
-  } else if (V <= 4096) {
-    Launch<cuda::kWarp>::run(blocks(cuda::kWarp), stream, args);
-  } else {
-    Launch<kThreads>::run(blocks(kThreads), stream, args);
+  const auto grid = static_cast<unsigned>(blocks_for(R, V));
+  switch (lanes_for(V)) {
+    case 4: Launch<4>::run(grid, stream, args); break;
+    case cuda::kWarp: Launch<cuda::kWarp>::run(grid, stream, args); break;
+    default: Launch<kThreads>::run(grid, stream, args);
   }
   FF_CUDA_CHECK(cudaGetLastError());
 }
@@ -244,8 +247,8 @@ struct DistillLaunch {
   };
 };
 
-void check_grid(int64_t R) {
-  FF_CHECK(R / 4 < 2147483647LL, "simplex: too many rows for one launch (", R, ")");
+void check_grid(int64_t R, int64_t V) {
+  FF_CHECK(blocks_for(R, V) < 2147483647LL, "simplex: too many rows for one launch (", R, ")");
 }
 
 }  // namespace
@@ -253,7 +256,7 @@ void check_grid(int64_t R) {
 void simplex_step_cuda(const SimplexStepParams& p) {
   cuda::DeviceGuard guard(p.logits.device_index);
   const int64_t R = p.logits.shape[0], V = p.logits.shape[1];
-  check_grid(R);
+  check_grid(R, V);
   FF_DISPATCH_FLOATING_AND_HALF(p.logits.dtype, T, __half, __nv_bfloat16, "simplex", [&] {
     using A = Acc<T>;
     const StepArgs<T, A> args{static_cast<const T*>(p.logits.data), static_cast<const T*>(p.x.data),
@@ -267,7 +270,7 @@ void simplex_step_cuda(const SimplexStepParams& p) {
 void simplex_distill_loss_cuda(const SimplexDistillParams& p) {
   cuda::DeviceGuard guard(p.logits.device_index);
   const int64_t R = p.logits.shape[0], V = p.logits.shape[1];
-  check_grid(R);
+  check_grid(R, V);
   FF_DISPATCH_FLOATING_AND_HALF(p.logits.dtype, T, __half, __nv_bfloat16, "simplex", [&] {
     using A = Acc<T>;
     const DistillArgs<T, A> args{p.kind,

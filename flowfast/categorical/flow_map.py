@@ -87,7 +87,9 @@ class CategoricalFlowMap(nn.Module):
         return (t - s) / (1 - s).clamp_min(self.min_one_minus_s)
 
     def jump(self, x: torch.Tensor, s: torch.Tensor, t: torch.Tensor, logits: torch.Tensor, *,
-             return_argmax: bool = False) -> simplex_ops.StepResult:
-        """X_{s,t}(x) from given logits (of this map at (x, s, t), possibly guided): the fused step."""
-        return simplex_ops.flow_map_step(logits, x.to(logits.dtype), self.gamma(s, t), return_argmax=return_argmax,
-                                         validate=False)
+             gamma: Optional[torch.Tensor] = None, return_argmax: bool = False) -> simplex_ops.StepResult:
+        """X_{s,t}(x) from given logits (of this map at (x, s, t), possibly guided): the fused step,
+        with ``gamma`` (default :meth:`gamma`, clamped as in training; the samplers pass the exact
+        (t - s) / (1 - s) of their grid, so the last step lands on the simplex for any K)."""
+        return simplex_ops.flow_map_step(logits, x.to(logits.dtype), self.gamma(s, t) if gamma is None else gamma,
+                                         return_argmax=return_argmax, validate=False)

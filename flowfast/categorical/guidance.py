@@ -25,8 +25,8 @@ from typing import Callable, Optional
 import torch
 
 from flowfast.categorical.flow_map import CategoricalFlowMap
-from flowfast.categorical.sampling import (CategoricalSample, check_sampler_inputs, readout, step_logits,
-                                           time_grid)
+from flowfast.categorical.sampling import (CategoricalSample, check_sampler_inputs, grid_jump, readout,
+                                           step_logits, time_grid)
 
 __all__ = ["gradient_guided_sample", "smc_sample", "SMCSample"]
 
@@ -61,7 +61,7 @@ def gradient_guided_sample(flow_map: CategoricalFlowMap, x0: torch.Tensor, rewar
             nfe += 1
         with torch.no_grad():
             logits, cost = step_logits(flow_map, x, s, t, "map", label, 0.0)
-            x = flow_map.jump(x, s, t, logits).x
+            x = grid_jump(flow_map, x, s, t, logits)
         nfe += cost
     return CategoricalSample(readout(x, readout_method, generator), x, nfe)
 
@@ -107,7 +107,7 @@ def smc_sample(flow_map: CategoricalFlowMap, x0: torch.Tensor, reward: Reward, s
 
     for s, t in time_grid(steps, B, x0):
         logits, cost = step_logits(flow_map, x, s, t, "map", label, 0.0)
-        x = flow_map.jump(x, s, t, logits).x
+        x = grid_jump(flow_map, x, s, t, logits)
         nfe += cost
         last = bool(t[0] >= 1)
         probs = x if last else _look_ahead(flow_map, x, t, label)

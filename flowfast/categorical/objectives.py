@@ -23,6 +23,8 @@ conditioned rows.
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Optional
 
 import torch
@@ -85,6 +87,9 @@ class CategoricalObjective:
             raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing!r}")
         if not 0.0 <= float(label_dropout) <= 1.0:
             raise ValueError(f"label_dropout must lie in [0, 1], got {label_dropout!r}")
+        for name, w in (("guidance_weight", guidance_weight), ("ce_weight", ce_weight), ("td_weight", td_weight)):
+            if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w):
+                raise ValueError(f"{name} must be a finite number, got {w!r}")
         if num_classes is None and guidance_weight:
             raise ValueError("guidance_weight needs a class-conditional objective (num_classes=...)")
         self.vocab, self.method = vocab, method
@@ -119,10 +124,13 @@ class CategoricalObjective:
         if not isinstance(x1, torch.Tensor) or x1.dim() != 2 or x1.shape[1] < 2:
             raise ValueError(f"a class-conditional objective takes rows (B, L + 1) with the label last "
                              f"(with_labels), got {tuple(getattr(x1, 'shape', ()))}")
-        tokens = check_token_batch(x1[:, :-1], self.vocab)
+        tokens = check_token_batch(x1[:, :-1], self.vocab, check_range=False)
         labels = x1[:, -1].long()
-        if not bool(((labels >= 0) & (labels < self.num_classes)).all()):
-            raise ValueError(f"labels (the last column of x1) must lie in [0, {self.num_classes})")
+        in_range = ((tokens >= 0) & (tokens < self.vocab)).all() & ((labels >= 0) & (labels < self.num_classes)).all()
+        if not bool(in_range):  # one host read for both; the messages say which failed
+            check_token_batch(tokens, self.vocab)
+            raise ValueError(f"labels (the last column of x1) must lie in [0, {self.num_classes}), got values "
+                             f"from {int(labels.min())} to {int(labels.max())}")
         if dropout and self.label_dropout > 0:
             where = generator.device if generator is not None else labels.device
             drop = torch.rand(labels.shape, generator=generator, device=where).to(labels.device) < self.label_dropout
@@ -176,11 +184,25 @@ class CategoricalObjective:
         ``guidance_weight`` > 0; null-class rows stay unguided)."""
         if labels is None or not self.guidance_weight:
             return flow_map.logits(x, t, t, labels)
-        guided = flow_map.guided_logits(x, t, t, labels, self.guidance_weight)
-        unguided = labels == self.num_classes
-        if bool(unguided.any()):
-            guided = torch.where(unguided[:, None, None], flow_map.logits(x, t, t, labels), guided)
-        return guided
+        # Null-class rows get z_null + w (z_null - z_null) = z_null: unguided without a special case.
+        return flow_map.guided_logits(x, t, t, labels, self.guidance_weight)
+
+    def evaluate_samples(self, probs: torch.Tensor, real: torch.Tensor) -> dict:
+        """What :meth:`Trainer.evaluate` reports for this objective (instead of W2): the argmax tokens
+        of ``probs`` ``(n, L, V)`` against real rows ``(n, L)`` (labels dropped): total variation
+        between the unigram histograms and, averaged over positions, between the per-position token
+        histograms (0 = same statistics), and the fraction of distinct sequences. Exact metrics
+        need the task's own ``evaluate`` (flowfast.categorical.tasks)."""
+        tokens = probs.argmax(-1)
+        real = real[:, :tokens.shape[1]].long().to(tokens.device)
+
+        def histograms(rows):  # (L, V) per-position frequencies
+            return F.one_hot(rows, self.vocab).double().mean(0)
+
+        gen_h, real_h = histograms(tokens), histograms(real)
+        return {"unigram_tv": float(0.5 * (gen_h.mean(0) - real_h.mean(0)).abs().sum()),
+                "position_tv": float(0.5 * (gen_h - real_h).abs().sum(-1).mean()),
+                "unique_fraction": torch.unique(tokens, dim=0).shape[0] / tokens.shape[0]}
 
     def sample(self, model, x0: torch.Tensor, *, steps: int = 4, method: str = "map", atol: float = 1e-5,
                rtol: float = 1e-5, return_path: bool = False) -> ODEResult:

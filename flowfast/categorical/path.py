@@ -19,9 +19,10 @@ __all__ = ["check_token_batch", "check_source", "interpolate", "input_scale", "s
 _TOKEN_DTYPES = (torch.int64, torch.int32)
 
 
-def check_token_batch(tokens, vocab: int, name: str = "x1", length: Optional[int] = None) -> torch.Tensor:
+def check_token_batch(tokens, vocab: int, name: str = "x1", length: Optional[int] = None,
+                      check_range: bool = True) -> torch.Tensor:
     """``tokens`` ``(B, L)`` int64/int32 ids in ``[0, vocab)``, as int64 on their device. The range
-    check reads one flag back to the host."""
+    check reads one flag back to the host (``check_range=False``: the caller fuses it with its own)."""
     if not isinstance(tokens, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(tokens).__name__}")
     if tokens.dtype not in _TOKEN_DTYPES:
@@ -31,7 +32,7 @@ def check_token_batch(tokens, vocab: int, name: str = "x1", length: Optional[int
         raise ValueError(f"{name} must be (B, L) token ids with B, L >= 1, got shape {tuple(tokens.shape)}")
     if length is not None and tokens.shape[1] != length:
         raise ValueError(f"{name} has sequences of {tokens.shape[1]} tokens; the model expects L = {length}")
-    if not bool(((tokens >= 0) & (tokens < vocab)).all()):
+    if check_range and not bool(((tokens >= 0) & (tokens < vocab)).all()):
         lo, hi = int(tokens.min()), int(tokens.max())
         raise ValueError(f"{name} must hold token ids in [0, {vocab}) (V = {vocab}), got ids from {lo} to {hi}")
     return tokens.long()

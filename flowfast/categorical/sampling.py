@@ -5,8 +5,9 @@ K steps on the uniform grid s_k = k / K, from x0 ~ N(0, I) ``(B, L, V)``:
 - ``"map"``:   x <- x + gamma (pi_theta(x; s_k, s_{k+1}) - x)   (the flow map's jumps)
 - ``"euler"``: x <- x + gamma (pi_theta(x; s_k, s_k) - x)       (Euler on the diagonal model, the baseline)
 
-gamma = (t - s) / (1 - s) is 1 on the last step, so the final state is the predicted endpoint, on
-the simplex exactly; tokens are its argmax or a draw from it (``readout``). Guidance
+gamma = (t - s) / (1 - s) (exact on the grid, not the training clamp of 1 - s, which would stop
+the last steps short for K > 20) is 1 on the last step, so the final state is the predicted
+endpoint, on the simplex exactly; tokens are its argmax or a draw from it (``readout``). Guidance
 (``guidance_weight`` w, a class-conditional model): every evaluation uses the logits
 ``z_c + w (z_c - z_null)`` (logit-space classifier-free guidance; w = 0 is the conditional
 sampler, unguided), from one batched call of 2B rows: NFE counts network rows / B, so a guided
@@ -15,6 +16,8 @@ step costs 2.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Optional
 
@@ -23,7 +26,7 @@ import torch
 from flowfast.categorical.flow_map import CategoricalFlowMap
 
 __all__ = ["CategoricalSample", "SAMPLE_METHODS", "READOUTS", "sample", "readout", "check_sampler_inputs",
-           "time_grid"]
+           "grid_jump", "time_grid"]
 
 SAMPLE_METHODS = ("map", "euler")
 READOUTS = ("argmax", "multinomial")
@@ -40,6 +43,11 @@ class CategoricalSample:
     path: Optional[torch.Tensor] = None
 
 
+def grid_jump(flow_map: CategoricalFlowMap, x, s, t, logits) -> torch.Tensor:
+    """One step of a sampler's grid: the jump with the exact gamma = (t - s) / (1 - s) (s < 1 on a grid)."""
+    return flow_map.jump(x, s, t, logits, gamma=(t - s) / (1 - s)).x
+
+
 def check_sampler_inputs(flow_map, x0, steps: int, label, guidance_weight: float) -> None:
     if not isinstance(flow_map, CategoricalFlowMap):
         raise TypeError(f"flow_map must be a CategoricalFlowMap, got {type(flow_map).__name__}")
@@ -49,6 +57,9 @@ def check_sampler_inputs(flow_map, x0, steps: int, label, guidance_weight: float
         raise ValueError(f"x0 has V = {x0.shape[-1]} classes; the flow map has vocab {flow_map.vocab}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if isinstance(guidance_weight, bool) or not isinstance(guidance_weight, numbers.Real) or not math.isfinite(
+            guidance_weight):
+        raise ValueError(f"guidance_weight must be a finite number, got {guidance_weight!r}")
     if guidance_weight and label is None:
         raise ValueError("guidance_weight needs label= (the class to condition on)")
     if label is not None:
@@ -56,6 +67,10 @@ def check_sampler_inputs(flow_map, x0, steps: int, label, guidance_weight: float
             raise ValueError("label= needs a class-conditional network (num_classes set)")
         if not isinstance(label, torch.Tensor) or label.shape != (x0.shape[0],) or label.is_floating_point():
             raise ValueError(f"label must be an int64 ({x0.shape[0]},) tensor, got {getattr(label, 'shape', label)}")
+        classes = flow_map.net.num_classes
+        if not bool(((label >= 0) & (label <= classes)).all()):
+            raise ValueError(f"label must lie in [0, {classes}] ({classes}: the null class), got values from "
+                             f"{int(label.min())} to {int(label.max())}")
 
 
 def time_grid(steps: int, batch: int, like: torch.Tensor):
@@ -97,7 +112,7 @@ def sample(flow_map: CategoricalFlowMap, x0: torch.Tensor, steps: int = 4, *, me
     x, nfe, path = x0, 0, [x0] if return_path else None
     for s, t in time_grid(steps, x0.shape[0], x0):
         logits, cost = step_logits(flow_map, x, s, t, method, label, guidance_weight)
-        x = flow_map.jump(x, s, t, logits).x
+        x = grid_jump(flow_map, x, s, t, logits)
         nfe += cost
         if path is not None:
             path.append(x)

@@ -21,6 +21,8 @@ Ops:
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import NamedTuple, Optional, Sequence
 
 import torch
@@ -69,7 +71,7 @@ def per_position(name: str, value, logits: torch.Tensor) -> torch.Tensor:
     lead = logits.shape[:-1]
     acc = accumulation_dtype(logits.dtype)
     if not isinstance(value, torch.Tensor):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise TypeError(f"{name} must be a float or a tensor, got {type(value).__name__}")
         value = torch.tensor(float(value), dtype=acc, device=logits.device)
     elif not (value.is_floating_point()):
@@ -78,7 +80,7 @@ def per_position(name: str, value, logits: torch.Tensor) -> torch.Tensor:
     if value.dim() > len(lead) or tuple(value.shape) != tuple(lead[: value.dim()]):
         raise ValueError(f"{name} must be a scalar or have a prefix of the positions' shape {tuple(lead)} "
                          f"(e.g. one value per sequence), got shape {tuple(value.shape)}")
-    value = value.to(acc).reshape(*value.shape, *([1] * (len(lead) - value.dim())))
+    value = value.to(acc).reshape(tuple(value.shape) + (1,) * (len(lead) - value.dim()))
     return value.expand(lead).reshape(-1).contiguous()
 
 
@@ -232,6 +234,8 @@ def flow_map_step(logits: torch.Tensor, x: torch.Tensor, gamma, *, return_argmax
         backend: "auto" | "cpu" | "cuda" | "torch" (the reference).
         validate: check finiteness (one host read); callers that built the inputs skip it.
     """
+    if x is None:
+        raise TypeError("x (the current state, shaped like logits) is required")
     validate_rows("logits", logits, x=x)
     check_choice("backend", backend, _switch.BACKENDS)
     g = per_position("gamma", gamma, logits)
@@ -247,10 +251,11 @@ def flow_map_step(logits: torch.Tensor, x: torch.Tensor, gamma, *, return_argmax
                                                                              bool(return_log_probs))
     elif _transforms_active() and not torch.compiler.is_compiling():
         if return_log_probs:
-            raise ValueError("flow_map_step: return_log_probs is not differentiable in forward mode "
-                             "(torch.func.jvp / forward_ad); take torch.log_softmax of the logits instead")
+            raise ValueError("flow_map_step: return_log_probs is not supported under torch.func transforms or "
+                             "forward-mode AD; take torch.log_softmax of the logits instead")
         x_new = _EagerStep.apply(z, xr, gr)
-        argmax = simplex_step_impl(z, xr, gr, True, False)[1] if return_argmax else None
+        with _arrays.kernel_scope():
+            argmax = _arrays.plain(z).argmax(-1) if return_argmax else None  # lowest index among ties, as the kernel
         log_probs = None
     else:
         x_new, argmax, log_probs = simplex_step(z, xr, gr, bool(return_argmax), bool(return_log_probs))
@@ -295,10 +300,18 @@ def _distill_setup(ctx, inputs, output):
         raise RuntimeError("internal: simplex_distill_loss was called with need_grad=False inside autograd")
     _, grad_z, grad_zdot = output
     ctx.save_for_backward(grad_z, grad_zdot)
+    ctx.set_materialize_grads(False)  # the gradient outputs get no upstream: no zero-filled (R, V) tensors
 
 
 def _distill_backward(ctx, grad_loss, _grad_z, _grad_zdot):
+    if torch.is_grad_enabled():
+        raise RuntimeError("distill_loss has no second derivative (its gradients come from the kernel as "
+                           "constants); double backward / create_graph=True through it is not supported")
     grad_z, grad_zdot = ctx.saved_tensors
+    if grad_loss is None:
+        return (None,) * 11
+    # The product in the upstream's dtype (float32), cast once: a 16-bit upstream could overflow
+    # under loss scaling (fp16 ends at 65504).
     scale = grad_loss[:, None]
     return (None, (grad_z * scale).to(grad_z.dtype), (grad_zdot * scale).to(grad_zdot.dtype), None, None, None, None,
             None, None, None, None)
@@ -332,6 +345,9 @@ def distill_loss(kind: str, logits: torch.Tensor, logits_dot: torch.Tensor, targ
     check_choice("backend", backend, _switch.BACKENDS)
     if not 0 < float(min_one_minus_s) <= 1:
         raise ValueError(f"min_one_minus_s must lie in (0, 1], got {min_one_minus_s}")
+    for name, w in (("ce_weight", ce_weight), ("td_weight", td_weight)):
+        if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w):
+            raise ValueError(f"{name} must be a finite number, got {w!r}")
     sr, tr = per_position("s", s, logits), per_position("t", t, logits)
     if validate:
         _check_values([logits, logits_dot, target_logits, x, sr, tr],

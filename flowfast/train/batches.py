@@ -52,8 +52,9 @@ def _rows(n_or_batch) -> int:
     return n_or_batch.shape[0] if isinstance(n_or_batch, torch.Tensor) else int(n_or_batch)
 
 
-#: integer data are token ids (flowfast.categorical): kept as integers, never cast to the model's dtype
-_TOKEN_DTYPES = (torch.int64, torch.int32)
+#: int64/int32 torch data are token ids (flowfast.categorical): kept as integers, never cast to the
+#: model's dtype (numpy integer arrays and files are still read as float, as before)
+TOKEN_DTYPES = (torch.int64, torch.int32)
 
 
 def _check_data(x: torch.Tensor, what: str) -> torch.Tensor:
@@ -64,7 +65,7 @@ def _check_data(x: torch.Tensor, what: str) -> torch.Tensor:
                          "(reshape 1-D data to (N, 1))")
     if x.shape[0] == 0 or x.numel() == 0:
         raise ValueError(f"{what} is empty (shape {tuple(x.shape)})")
-    if not x.is_floating_point() and x.dtype not in _TOKEN_DTYPES:
+    if not x.is_floating_point() and x.dtype not in TOKEN_DTYPES:
         raise ValueError(f"{what} holds {x.dtype} values; expected floating point (convert with .float()) "
                          "or int64/int32 token ids (for a categorical objective)")
     return x

@@ -34,6 +34,7 @@ def test_distill_matches_reference(emulated, dtype, V, kind):
 
 
 @pytest.mark.parametrize("name", ["test_step_endpoints", "test_step_argmax_ties_take_the_lowest_index",
+                                  "test_one_row_and_loss_scaling",
                                   "test_step_gamma_shapes", "test_distill_without_grad_is_the_same_loss",
                                   "test_ecld_weights_and_zero_jump", "test_empty_batches"])
 def test_cpu_case(emulated, name):
@@ -78,3 +79,9 @@ def test_same_as_cpu_kernels(emulated, dtype, rows, V):
             continue
         assert not torch.isnan(got).any(), "an output element was never written"
         torch.testing.assert_close(got.float(), want.float(), **tol)
+
+
+@pytest.mark.parametrize("V", [16, 300, 5000])
+def test_nan_logits_give_nan_rows(emulated, V):
+    with emulated_cuda(emulated):
+        cpu_cases.test_nan_logits_give_nan_rows_without_validation("cpu", V)

@@ -38,9 +38,12 @@ FF_HD TangentStats<A> tangent_empty() {
 template <typename A>
 FF_HD TangentStats<A> tangent_push(TangentStats<A> acc, A z, A zdot) {
   if (z <= acc.max) {
-    const A e = exp(z - acc.max);
-    acc.sum += e;
-    acc.dot += e * zdot;
+    // z == max == -inf (a -inf logit into an empty accumulator) would add exp(nan), as in lse_push.
+    if (z > static_cast<A>(-INFINITY)) {
+      const A e = exp(z - acc.max);
+      acc.sum += e;
+      acc.dot += e * zdot;
+    }
   } else {
     const A scale = exp(acc.max - z);  // 0 for an empty accumulator
     acc.sum = acc.sum * scale + static_cast<A>(1);
