@@ -80,10 +80,12 @@ def _run_config(args: argparse.Namespace) -> dict:
 
     from flowfast import data
     from flowfast.flowmaps import TEACHER_METHODS
-    from flowfast.train.recipes import flow_map_model
+    from flowfast.train.recipes import CATEGORICAL_METHODS, flow_map_model
 
     config = {"method": args.method, "batch_size": args.batch_size, "lr": args.lr,
               "ema_decay": None if args.ema_decay <= 0 else args.ema_decay}
+    if args.method in CATEGORICAL_METHODS or args.task:
+        return _categorical_config(args, config)
     if args.data:
         from flowfast.train.batches import load_array
 
@@ -123,6 +125,28 @@ def _run_config(args: argparse.Namespace) -> dict:
         if read_checkpoint(args.teacher) is None:  # a garbage file is refused now, not at the first step
             raise ValueError(f"no teacher checkpoint at {args.teacher}")
         config["teacher"] = os.path.abspath(args.teacher)
+    return config
+
+
+def _categorical_config(args: argparse.Namespace, config: dict) -> dict:
+    """A categorical flow map (--method vfm/csd/ecld) on a token task (--task)."""
+    from flowfast.categorical.tasks import get_task
+    from flowfast.train.recipes import CATEGORICAL_METHODS
+
+    if args.method not in CATEGORICAL_METHODS:
+        raise ValueError(f"--task trains a categorical flow map: use --method {' / '.join(CATEGORICAL_METHODS)}, "
+                         f"not {args.method}")
+    if not args.task:
+        raise ValueError(f"--method {args.method} trains on token sequences: pass --task (markov, brackets, digits)")
+    given = [flag for flag, value in (("--data", args.data), ("--path", args.path), ("--sigma", args.sigma),
+                                      ("--coupling", args.coupling), ("--teacher", args.teacher),
+                                      ("--loss-weight", args.loss_weight)) if value]
+    if given:
+        raise ValueError(f"{', '.join(given)} do not apply to the categorical methods (--method {args.method})")
+    task = get_task(args.task)
+    config.update(task=args.task, task_size=args.task_size, model_kind="simplex_transformer",
+                  model={"vocab": task.vocab, "length": task.length, "width": args.hidden, "depth": args.depth,
+                         "heads": 4})
     return config
 
 
@@ -186,6 +210,8 @@ def _sample(args: argparse.Namespace) -> int:
     options = _sampler_options(trainer, args.method, args.steps)
     result = trainer.sample(args.n, ema=not args.no_ema, generator=_generator(args.seed), **options)
     x = result.x.cpu()
+    if trainer.config.get("task"):
+        x = x.argmax(-1)  # categorical: the tokens (n, L) of the final endpoint distributions
     folder = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(folder, exist_ok=True)
     if args.out.endswith(".npy"):
@@ -202,8 +228,14 @@ def _sample(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     trainer = _load(args)
-    print(json.dumps(trainer.evaluate(n=args.n, ema=not args.no_ema, generator=_generator(args.seed),
-                                      **_sampler_options(trainer, args.method, args.steps))))
+    options = _sampler_options(trainer, args.method, args.steps)
+    report = trainer.evaluate(n=args.n, ema=not args.no_ema, generator=_generator(args.seed), **options)
+    if trainer.config.get("task"):  # categorical: also the task's exact metrics
+        from flowfast.categorical.tasks import get_task
+
+        tokens = trainer.sample(args.n, ema=not args.no_ema, generator=_generator(args.seed), **options).x.argmax(-1)
+        report["task"] = get_task(trainer.config["task"]).evaluate(tokens)
+    print(json.dumps(report))
     return 0
 
 
@@ -246,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     from flowfast.samplers import METHODS
     from flowfast.flowmaps import OBJECTIVES
     from flowfast.train import PATHS
+    from flowfast.train.recipes import CATEGORICAL_METHODS
 
     parser = argparse.ArgumentParser(prog="python -m flowfast", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -260,8 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
                                        "OUT/metrics.jsonl, OUT/config.json and OUT/checkpoint.pt (atomic); --resume "
                                        "continues from the checkpoint with the same losses as an uninterrupted run. "
                                        "--steps is the total.")
-    train.add_argument("--method", default="cfm", choices=["cfm", *sorted(OBJECTIVES)],
-                       help="cfm: a velocity model on --path; the others train a flow map X_{s,t} (flowfast.flowmaps)")
+    train.add_argument("--method", default="cfm", choices=["cfm", *sorted(OBJECTIVES), *CATEGORICAL_METHODS],
+                       help="cfm: a velocity model on --path; vfm/csd/ecld: a categorical flow map on --task "
+                            "(flowfast.categorical); the others train a flow map X_{s,t} (flowfast.flowmaps)")
+    train.add_argument("--task", default=None, choices=["markov", "brackets", "digits"],
+                       help="vfm/csd/ecld: the token task (flowfast.categorical.tasks) to train on")
+    train.add_argument("--task-size", type=int, default=20000, help="--task: training sequences (digits: its split)")
     train.add_argument("--source", default=None, choices=sorted(SAMPLERS),
                        help="x0 distribution (t=0); default gaussian, or N(0, I) shaped like --data")
     train.add_argument("--target", default="8gaussians", choices=sorted(SAMPLERS), help="x1 distribution (t=1)")
@@ -281,8 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=512)
     train.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (weight decay 1e-5)")
     train.add_argument("--seed", type=_seed, default=0)
-    train.add_argument("--hidden", type=int, default=64, help="MLP width (vector data)")
-    train.add_argument("--depth", type=int, default=3, help="MLP hidden layers (vector data)")
+    train.add_argument("--hidden", type=int, default=64, help="MLP width (vector data); transformer width (--task)")
+    train.add_argument("--depth", type=int, default=3, help="MLP hidden layers (vector data); blocks (--task)")
     train.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay (0: no EMA)")
     train.add_argument("--out", default="runs/train", help="run folder (runs/<name>)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if present")

@@ -12,7 +12,11 @@
 - ``source`` / ``target``: toy sampler names (:data:`flowfast.data.SAMPLERS`), or ``data``: a
   ``.npy`` / ``.pt`` file of x1 rows with ``source`` None (standard normal noise like the data);
 - ``coupling`` (flow maps): ``independent``, ``exact`` or ``sinkhorn``; ``teacher``: the checkpoint
-  of the velocity a distillation method distils.
+  of the velocity a distillation method distils;
+- categorical flow maps: ``method`` one of :data:`flowfast.categorical.METHODS` (``vfm``, ``csd``,
+  ``ecld``), ``model_kind`` ``"simplex_transformer"``, ``task`` a name of
+  :data:`flowfast.categorical.tasks.TASKS` and ``task_size`` its training set's size (drawn with a
+  fixed seed; ``digits`` trains on its fixed training split).
 """
 
 from __future__ import annotations
@@ -23,13 +27,20 @@ import torch
 
 from flowfast.train.objectives import make_path
 
-__all__ = ["build_run", "flow_map_model", "is_flow_map_config", "load_teacher", "LazyTeacher", "MODEL_KINDS"]
+__all__ = ["CATEGORICAL_METHODS", "build_run", "flow_map_model", "is_categorical_config", "is_flow_map_config",
+           "load_teacher", "LazyTeacher", "MODEL_KINDS", "task_data"]
 
-MODEL_KINDS = ("mlp", "flowmap_mlp", "flowmap_unet")
+MODEL_KINDS = ("mlp", "flowmap_mlp", "flowmap_unet", "simplex_transformer")
+CATEGORICAL_METHODS = ("vfm", "csd", "ecld")  # flowfast.categorical.METHODS, without importing it here
+TASK_DATA_SEED = 0
 
 
 def is_flow_map_config(cfg: dict) -> bool:
     return cfg.get("method", "cfm") != "cfm"
+
+
+def is_categorical_config(cfg: dict) -> bool:
+    return cfg.get("method") in CATEGORICAL_METHODS
 
 
 def flow_map_model(item_shape: tuple, width: int, depth: int) -> tuple[str, dict]:
@@ -56,6 +67,14 @@ def _model(cfg: dict):
         return MLP(**cfg["model"])
     if not is_flow_map_config(cfg):
         raise ValueError(f"model_kind {kind!r} is a flow-map net; method 'cfm' trains a velocity MLP")
+    if (kind == "simplex_transformer") != is_categorical_config(cfg):
+        raise ValueError(f"model_kind {kind!r} does not fit method {cfg['method']!r}: the categorical methods "
+                         f"{CATEGORICAL_METHODS} train a simplex_transformer, the others a flow-map MLP/U-Net")
+    if kind == "simplex_transformer":
+        from flowfast.categorical import CategoricalFlowMap
+        from flowfast.models import SimplexTransformer
+
+        return CategoricalFlowMap(SimplexTransformer(**cfg["model"]), cfg["model"]["vocab"])
     net = (FlowMapMLP if kind == "flowmap_mlp" else FlowMapUNet)(**cfg["model"])
     return flowmaps.FlowMap(net, loss_weight=bool(cfg.get("loss_weight", False)))
 
@@ -87,6 +106,10 @@ class LazyTeacher:
 def _objective(cfg: dict, device):
     if not is_flow_map_config(cfg):
         return make_path(cfg["path"], cfg["sigma"])
+    if is_categorical_config(cfg):
+        from flowfast.categorical import CategoricalObjective
+
+        return CategoricalObjective(cfg["model"]["vocab"], cfg["method"])
     from flowfast import flowmaps
 
     teacher = None
@@ -102,17 +125,30 @@ def _data(cfg: dict):
     from flowfast import data
     from flowfast.train.batches import load_array
 
+    if cfg.get("task"):
+        return None, task_data(cfg["task"], cfg.get("task_size", 20000))
     if cfg.get("data"):
         source = data.get_sampler(cfg["source"]) if cfg.get("source") else None
         return source, load_array(cfg["data"])
     return data.get_sampler(cfg["source"]), data.get_sampler(cfg["target"])
 
 
+def task_data(name: str, size: int) -> torch.Tensor:
+    """The training tokens of a categorical task: ``size`` sequences drawn with a fixed seed (the
+    digits task: its fixed training split)."""
+    from flowfast.categorical.tasks import get_task
+
+    task = get_task(name)
+    if name == "digits":
+        return task.train
+    return task.sample(int(size), torch.Generator().manual_seed(TASK_DATA_SEED))
+
+
 def build_run(cfg: dict, device="cpu", seed: Optional[int] = None):
     """``(model, objective, source, target)`` for a config (see the module docstring). With
     ``seed``, the model's initial weights are drawn after ``torch.manual_seed(seed)``."""
     needed = ["model"] + (["path", "sigma"] if not is_flow_map_config(cfg) else ["method"])
-    needed += [] if cfg.get("data") else ["source", "target"]
+    needed += [] if cfg.get("data") or cfg.get("task") else ["source", "target"]
     missing = [key for key in needed if key not in cfg]
     if missing:
         raise ValueError(f"the run's config has no {missing}; rebuild the Trainer yourself and call resume()")
