@@ -25,7 +25,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-__all__ = ["time_fn", "environment", "device_slug", "write_results", "markdown_table", "fmt_ms", "fmt_ratio"]
+__all__ = ["time_fn", "environment", "device_slug", "write_results", "markdown_table", "fmt_ms", "fmt_ratio", "is_oom",
+           "free_memory", "short_error"]
 
 # Distribution names (as pip knows them) of the libraries whose versions go into every result file.
 PEERS = {"numpy": "numpy", "scipy": "scipy", "pot": "POT", "lap": "lap", "torchcfm": "torchcfm"}
@@ -402,3 +403,32 @@ def resolve_devices(script: str, requested: str):
         devices.remove("cuda")
         print(f"{script}: no usable CUDA for flowfast; CPU only", file=sys.stderr)
     return devices
+
+
+# ---------------------------------------------------------------- out of memory: a status, not a crash
+
+_OOM_TYPES = tuple(t for t in (getattr(torch.cuda, "OutOfMemoryError", None), MemoryError) if t is not None)
+_OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory", "CUBLAS_STATUS_ALLOC_FAILED",
+             "not enough memory")
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether an exception is an allocation failure (host or device), which a benchmark records
+    as the case's status instead of failing."""
+    return isinstance(exc, _OOM_TYPES) or (isinstance(exc, RuntimeError) and any(s in str(exc) for s in _OOM_TEXT))
+
+
+def free_memory() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def short_error(exc: BaseException) -> str:
+    """"OOM" or "failed: <Type>: <first line>" for a table cell."""
+    if is_oom(exc):
+        return "OOM"
+    first = str(exc).strip().splitlines()[0][:100] if str(exc).strip() else ""
+    return f"failed: {exc.__class__.__name__}" + (f": {first}" if first else "")

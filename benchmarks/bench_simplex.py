@@ -28,7 +28,6 @@ otherwise that case is not timed, the row says why and the script exits with sta
 from __future__ import annotations
 
 import argparse
-import gc
 import sys
 import time
 import warnings
@@ -44,6 +43,7 @@ from torch.utils._pytree import tree_flatten
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _timing  # noqa: E402  (sibling module, not a package)
+from _timing import free_memory, short_error  # noqa: E402
 
 import flowfast  # noqa: E402
 from flowfast.ops import simplex as sops  # noqa: E402
@@ -342,25 +342,7 @@ def check_op(case: Case, op: str, inp: Inputs, device: torch.device) -> tuple[di
 
 # ---------------------------------------------------------------- timing
 
-_OOM_TYPES = tuple(t for t in (getattr(torch.cuda, "OutOfMemoryError", None), MemoryError) if t is not None)
-_OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory")
-
-
-def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, _OOM_TYPES) or (isinstance(exc, RuntimeError) and any(s in str(exc) for s in _OOM_TEXT))
-
-
-def free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def short_error(exc: BaseException) -> str:
-    if is_oom(exc):
-        return "OOM"
-    first = str(exc).strip().splitlines()[0][:100] if str(exc).strip() else ""
-    return f"failed: {exc.__class__.__name__}" + (f": {first}" if first else "")
+# is_oom, free_memory, short_error: benchmarks/_timing.py
 
 
 def measure(fn: Callable[[], Any], device: torch.device, args, first_call: Optional[list] = None):

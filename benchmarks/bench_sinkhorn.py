@@ -23,7 +23,6 @@ case is timed; the script aborts if they disagree.
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib.metadata as _metadata
 import math
 import sys
@@ -38,6 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _timing  # noqa: E402  (sibling module, not a package)
+from _timing import free_memory, is_oom  # noqa: E402
 
 import flowfast  # noqa: E402
 from flowfast.couplings import pair  # noqa: E402
@@ -217,19 +217,7 @@ def plan_stats(P: Any, C: Any) -> tuple[float, float, float]:
     return float((row - 1.0 / n).abs().sum()), float((col - 1.0 / m).abs().sum()), float(cost)
 
 
-_OOM_TYPES = tuple(t for t in (getattr(torch.cuda, "OutOfMemoryError", None), MemoryError) if t is not None)
-_OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory", "CUBLAS_STATUS_ALLOC_FAILED",
-             "not enough memory")
-
-
-def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, _OOM_TYPES) or (isinstance(exc, RuntimeError) and any(s in str(exc) for s in _OOM_TEXT))
-
-
-def free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+# is_oom, free_memory: benchmarks/_timing.py
 
 
 def _sync(device: torch.device) -> None:

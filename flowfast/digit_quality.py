@@ -87,8 +87,12 @@ def _outliers(n: int, g: torch.Generator) -> torch.Tensor:
     return torch.cat([uniform, blobs, gauss])
 
 
-def _train(seed: int) -> dict:
-    images, labels = data.digits(), data.digits_labels()
+def train_classifier(images: torch.Tensor, labels: torch.Tensor, seed: int, *, augment, mix, outliers) -> dict:
+    """The recipe of both digit scorers (continuous and binarized): a fixed split (the first
+    ``_HELDOUT`` of a seeded permutation held out), ``_STEPS`` AdamW steps on batches of ``_BATCH``
+    augmented digits (``augment(x, g)``), plus half a batch of mixed digits with soft labels
+    (``mix(x, y, n, g) -> (x_mixed, target)``) and half a batch of ``outliers(n, g)`` trained towards
+    the uniform prediction. Returns the trained state and the held-out statistics."""
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(images), generator=g)
     test, train = perm[:_HELDOUT], perm[_HELDOUT:]
@@ -98,20 +102,10 @@ def _train(seed: int) -> dict:
     half = _BATCH // 2
     for _ in range(_STEPS):
         idx = torch.randint(0, len(x_tr), (_BATCH,), generator=g)
-        xb = x_tr[idx]
-        moved = _shift(xb, g)
-        xb = torch.where(torch.rand(_BATCH, 1, 1, 1, generator=g) < 0.5, xb, moved)
-        xb = xb + 0.05 * torch.randn(xb.shape, generator=g)
-        loss = F.cross_entropy(net(xb), y_tr[idx])
-        # mixup: a blend of two digits is not a clear digit, so its target is the blend of labels
-        j = torch.randint(0, len(x_tr), (half,), generator=g)
-        k = torch.randint(0, len(x_tr), (half,), generator=g)
-        lam = torch.rand(half, generator=g)
-        xm = lam[:, None, None, None] * x_tr[j] + (1 - lam[:, None, None, None]) * x_tr[k]
-        target = lam[:, None] * F.one_hot(y_tr[j], 10) + (1 - lam[:, None]) * F.one_hot(y_tr[k], 10)
+        loss = F.cross_entropy(net(augment(x_tr[idx], g)), y_tr[idx])
+        xm, target = mix(x_tr, y_tr, half, g)
         loss = loss - 0.5 * (target * F.log_softmax(net(xm), dim=1)).sum(1).mean()
-        # outlier exposure: cross-entropy to the uniform prediction on non-digits
-        loss = loss - 0.5 * F.log_softmax(net(_outliers(half, g)), dim=1).mean()
+        loss = loss - 0.5 * F.log_softmax(net(outliers(half, g)), dim=1).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -126,6 +120,32 @@ def _train(seed: int) -> dict:
         "real_confident_fraction": float((conf > 0.9).float().mean()),
         "heldout_index": test,
     }
+
+
+def mix_pairs(x_tr: torch.Tensor, y_tr: torch.Tensor, n: int, g: torch.Generator):
+    """n random pairs (j, k) of training digits with weights lam ~ U(0, 1) and their soft labels."""
+    j = torch.randint(0, len(x_tr), (n,), generator=g)
+    k = torch.randint(0, len(x_tr), (n,), generator=g)
+    lam = torch.rand(n, generator=g)
+    target = lam[:, None] * F.one_hot(y_tr[j], 10) + (1 - lam[:, None]) * F.one_hot(y_tr[k], 10)
+    return j, k, lam, target
+
+
+def _augment(xb: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    moved = _shift(xb, g)
+    xb = torch.where(torch.rand(xb.shape[0], 1, 1, 1, generator=g) < 0.5, xb, moved)
+    return xb + 0.05 * torch.randn(xb.shape, generator=g)
+
+
+def _mix(x_tr, y_tr, n, g):
+    # mixup: a blend of two digits is not a clear digit, so its target is the blend of labels
+    j, k, lam, target = mix_pairs(x_tr, y_tr, n, g)
+    return lam[:, None, None, None] * x_tr[j] + (1 - lam[:, None, None, None]) * x_tr[k], target
+
+
+def _train(seed: int) -> dict:
+    return train_classifier(data.digits(), data.digits_labels(), seed, augment=_augment, mix=_mix,
+                            outliers=_outliers)
 
 
 def _as_images(name: str, x) -> torch.Tensor:

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from flowfast import data
 from flowfast._rng import check_generator, generator_device
 from flowfast.categorical import _tokens
-from flowfast.digit_quality import _BATCH, _HELDOUT, _STEPS, _classifier, _nearest, _shift
+from flowfast.digit_quality import _HELDOUT, _classifier, _nearest, _shift, mix_pairs, train_classifier
 
 __all__ = ["BinaryDigitScorer", "BinaryDigitsTask", "binarized_digit_labels", "binarized_digits",
            "digit_split"]
@@ -96,44 +96,21 @@ def _outliers(n: int, g: torch.Generator) -> torch.Tensor:
     return torch.cat([bits, blobs]).float() * 2 - 1
 
 
+def _augment(xb: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    xb = torch.where(torch.rand(xb.shape[0], 1, 1, 1, generator=g) < 0.5, xb, _shift(xb, g))
+    return torch.where(torch.rand(xb.shape, generator=g) < _FLIP, -xb, xb)
+
+
+def _mix(x_tr, y_tr, n, g):
+    # pixel-wise mixup: each pixel from digit j with probability lam, else from digit k
+    j, k, lam, target = mix_pairs(x_tr, y_tr, n, g)
+    return torch.where(torch.rand(n, 1, 8, 8, generator=g) < lam[:, None, None, None], x_tr[j], x_tr[k]), target
+
+
 def _train(seed: int) -> dict:
-    images, labels = _as_pm1(binarized_digits()), binarized_digit_labels()
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(images), generator=g)  # the draw digit_split makes: the same split
-    test, train = perm[:_HELDOUT], perm[_HELDOUT:]
-    x_tr, y_tr = images[train], labels[train]
-    net = _classifier(seed)
-    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
-    half = _BATCH // 2
-    for _ in range(_STEPS):
-        idx = torch.randint(0, len(x_tr), (_BATCH,), generator=g)
-        xb = x_tr[idx]
-        xb = torch.where(torch.rand(_BATCH, 1, 1, 1, generator=g) < 0.5, xb, _shift(xb, g))
-        xb = torch.where(torch.rand(xb.shape, generator=g) < _FLIP, -xb, xb)
-        loss = F.cross_entropy(net(xb), y_tr[idx])
-        # pixel-wise mixup: each pixel from digit j with probability lam, else from digit k
-        j = torch.randint(0, len(x_tr), (half,), generator=g)
-        k = torch.randint(0, len(x_tr), (half,), generator=g)
-        lam = torch.rand(half, generator=g)
-        xm = torch.where(torch.rand(half, 1, 8, 8, generator=g) < lam[:, None, None, None], x_tr[j], x_tr[k])
-        target = lam[:, None] * F.one_hot(y_tr[j], 10) + (1 - lam[:, None]) * F.one_hot(y_tr[k], 10)
-        loss = loss - 0.5 * (target * F.log_softmax(net(xm), dim=1)).sum(1).mean()
-        # outlier exposure: cross-entropy to the uniform prediction on binary non-digits
-        loss = loss - 0.5 * F.log_softmax(net(_outliers(half, g)), dim=1).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    net.eval()
-    with torch.no_grad():
-        probs = net(images[test]).softmax(dim=1)
-    conf = probs.max(dim=1).values
-    return {
-        "state": {k: v.clone() for k, v in net.state_dict().items()},
-        "heldout_accuracy": float((probs.argmax(dim=1) == labels[test]).float().mean()),
-        "real_confidence": float(conf.mean()),
-        "real_confident_fraction": float((conf > 0.9).float().mean()),
-        "heldout_index": test,
-    }
+    # the permutation digit_split draws: the same split
+    return train_classifier(_as_pm1(binarized_digits()), binarized_digit_labels(), seed, augment=_augment, mix=_mix,
+                            outliers=_outliers)
 
 
 def _hamming_to_nearest(x: torch.Tensor, ref: torch.Tensor, exclude_self: bool = False) -> torch.Tensor:
