@@ -289,6 +289,7 @@ def table_rows(name: str, summary: list[dict]) -> list[dict]:
                "seeds": e["seeds"]}
         for key in METRICS[name]:
             row[key] = _pm(*e[key])
+        row["collapsed"] = "yes" if collapsed(name, e) else ""
         row["sample s"] = None if e["sample_s"] is None else round(e["sample_s"], 2)
         out.append(row)
     return out
@@ -325,50 +326,93 @@ def _badness(name: str, value):
     return abs(value - 1.0) if how == "one" else (value if how == "min" else -value)
 
 
+def _entry(summary: list[dict], method: str, sampler: str, k):
+    for e in summary:
+        if (e["method"], e["sampler"], e["K"]) == (method, sampler, k):
+            return e
+    return None
+
+
+def collapsed(name: str, entry) -> bool:
+    """Mode collapse on the seed means: markov unique_fraction < 0.5; brackets fewer distinct valid
+    words than half the valid ones; digits class_entropy < 1 nat (about 3 classes or fewer). A
+    collapsed sampler (e.g. one Euler step: every x0 gives the same argmax) can score a deceptively
+    good headline number (the one most likely sequence has a low NLL)."""
+    def m(key):
+        return entry[key][0]
+
+    if name == "markov":
+        return m("unique_fraction") is not None and m("unique_fraction") < 0.5
+    if name == "brackets":
+        valid, unique = m("valid_fraction"), m("unique_valid_fraction")
+        return valid is not None and valid >= 0.05 and unique < 0.5 * valid
+    return m("class_entropy") is not None and m("class_entropy") < 1.0
+
+
 def goal_rows(summaries: dict) -> list[dict]:
     """The issue's goals, checked per task on the seed means (criteria in the notes)."""
     out = []
     for name, summary in summaries.items():
         key, _ = PRIMARY[name]
+        rows = {label: _entry(summary, *spec) for label, spec in (
+            ("euler-100", ("vfm", "euler", 100)), ("euler-1", ("vfm", "euler", 1)), ("ecld", ("ecld", "map", 1)),
+            ("csd", ("csd", "map", 1)), ("noise", ("noise", "argmax x0", 0)))}
 
-        def get(method, sampler, k, metric=key):
-            return _lookup(summary, method, sampler, k, metric)
+        def value(label, metric=key):
+            e = rows[label]
+            return None if e is None else e[metric][0]
 
-        euler100, euler1 = get("vfm", "euler", 100), get("vfm", "euler", 1)
-        ecld1, csd1 = get("ecld", "map", 1), get("csd", "map", 1)
+        def tag(label):
+            return " (collapsed)" if rows[label] is not None and collapsed(name, rows[label]) else ""
+
+        def bad(label):
+            """lower = better; a collapsed sampler is worst"""
+            if rows[label] is None or value(label) is None:
+                return None
+            return math.inf if collapsed(name, rows[label]) else _badness(name, value(label))
+
         # 1. one-step ECLD vs 100-step Euler: exact NLL within 10% (markov), validity within 10 points
-        # (brackets), classifier confidence within 0.10 (digits: a proxy, no exact likelihood)
+        # (brackets), classifier confidence within 0.10 (digits: a proxy, no exact likelihood); not collapsed
+        e1, e100 = value("ecld"), value("euler-100")
+        ok = rows["ecld"] is not None and not collapsed(name, rows["ecld"])
         if name == "markov":
-            a, b = get("ecld", "map", 1, "nll_per_token"), get("vfm", "euler", 100, "nll_per_token")
-            met = None if None in (a, b) else abs(a / b - 1) <= 0.10
-            crit = "|NLL(ecld map-1) / NLL(vfm euler-100) - 1| <= 0.10 (nats/token)"
-            val = None if None in (a, b) else f"{a:.3f} vs {b:.3f} ({100 * (a / b - 1):+.1f}%)"
+            a, b = value("ecld", "nll_per_token"), value("euler-100", "nll_per_token")
+            met = None if None in (a, b) else ok and abs(a / b - 1) <= 0.10
+            crit = "|NLL(ecld map-1) / NLL(vfm euler-100) - 1| <= 0.10 (nats/token), not collapsed"
+            val = None if None in (a, b) else f"{a:.3f}{tag('ecld')} vs {b:.3f} ({100 * (a / b - 1):+.1f}%)"
         else:
-            met = None if None in (ecld1, euler100) else ecld1 >= euler100 - 0.10
-            what = "valid_fraction" if name == "brackets" else "confidence (proxy)"
-            crit = f"{what}: ecld map-1 >= vfm euler-100 - 0.10"
-            val = None if None in (ecld1, euler100) else f"{ecld1:.3f} vs {euler100:.3f} ({ecld1 - euler100:+.3f})"
+            met = None if None in (e1, e100) else ok and e1 >= e100 - 0.10
+            what = "valid_fraction" if name == "brackets" else "confidence (a proxy)"
+            crit = f"{what}: ecld map-1 >= vfm euler-100 - 0.10, not collapsed"
+            val = None if None in (e1, e100) else f"{e1:.3f}{tag('ecld')} vs {e100:.3f} ({e1 - e100:+.3f})"
         out.append({"task": name, "goal": "1-step ECLD ~ 100-step Euler", "criterion": crit, "values": val,
                     "met": _yes(met)})
         # 2. ECLD >= CSD at one step, on the headline metric
-        be, bc = _badness(name, ecld1), _badness(name, csd1)
-        met = None if None in (be, bc) else be <= bc
+        be, bc = bad("ecld"), bad("csd")
+        met = None if None in (be, bc) else (be <= bc and be < math.inf)
+        closer = " closer to 1" if PRIMARY[name][1] == "one" else ""
         out.append({"task": name, "goal": "ECLD >= CSD at one step",
-                    "criterion": f"{key}{' closer to 1' if PRIMARY[name][1] == 'one' else ''}: ecld map-1 vs csd map-1",
-                    "values": None if None in (ecld1, csd1) else f"{ecld1:.3f} vs {csd1:.3f}", "met": _yes(met)})
-        # 3. one-step flow maps far above one-step Euler: each map closes >= half the gap from vfm
-        # euler-1 to vfm euler-100 on the headline metric
-        for method, value in (("ecld", ecld1), ("csd", csd1)):
-            b1, b100, bm = _badness(name, euler1), _badness(name, euler100), _badness(name, value)
+                    "criterion": f"{key}{closer}: ecld map-1 vs csd map-1, not collapsed",
+                    "values": None if None in (be, bc) else
+                    f"{value('ecld'):.3f}{tag('ecld')} vs {value('csd'):.3f}{tag('csd')}", "met": _yes(met)})
+        # 3. one-step flow maps far above one-step Euler: each map closes >= half the gap from the
+        # one-step Euler (or, when that is collapsed, from the uniform-noise row) to the 100-step Euler
+        base = "noise" if (rows["euler-1"] is not None and collapsed(name, rows["euler-1"])) else "euler-1"
+        for method in ("ecld", "csd"):
+            b1, b100, bm = _badness(name, value(base)), bad("euler-100"), bad(method)
             if None in (b1, b100, bm):
                 met, val = None, None
             else:
                 gap = b1 - b100
-                closed = (b1 - bm) / gap if gap > 0 else float("nan")
+                closed = (b1 - bm) / gap if gap > 0 and bm < math.inf else -math.inf
                 met = gap > 0 and closed >= 0.5
-                val = f"{value:.3f} vs euler-1 {euler1:.3f} (euler-100 {euler100:.3f}; gap closed {100 * closed:.0f}%)"
+                where = "euler-1" if base == "euler-1" else "noise (euler-1 collapsed)"
+                val = (f"{value(method):.3f}{tag(method)} vs {where} {value(base):.3f}, euler-100 "
+                       f"{value('euler-100'):.3f}: gap closed {100 * closed:.0f}%"
+                       if closed > -math.inf else f"{value(method):.3f}{tag(method)}")
             out.append({"task": name, "goal": f"1-step {method.upper()} far above 1-step Euler",
-                        "criterion": f"{key}: {method} map-1 closes >= 50% of the gap vfm euler-1 -> euler-100",
+                        "criterion": f"{key}: {method} map-1 closes >= 50% of the gap from vfm euler-1 (noise row "
+                                     "if euler-1 is collapsed) to vfm euler-100, not collapsed",
                         "values": val, "met": _yes(met)})
     return out
 
@@ -437,7 +481,8 @@ def notes_for(settings: dict, runs: list[dict], env: dict) -> list[str]:
         f"sampling: {settings['samples']} samples per row (column n); every flowfast row of a (task, seed) starts "
         "from the same N(0, I) draws x0 and reads the tokens out by argmax; map-K = K jumps of the flow map on the "
         "uniform grid (NFE = K); euler-K = K Euler steps of the diagonal model (vfm's, or the flow map's own "
-        f"diagonal as a reference, on the first {settings['reference_samples']} x0 only, to save time); peer-K = the peer's Euler solver with K steps from uniform random tokens, whose last step "
+        f"diagonal as a reference, on the first {settings.get('reference_samples')} x0 only, to save time); "
+        "peer-K = the peer's Euler solver with K steps from uniform random tokens, whose last step "
         "draws the tokens from the model's posterior (stochastic read-out); 'data' = fresh true samples "
         "(digits: the 360 held-out images); 'noise argmax x0' = uniform random tokens",
         "metrics (exact, flowfast.categorical task modules): markov nll_ratio = NLL per token under the true chain "
@@ -450,7 +495,10 @@ def notes_for(settings: dict, runs: list[dict], env: dict) -> list[str]:
         "likelihood or validity, so classifier confidence within 0.10 stands in; (2) the headline metric "
         "(markov |nll_ratio - 1|, brackets valid_fraction, digits confidence) of ecld map-1 at least as good "
         "as csd map-1's; (3) 'far above': a map-1 closes at least half of the gap between vfm euler-1 and "
-        "vfm euler-100 on the headline metric",
+        "vfm euler-100 on the headline metric (from the uniform-noise row instead when euler-1 is collapsed). "
+        "A collapsed sampler (column 'collapsed': markov unique_fraction < 0.5, brackets distinct valid words < "
+        "half the valid ones, digits class_entropy < 1 nat) fails every goal: one Euler step gives the same "
+        "argmax for every x0, and that one most likely sequence scores a deceptively good NLL",
         "FMLM (Flow Map Language Models, arXiv 2602.16813) reports LM1B generative perplexity 119.3 / 110.2 / "
         "98.8 / 86.3 / 69.2 at 1 / 2 / 4 / 8 / 32 steps: quality that rises steadily with the number of steps "
         "of a flow-map LM, with a usable one-step model. That is the shape to compare the map-K rows with; the "

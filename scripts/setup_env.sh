@@ -46,4 +46,10 @@ done
 "$PY" -c "import einops" 2>/dev/null || pip_install --no-deps "einops" || echo "note: optional 'einops' not installed"
 "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('rectified_flow_pytorch') is None)" 2>/dev/null \
   || pip_install --no-deps "rectified-flow-pytorch==0.14.0" || echo "note: optional peer 'rectified-flow-pytorch' not installed"
+# Meta's flow_matching (the discrete-flow-matching peer of benchmarks/categorical_tasks.py; CC BY-NC:
+# run side by side, never copied): its solvers import tqdm and torchdiffeq; --no-deps keeps the torch pin.
+for spec in tqdm:tqdm torchdiffeq:torchdiffeq==0.2.5 flow_matching:flow-matching==1.0.10; do
+  mod=${spec%%:*}; pkg=${spec#*:}
+  "$PY" -c "import $mod" 2>/dev/null || pip_install --no-deps "$pkg" || echo "note: optional peer '$pkg' not installed"
+done
 "$PY" -c "import sys, torch; print('flowfast env: python', sys.version.split()[0], 'torch', torch.__version__)"

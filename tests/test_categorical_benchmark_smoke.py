@@ -32,6 +32,13 @@ def _run(args, timeout):
     return out
 
 
+def _peer_installed() -> bool:
+    """flow_matching is an optional peer (scripts/setup_env.sh installs it where the index is reachable)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("flow_matching", "tqdm", "torchdiffeq"))
+
+
 def _finite(x):
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -52,7 +59,7 @@ def test_quick_run_writes_results(tmp_path):
     rows = extra["per_seed"]
     for task, metrics in METRICS.items():
         got = {(r["method"], r["sampler"], r["K"]) for r in rows if r["task"] == task}
-        want = SAMPLERS | (PEER if task == "markov" else set())
+        want = SAMPLERS | (PEER if task == "markov" and _peer_installed() else set())
         assert want <= got, (task, want - got)
         for r in rows:
             if r["task"] != task:
@@ -73,7 +80,8 @@ def test_quick_run_writes_results(tmp_path):
 
     runs = extra["runs"]
     assert {(r["task"], r["method"]) for r in runs} == {
-        ("markov", m) for m in ("vfm", "csd", "ecld", "peer")} | {("brackets", m) for m in ("vfm", "csd", "ecld")}
+        ("markov", m) for m in ("vfm", "csd", "ecld", *(("peer",) if _peer_installed() else ()))} | {
+        ("brackets", m) for m in ("vfm", "csd", "ecld")}
     assert all(_finite(r["steps_per_s"]) and r["steps_per_s"] > 0 and _finite(r["final_loss"]) for r in runs)
     goals = extra["goals"]
     assert {g["task"] for g in goals} == {"markov", "brackets"} and all(g["met"] in ("yes", "no", "n/a") for g in goals)
