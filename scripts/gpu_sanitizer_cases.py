@@ -8,7 +8,7 @@ import sys
 import torch
 
 import flowfast
-from flowfast.ops import interpolant, simplex, sinkhorn
+from flowfast.ops import dfm, interpolant, simplex, sinkhorn
 
 
 def main() -> int:
@@ -77,6 +77,16 @@ def main() -> int:
                 grads.append([loss.detach().cpu(), *[a.cpu() for a in torch.autograd.grad(loss.sum(), [zz, zd])]])
             for name, a, b in zip(("loss", "grad_z", "grad_zdot"), grads[1], grads[0]):
                 check(f"simplex {kind} V={V} {name}", a, b, rtol=1e-4, atol=1e-4)
+
+    for D, V, N in [(32, 4, 200), (1500, 3, 70), (784, 2, 129)]:  # query tiles, token chunks, binary path
+        data = torch.randint(0, V, (N, D), generator=g)
+        keys = dfm.pack_tokens(data, V)
+        for t in (1.0, 0.5):
+            want = dfm.inversion_step(keys, data[:67], V, t, 0.1, seed=3, offset=1)
+            got = dfm.inversion_step(keys.cuda(), data[:67].cuda(), V, t, 0.1, seed=3, offset=1)
+            check(f"dfm pack D={D} V={V}", dfm.pack_tokens(data.cuda(), V), keys, rtol=0, atol=0)
+            for name, a, b in zip(("x_new", "posterior", "best"), got, want):
+                check(f"dfm step D={D} V={V} t={t} {name}", a, b, rtol=1e-6, atol=1e-6)
 
     torch.cuda.synchronize()
     for f in failures:

@@ -25,7 +25,7 @@ def families() -> list[str]:
 
 
 def test_families_are_listed():
-    assert families() == ["assignment", "sinkhorn", "interpolant", "simplex"]
+    assert families() == ["assignment", "sinkhorn", "interpolant", "simplex", "dfm"]
 
 
 @pytest.mark.parametrize("family", families())

@@ -16,7 +16,7 @@
 #include <pthread.h>
 #endif
 
-#define FLOWFAST_FAMILIES(X) X(assignment) X(sinkhorn) X(interpolant) X(simplex)
+#define FLOWFAST_FAMILIES(X) X(assignment) X(sinkhorn) X(interpolant) X(simplex) X(dfm)
 
 namespace ff::bind {
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import flowfast._arrays as arrays
 import flowfast.ops.assignment as ops_assignment
+import flowfast.ops.dfm as ops_dfm
 import flowfast.ops.interpolant as ops_interpolant
 import flowfast.ops.simplex as ops_simplex
 import flowfast.ops.sinkhorn as ops_sinkhorn
@@ -37,6 +38,8 @@ _OUTPUTS = {
     "sinkhorn_sample": (5,),
     "simplex_step": (3, 4, 5),
     "simplex_distill_loss": (1, 2, 3),
+    "dfm_pack": (1,),
+    "dfm_inversion_step": (3, 4, 5),
 }
 
 
@@ -100,14 +103,14 @@ class _SentinelModule:
 def emulated_cuda(module):
     """Within the block, flowfast ops on CPU tensors run the emulated CUDA kernels."""
     saved = (arrays.describe, arrays.device_code, ops_assignment._C, ops_interpolant._C, ops_sinkhorn._C,
-             ops_simplex._C)
+             ops_simplex._C, ops_dfm._C)
     plain_describe = arrays.describe
     wrapped = _SentinelModule(module)
     arrays.describe = lambda t: _describe_as_cuda(plain_describe, t)
     arrays.device_code = lambda device: 1
-    ops_assignment._C = ops_interpolant._C = ops_sinkhorn._C = ops_simplex._C = wrapped
+    ops_assignment._C = ops_interpolant._C = ops_sinkhorn._C = ops_simplex._C = ops_dfm._C = wrapped
     try:
         yield module
     finally:
         (arrays.describe, arrays.device_code, ops_assignment._C, ops_interpolant._C, ops_sinkhorn._C,
-         ops_simplex._C) = saved
+         ops_simplex._C, ops_dfm._C) = saved
