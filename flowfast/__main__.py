@@ -80,11 +80,11 @@ def _run_config(args: argparse.Namespace) -> dict:
 
     from flowfast import data
     from flowfast.flowmaps import TEACHER_METHODS
-    from flowfast.train.recipes import CATEGORICAL_METHODS, flow_map_model
+    from flowfast.train.recipes import TOKEN_METHODS, flow_map_model
 
     config = {"method": args.method, "batch_size": args.batch_size, "lr": args.lr,
               "ema_decay": None if args.ema_decay <= 0 else args.ema_decay}
-    if args.method in CATEGORICAL_METHODS or args.task:
+    if args.method in TOKEN_METHODS or args.task:
         return _categorical_config(args, config)
     if args.data:
         from flowfast.train.batches import load_array
@@ -129,13 +129,14 @@ def _run_config(args: argparse.Namespace) -> dict:
 
 
 def _categorical_config(args: argparse.Namespace, config: dict) -> dict:
-    """A categorical flow map (--method vfm/csd/ecld) on a token task (--task)."""
+    """A categorical flow map (--method vfm/csd/ecld) or a discrete flow model (--method
+    dfm/pairflow) on a token task (--task)."""
     from flowfast.categorical.tasks import get_task
-    from flowfast.train.recipes import CATEGORICAL_METHODS
+    from flowfast.train.recipes import DISCRETE_METHODS, TOKEN_METHODS
 
-    if args.method not in CATEGORICAL_METHODS:
-        raise ValueError(f"--task trains a categorical flow map: use --method {' / '.join(CATEGORICAL_METHODS)}, "
-                         f"not {args.method}")
+    if args.method not in TOKEN_METHODS:
+        raise ValueError(f"--task trains a categorical flow map or a discrete flow model: use --method "
+                         f"{' / '.join(TOKEN_METHODS)}, not {args.method}")
     if not args.task:
         raise ValueError(f"--method {args.method} trains on token sequences: pass --task (markov, brackets, digits)")
     given = [flag for flag, value in (("--data", args.data), ("--path", args.path), ("--sigma", args.sigma),
@@ -144,7 +145,8 @@ def _categorical_config(args: argparse.Namespace, config: dict) -> dict:
     if given:
         raise ValueError(f"{', '.join(given)} do not apply to the categorical methods (--method {args.method})")
     task = get_task(args.task)
-    config.update(task=args.task, task_size=args.task_size, model_kind="simplex_transformer",
+    kind = "discrete_transformer" if args.method in DISCRETE_METHODS else "simplex_transformer"
+    config.update(task=args.task, task_size=args.task_size, model_kind=kind,
                   model={"vocab": task.vocab, "length": task.length, "width": args.hidden, "depth": args.depth,
                          "heads": 4})
     return config
@@ -210,7 +212,7 @@ def _sample(args: argparse.Namespace) -> int:
     options = _sampler_options(trainer, args.method, args.steps)
     result = trainer.sample(args.n, ema=not args.no_ema, generator=_generator(args.seed), **options)
     x = result.x.cpu()
-    if trainer.config.get("task"):
+    if trainer.config.get("task") and x.is_floating_point():
         x = x.argmax(-1)  # categorical: the tokens (n, L) of the final endpoint distributions
     folder = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(folder, exist_ok=True)
@@ -233,7 +235,8 @@ def _eval(args: argparse.Namespace) -> int:
     if trainer.config.get("task"):  # categorical: also the task's exact metrics
         from flowfast.categorical.tasks import get_task
 
-        tokens = trainer.sample(args.n, ema=not args.no_ema, generator=_generator(args.seed), **options).x.argmax(-1)
+        tokens = trainer.sample(args.n, ema=not args.no_ema, generator=_generator(args.seed), **options).x
+        tokens = tokens.argmax(-1) if tokens.is_floating_point() else tokens
         report["task"] = get_task(trainer.config["task"]).evaluate(tokens)
     print(json.dumps(report))
     return 0
@@ -278,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     from flowfast.samplers import METHODS
     from flowfast.flowmaps import OBJECTIVES
     from flowfast.train import PATHS
-    from flowfast.train.recipes import CATEGORICAL_METHODS
+    from flowfast.train.recipes import TOKEN_METHODS
 
     parser = argparse.ArgumentParser(prog="python -m flowfast", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -293,11 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
                                        "OUT/metrics.jsonl, OUT/config.json and OUT/checkpoint.pt (atomic); --resume "
                                        "continues from the checkpoint with the same losses as an uninterrupted run. "
                                        "--steps is the total.")
-    train.add_argument("--method", default="cfm", choices=["cfm", *sorted(OBJECTIVES), *CATEGORICAL_METHODS],
+    train.add_argument("--method", default="cfm", choices=["cfm", *sorted(OBJECTIVES), *TOKEN_METHODS],
                        help="cfm: a velocity model on --path; vfm/csd/ecld: a categorical flow map on --task "
-                            "(flowfast.categorical); the others train a flow map X_{s,t} (flowfast.flowmaps)")
+                            "(flowfast.categorical); dfm/pairflow: a uniform-source discrete flow model on --task, "
+                            "on independent or PairFlow pairs (flowfast.discrete); the others train a flow map "
+                            "X_{s,t} (flowfast.flowmaps)")
     train.add_argument("--task", default=None, choices=["markov", "brackets", "digits"],
-                       help="vfm/csd/ecld: the token task (flowfast.categorical.tasks) to train on")
+                       help="vfm/csd/ecld/dfm/pairflow: the token task (flowfast.categorical.tasks) to train on")
     train.add_argument("--task-size", type=int, default=20000, help="--task: training sequences (digits: its split)")
     train.add_argument("--source", default=None, choices=sorted(SAMPLERS),
                        help="x0 distribution (t=0); default gaussian, or N(0, I) shaped like --data")
@@ -340,8 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--n", type=_positive, default=2000 if name == "eval" else 1000, help="number of samples")
         p.add_argument("--steps", type=_positive, default=None,
                        help="flow maps: jumps of the map (default 4); ODE: fixed solver steps (default 100)")
-        p.add_argument("--method", default=None, choices=["map", *METHODS],
-                       help="map (flow maps, the default for them) or an ODE solver (default euler)")
+        p.add_argument("--method", default=None, choices=["map", "ancestral", *METHODS],
+                       help="map (flow maps, the default for them), ancestral / euler (discrete flow models: "
+                            "default ancestral, 32 steps) or an ODE solver (default euler)")
         p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
         p.add_argument("--seed", type=_seed, default=None, help="seed for the source samples (default: fixed per run)")
         p.add_argument("--device", default="cpu", help="cpu, cuda or auto")

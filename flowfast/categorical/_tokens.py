@@ -74,3 +74,18 @@ def entropy(p: torch.Tensor) -> torch.Tensor:
     """Entropy (nats) of the distribution(s) along the last dim of ``p`` (positive entries)."""
     return -(p * p.log()).sum(-1)
 
+
+def histogram_distances(tokens: torch.Tensor, real: torch.Tensor, vocab: int) -> dict:
+    """Generated tokens ``(n, L)`` against real rows (their first L columns): total variation
+    between the unigram histograms and, averaged over positions, between the per-position token
+    histograms (0 = same statistics), and the fraction of distinct generated sequences."""
+    real = real[:, :tokens.shape[1]].long().to(tokens.device)
+
+    def histograms(rows):  # (L, V) per-position frequencies
+        return torch.nn.functional.one_hot(rows.long(), vocab).double().mean(0)
+
+    gen_h, real_h = histograms(tokens), histograms(real)
+    return {"unigram_tv": float(0.5 * (gen_h.mean(0) - real_h.mean(0)).abs().sum()),
+            "position_tv": float(0.5 * (gen_h - real_h).abs().sum(-1).mean()),
+            "unique_fraction": torch.unique(tokens, dim=0).shape[0] / tokens.shape[0]}
+

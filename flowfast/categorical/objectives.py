@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from flowfast.categorical import sampling
+from flowfast.categorical._tokens import histogram_distances
 from flowfast.categorical.flow_map import CategoricalFlowMap
 from flowfast.categorical.path import check_source, check_token_batch, interpolate
 from flowfast.flowmaps.times import OFF_DIAGONAL, check_fraction, sample_times
@@ -193,16 +194,7 @@ class CategoricalObjective:
         between the unigram histograms and, averaged over positions, between the per-position token
         histograms (0 = same statistics), and the fraction of distinct sequences. Exact metrics
         need the task's own ``evaluate`` (flowfast.categorical.tasks)."""
-        tokens = probs.argmax(-1)
-        real = real[:, :tokens.shape[1]].long().to(tokens.device)
-
-        def histograms(rows):  # (L, V) per-position frequencies
-            return F.one_hot(rows, self.vocab).double().mean(0)
-
-        gen_h, real_h = histograms(tokens), histograms(real)
-        return {"unigram_tv": float(0.5 * (gen_h.mean(0) - real_h.mean(0)).abs().sum()),
-                "position_tv": float(0.5 * (gen_h - real_h).abs().sum(-1).mean()),
-                "unique_fraction": torch.unique(tokens, dim=0).shape[0] / tokens.shape[0]}
+        return histogram_distances(probs.argmax(-1), real, self.vocab)
 
     def sample(self, model, x0: torch.Tensor, *, steps: int = 4, method: str = "map", atol: float = 1e-5,
                rtol: float = 1e-5, return_path: bool = False) -> ODEResult:

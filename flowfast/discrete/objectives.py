@@ -112,6 +112,13 @@ class DFMObjective:
         weight = (1.0 / (1.0 - t))[:, None]
         return (weight * (same - p_xt - (1 - same) * log_p_x1)).mean()
 
+    def evaluate_samples(self, tokens: torch.Tensor, real: torch.Tensor) -> dict:
+        """What :meth:`Trainer.evaluate` reports instead of W2: histogram distances of the generated
+        tokens (n, L) to real rows (paired rows: their data half), and the distinct fraction."""
+        from flowfast.categorical._tokens import histogram_distances
+
+        return histogram_distances(tokens, real, self.vocab)
+
     def sample(self, model, x0: torch.Tensor, *, steps: int = 32, method: str = "ancestral", atol=None, rtol=None,
                return_path: bool = False):
         """:class:`flowfast.samplers.ODEResult` with ``x`` the (B, L) int64 tokens (K steps of

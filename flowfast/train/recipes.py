@@ -16,7 +16,11 @@
 - categorical flow maps: ``method`` one of :data:`flowfast.categorical.METHODS` (``vfm``, ``csd``,
   ``ecld``), ``model_kind`` ``"simplex_transformer"``, ``task`` a name of
   :data:`flowfast.categorical.tasks.TASKS` and ``task_size`` its training set's size (drawn with a
-  fixed seed; ``digits`` trains on its fixed training split).
+  fixed seed; ``digits`` trains on its fixed training split);
+- discrete flow models: ``method`` ``"dfm"`` (uniform-source DFM, ELBO, independent sources) or
+  ``"pairflow"`` (the same on PairFlow pairs, computed from the task data with a fixed seed when
+  the run is built), ``model_kind`` ``"discrete_transformer"`` (a SimplexTransformer fed one-hot
+  tokens, :class:`flowfast.discrete.DiscreteFlowModel`), ``task`` / ``task_size`` as above.
 """
 
 from __future__ import annotations
@@ -27,11 +31,13 @@ import torch
 
 from flowfast.train.objectives import make_path
 
-__all__ = ["CATEGORICAL_METHODS", "build_run", "flow_map_model", "is_categorical_config", "is_flow_map_config",
+__all__ = ["CATEGORICAL_METHODS", "DISCRETE_METHODS", "TOKEN_METHODS", "build_run", "flow_map_model", "is_categorical_config", "is_flow_map_config",
            "load_teacher", "LazyTeacher", "MODEL_KINDS", "task_data"]
 
-MODEL_KINDS = ("mlp", "flowmap_mlp", "flowmap_unet", "simplex_transformer")
+MODEL_KINDS = ("mlp", "flowmap_mlp", "flowmap_unet", "simplex_transformer", "discrete_transformer")
 CATEGORICAL_METHODS = ("vfm", "csd", "ecld")  # flowfast.categorical.METHODS, without importing it here
+DISCRETE_METHODS = ("dfm", "pairflow")
+TOKEN_METHODS = CATEGORICAL_METHODS + DISCRETE_METHODS  # the methods that train on a token --task
 TASK_DATA_SEED = 0
 
 
@@ -41,6 +47,10 @@ def is_flow_map_config(cfg: dict) -> bool:
 
 def is_categorical_config(cfg: dict) -> bool:
     return cfg.get("method") in CATEGORICAL_METHODS
+
+
+def is_discrete_config(cfg: dict) -> bool:
+    return cfg.get("method") in DISCRETE_METHODS
 
 
 def flow_map_model(item_shape: tuple, width: int, depth: int) -> tuple[str, dict]:
@@ -67,6 +77,14 @@ def _model(cfg: dict):
         return MLP(**cfg["model"])
     if not is_flow_map_config(cfg):
         raise ValueError(f"model_kind {kind!r} is a flow-map net; method 'cfm' trains a velocity MLP")
+    if (kind == "discrete_transformer") != is_discrete_config(cfg):
+        raise ValueError(f"model_kind {kind!r} does not fit method {cfg['method']!r}: the discrete methods "
+                         f"{DISCRETE_METHODS} train a discrete_transformer")
+    if kind == "discrete_transformer":
+        from flowfast.discrete import DiscreteFlowModel
+        from flowfast.models import SimplexTransformer
+
+        return DiscreteFlowModel(SimplexTransformer(**cfg["model"]), cfg["model"]["vocab"])
     if (kind == "simplex_transformer") != is_categorical_config(cfg):
         raise ValueError(f"model_kind {kind!r} does not fit method {cfg['method']!r}: the categorical methods "
                          f"{CATEGORICAL_METHODS} train a simplex_transformer, the others a flow-map MLP/U-Net")
@@ -110,6 +128,10 @@ def _objective(cfg: dict, device):
         from flowfast.categorical import CategoricalObjective
 
         return CategoricalObjective(cfg["model"]["vocab"], cfg["method"])
+    if is_discrete_config(cfg):
+        from flowfast.discrete import DFMObjective
+
+        return DFMObjective(cfg["model"]["vocab"], "elbo", paired=cfg["method"] == "pairflow")
     from flowfast import flowmaps
 
     teacher = None
@@ -126,7 +148,13 @@ def _data(cfg: dict):
     from flowfast.train.batches import load_array
 
     if cfg.get("task"):
-        return None, task_data(cfg["task"], cfg.get("task_size", 20000))
+        tokens = task_data(cfg["task"], cfg.get("task_size", 20000))
+        if cfg.get("method") == "pairflow":
+            from flowfast.discrete import pairflow_pairs, with_sources
+
+            sources = pairflow_pairs(tokens, cfg["model"]["vocab"], generator=torch.Generator().manual_seed(TASK_DATA_SEED))
+            tokens = with_sources(tokens, sources)
+        return None, tokens
     if cfg.get("data"):
         source = data.get_sampler(cfg["source"]) if cfg.get("source") else None
         return source, load_array(cfg["data"])
