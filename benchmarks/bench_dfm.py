@@ -148,8 +148,8 @@ def sm_clock_hz(device: torch.device, override_mhz: Optional[float]) -> tuple[Op
     """(maximum SM clock in Hz, where it came from) or (None, why not)."""
     if override_mhz:
         return override_mhz * 1e6, "--sm-clock-mhz"
-    khz = getattr(torch.cuda.get_device_properties(device), "clock_rate", None)
-    if khz:
+    khz = getattr(torch.cuda.get_device_properties(device), "clock_rate", None)  # cudaDevAttrClockRate, kHz
+    if khz and 1e5 <= khz <= 1e7:  # 0.1 to 10 GHz, else not trusted
         return float(khz) * 1e3, "torch.cuda.get_device_properties().clock_rate"
     try:
         out = subprocess.run(["nvidia-smi", "-i", str(device.index or 0), "--query-gpu=clocks.max.sm",
@@ -212,67 +212,84 @@ def display(row: dict) -> dict:
 
 def run_step_case(n: int, length: int, vocab: int, batch: int, t: float, device: torch.device, args,
                   data: torch.Tensor, keys: torch.Tensor, pack_s: float, peak: Optional[float]) -> dict:
+    """One (N, D, V, B, t) row: check flowfast against the reference, then time both."""
     W = keys.shape[1]
     row: dict = {"case": "step", "N": n, "D": length, "V": vocab, "B": batch, "t": t, "W": W,
                  "device": str(device), "pack_s": pack_s, "pack ms": _timing.fmt_ms(pack_s)}
     x = data[:batch].to(device=device, dtype=torch.int32)
     elements = batch * n * length
     limit = args.torch_max_elements
+    # The reference on the first k queries only where all B are too slow (the draws of a query do
+    # not depend on the batch).
     check_rows = batch if elements <= limit else max(1, min(batch, int(limit // (n * length))))
     row["checked"] = f"{check_rows}/{batch}"
     try:
         got = flowfast_step(keys, x, vocab, t)
         sync(device)
-    except Exception as exc:  # noqa: BLE001 - recorded, makes the script exit 1
-        row["status"] = f"flowfast {short_error(exc)}"
-        row["failed"] = True
+    except Exception as exc:  # noqa: BLE001 - recorded; the script exits 1
+        row["status"], row["failed"] = f"flowfast {short_error(exc)}", True
         return display(row)
     try:
         want = reference_step(keys, x[:check_rows], vocab, t)
         sync(device)
     except Exception as exc:  # noqa: BLE001
-        text = short_error(exc)
+        oom, text = is_oom(exc), short_error(exc)
         del exc
         free_memory()
-        row["torch ms"] = text
-        if text != "OOM":  # the reference is flowfast's own code: an error is a bug
+        if not oom:  # the reference is flowfast's own code: an error there is a bug
             row["status"], row["failed"] = f"torch reference {text}", True
             return display(row)
         want = None
+        row["torch ms"], row["checked"] = "OOM", f"0/{batch}"
     if want is not None:
         problem, stats = check_step(tuple(o[:check_rows] for o in got), want)
         row.update(stats)
         if problem:
             row["status"], row["failed"] = f"FAILED: {problem}", True
-            print(f"bench_dfm: CORRECTNESS FAILURE N={n} D={length} V={vocab} B={batch} t={t}: {problem}",
+            print(f"bench_dfm: CORRECTNESS FAILURE N={n} D={length} V={vocab} B={batch} t={t:g}: {problem}",
                   file=sys.stderr, flush=True)
             return display(row)
+    checked = want is not None
     del got, want
     ff = timed(lambda: flowfast_step(keys, x, vocab, t), device, args, warmup=1)
-    row["flowfast"] = ff
-    row["flowfast_s"] = ff["median_s"]
+    row["flowfast"], row["flowfast_s"] = ff, ff["median_s"]
     row["cmp_per_s"] = elements / ff["median_s"]
     row["words_per_s"] = batch * n * W / ff["median_s"]
     if device.type == "cuda":
         row["popc_peak_pct"] = None if peak is None else 100 * row["words_per_s"] / peak
-    if want is None:
+    if not checked:
         row["status"] = "ok (unchecked: torch reference OOM)"
-        return display(row)
-    if check_rows < batch:
-        row["torch ms"] = f"skipped (too slow: B·N·D = {elements:.3g} > --torch-max-elements {limit:.3g})"
+    elif check_rows < batch:
+        row["torch ms"] = f"skipped (too slow: B·N·D = {elements:.2g} > {limit:.2g})"
         row["status"] = f"ok (checked the first {check_rows} of {batch} queries)"
-        return display(row)
-    try:
-        # the correctness call above was the warm-up
-        tr = timed(lambda: reference_step(keys, x, vocab, t), device, args, warmup=0)
-        row["torch"], row["torch_s"] = tr, tr["median_s"]
-        row["ratio"] = tr["median_s"] / ff["median_s"]
-    except Exception as exc:  # noqa: BLE001 - an OOM in a later repeat: recorded, never fatal
-        row["torch ms"] = short_error(exc)
-        del exc
-        free_memory()
-    row["status"] = "ok"
+    else:
+        try:  # the correctness call was its warm-up
+            tr = timed(lambda: reference_step(keys, x, vocab, t), device, args, warmup=0)
+            row["torch"], row["torch_s"] = tr, tr["median_s"]
+            row["ratio"] = tr["median_s"] / ff["median_s"]
+        except Exception as exc:  # noqa: BLE001 - an OOM in a later repeat: recorded, never fatal
+            row["torch ms"] = short_error(exc)
+            del exc
+            free_memory()
+        row["status"] = "ok"
     return display(row)
+
+
+def run_dataset(n: int, length: int, vocab: int, batch: int, device: torch.device, args,
+                peak: Optional[float]) -> list[dict]:
+    """The rows of one training set (N, D, V): packed once (timed), then one row per t."""
+    free_memory()
+    data = make_data(n, length, vocab).to(device)
+    keys = ops.pack_tokens(data, vocab)
+    pack = _timing.time_fn(lambda: ops.pack_tokens(data, vocab, validate=False), device=device, warmup=1,
+                           min_time=min(args.min_time, 0.2), max_time=args.max_time)
+    rows = []
+    for t in args.times:
+        t0 = time.perf_counter()
+        print(f"[{device}] N={n} D={length} V={vocab} B={batch} t={t:g} ...", end=" ", file=sys.stderr, flush=True)
+        rows.append(run_step_case(n, length, vocab, batch, t, device, args, data, keys, pack["median_s"], peak))
+        print(f"{rows[-1]['status']} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
+    return rows
 
 
 # ---------------------------------------------------------------- pairflow_pairs, end to end
@@ -281,33 +298,27 @@ def run_pairflow(n: int, length: int, vocab: int, steps: int, device: torch.devi
     row: dict = {"case": "pairflow_pairs", "N": n, "D": length, "V": vocab, "B": n, "t": f"1 → 0 ({steps} steps)",
                  "W": ops.packed_words(vocab, length), "device": str(device), "checked": f"{n}/{n}"}
     data = make_data(n, length, vocab).to(device)
-    out: dict = {}
-
-    def run(name: str, fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
-        def call() -> None:
-            out[name] = fn()
-        return call
-
     try:
-        run("ff", lambda: flowfast_pairs(data, vocab, steps))()
+        got = flowfast_pairs(data, vocab, steps)
         sync(device)
     except Exception as exc:  # noqa: BLE001
         row["status"], row["failed"] = f"flowfast {short_error(exc)}", True
         return display(row)
+    out: list = []
     try:  # too slow to run twice: its single run is both the check and the timing
-        tr = _timing.time_fn(run("torch", lambda: reference_pairs(data, vocab, steps)), device=device, warmup=0,
+        tr = _timing.time_fn(lambda: out.append(reference_pairs(data, vocab, steps)), device=device, warmup=0,
                              repeats=1)
     except Exception as exc:  # noqa: BLE001
-        text = short_error(exc)
+        oom, text = is_oom(exc), short_error(exc)
         del exc
         free_memory()
-        row["torch ms"] = text
-        if text != "OOM":
+        if not oom:
             row["status"], row["failed"] = f"torch reference {text}", True
             return display(row)
         tr = None
+        row["torch ms"], row["checked"] = "OOM", f"0/{n}"
     if tr is not None:
-        got, want = out["ff"], out["torch"]
+        want = out[0]
         row["x0_agreement"] = agree = agreement(got, want) if got.shape == want.shape else 0.0
         if not agree >= MIN_AGREEMENT:
             problem = f"x0 equal on only {agree:.4%} of the tokens (< {MIN_AGREEMENT:.1%})"
@@ -315,7 +326,8 @@ def run_pairflow(n: int, length: int, vocab: int, steps: int, device: torch.devi
             print(f"bench_dfm: CORRECTNESS FAILURE pairflow_pairs N={n} D={length} V={vocab}: {problem}",
                   file=sys.stderr, flush=True)
             return display(row)
-    ff = timed(run("ff", lambda: flowfast_pairs(data, vocab, steps)), device, args, warmup=0)
+    del got
+    ff = timed(lambda: flowfast_pairs(data, vocab, steps), device, args, warmup=0)
     row["flowfast"] = ff
     row["flowfast_s"] = ff["median_s"]
     row["cmp_per_s"] = steps * n * n * length / ff["median_s"]
@@ -397,10 +409,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         p.error(f"--times must lie in [{H:g}, 1]")
     if args.batch is not None and args.batch < 1:
         p.error("--batch must be positive")
+    if args.pairflow and args.pairflow[2] < 2:
+        p.error("--pairflow: V must be >= 2")
     return args
 
 
-def notes_for(device: torch.device, args, batch: int, peak_text: str, pairflow) -> list[str]:
+def notes_for(device: torch.device, args, batch: int, peak: Optional[float], peak_text: str,
+              pairflow) -> list[str]:
     out = [
         f"flowfast: `ops.dfm.inversion_step(keys, x, V, t, h={H:g}, seed={STEP_SEED}, offset={STEP_OFFSET}, "
         "validate=False)` on the device (the fused kernel; no B x N matrix). torch: the same call with "
@@ -424,9 +439,11 @@ def notes_for(device: torch.device, args, batch: int, peak_text: str, pairflow) 
         out.append(f"pairflow_pairs: `pairflow_pairs(data, {v}, steps={k}, generator=seed {SEED}, backend=...)` of "
                    f"the whole (N = {n}, D = {d}) set, 'auto' vs 'torch'; the torch pairing runs once (its time and "
                    f"its check: x0 equal on >= {MIN_AGREEMENT:.1%} of the tokens), flowfast's is timed after.")
-    if device.type == "cuda":
+    if device.type == "cuda" and peak:
         out.append(f"% popc peak = Gwords/s over the {peak_text}: what the POPC units alone could count; the kernel "
                    "also xors, masks, sums and gathers, so this is a ceiling, not a target.")
+    elif device.type == "cuda":
+        out.append(f"% popc peak: not given ({peak_text}).")
     else:
         out.append("CPU run: no peak given. flowfast's CPU kernel runs OpenMP threads over the queries, torch its "
                    "intra-op threads.")
@@ -461,21 +478,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         for n in args.sizes:
             for length in args.dims:
                 for vocab in args.vocabs:
-                    free_memory()
-                    data = make_data(n, length, vocab).to(device)
-                    keys = ops.pack_tokens(data, vocab)
-                    pack = _timing.time_fn(lambda: ops.pack_tokens(data, vocab, validate=False), device=device,
-                                           warmup=1, min_time=min(args.min_time, 0.2), max_time=args.max_time)
-                    for t in args.times:
-                        t0 = time.perf_counter()
-                        print(f"[{dev_name}] N={n} D={length} V={vocab} B={batch} t={t:g} ...", end=" ",
-                              file=sys.stderr, flush=True)
-                        row = run_step_case(n, length, vocab, batch, t, device, args, data, keys,
-                                            pack["median_s"], peak)
-                        failures += bool(row.get("failed"))
-                        rows.append(row)
-                        print(f"{row['status']} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
-                    del data, keys
+                    rows += run_dataset(n, length, vocab, batch, device, args, peak)
+        failures += sum(bool(r.get("failed")) for r in rows)
         if pairflow:
             t0 = time.perf_counter()
             print(f"[{dev_name}] pairflow_pairs {'x'.join(map(str, pairflow))} ...", end=" ", file=sys.stderr,
@@ -489,8 +493,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         family = (FAMILY + ("-quick" if args.quick else "") + (f"-threads{args.threads}" if args.threads else "")
                   + (f"-{args.tag}" if args.tag else ""))
         _timing.write_results(
-            family, rows, env, args.out, columns=columns, notes=notes_for(device, args, batch, peak_text, pairflow),
-            extra={"args": {k: v for k, v in vars(args).items()}, "h": H, "popcount_peak_words_per_s": peak,
+            family, rows, env, args.out, columns=columns,
+            notes=notes_for(device, args, batch, peak, peak_text, pairflow),
+            extra={"args": dict(vars(args)), "h": H, "popcount_peak_words_per_s": peak,
                    "popcount_peak": peak_text or None, "posterior_atol": POSTERIOR_ATOL,
                    "min_agreement": MIN_AGREEMENT},
             title=f"dfm — PairFlow inversion step, fused kernel vs the materialised torch version on "

@@ -124,7 +124,7 @@ void inversion_rows(const DfmStepParams& p, const PackLayout& L) {
   std::vector<double> sums(static_cast<size_t>(threads) * static_cast<size_t>(D));
 
 #if defined(FLOWFAST_WITH_OPENMP)
-#pragma omp parallel num_threads(threads) if (B * N > 4096)
+#pragma omp parallel num_threads(threads) if (B * N * L.words > (int64_t{1} << 18))  // waking threads costs ~ms
 #endif
   {
     int32_t* my_counts = counts.data() + static_cast<size_t>(thread_id()) * N;
@@ -165,7 +165,7 @@ void dfm_pack_cpu(const DfmPackParams& p) {
   const auto* tokens = static_cast<const int32_t*>(p.tokens.data);
   auto* packed = static_cast<uint64_t*>(p.packed.data);
 #if defined(FLOWFAST_WITH_OPENMP)
-#pragma omp parallel for schedule(static) if (N * D > 65536)
+#pragma omp parallel for schedule(static) if (N * D > (int64_t{1} << 20))
 #endif
   for (int64_t n = 0; n < N; ++n) {
     for (int k = 0; k < L.words; ++k) {

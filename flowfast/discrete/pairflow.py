@@ -26,7 +26,12 @@ def _check_count(name: str, value, low: int = 1) -> int:
     return value
 
 
-def pairflow_pairs(data, vocab_size: int, steps: int = 20, tau: float = 1.0, batch_size: int = 1024,
+# Queries per kernel call when batch_size is None: the CUDA kernel spreads queries (not keys) over
+# blocks, 64 queries per block for short sequences, so a GPU needs tens of thousands in flight.
+DEFAULT_BATCH = {"cpu": 1024, "cuda": 32768}
+
+
+def pairflow_pairs(data, vocab_size: int, steps: int = 20, tau: float = 1.0, batch_size: Optional[int] = None,
                    generator: Optional[torch.Generator] = None, backend: str = "auto") -> torch.Tensor:
     """Source tokens x0 paired with each training sequence x1 (PairFlow's inversion).
 
@@ -38,8 +43,8 @@ def pairflow_pairs(data, vocab_size: int, steps: int = 20, tau: float = 1.0, bat
         steps: K backward steps t = 1, (K-1)/K, ..., 1/K of size 1/K.
         tau: temperature of the jump odds; 1 is the exact time reversal (x0 marginals uniform),
             below 1 keeps more tokens, above 1 tends to the independent coupling.
-        batch_size: queries per kernel call (memory O(batch_size * D + N * W)); the result does
-            not depend on it.
+        batch_size: queries per kernel call (memory O(batch_size * D + N * W)); None: 1024 on the
+            CPU, 32768 on CUDA (enough blocks to fill a GPU). The result does not depend on it.
         generator: torch generator the Philox stream is drawn from (reproducible pairs).
         backend: "auto" | "cpu" | "cuda" | "torch" (the reference; materialises B x N).
 
@@ -48,9 +53,11 @@ def pairflow_pairs(data, vocab_size: int, steps: int = 20, tau: float = 1.0, bat
     """
     dfm_ops.check_vocab(vocab_size)
     _check_count("steps", steps)
-    _check_count("batch_size", batch_size)
     check_generator(generator)
     data = dfm_ops.validate_tokens("data", data, vocab_size)
+    if batch_size is None:
+        batch_size = DEFAULT_BATCH.get(data.device.type, 1024)
+    _check_count("batch_size", batch_size)
     keys = dfm_ops.pack_tokens(data, vocab_size, backend=backend, validate=False)
     seed, offset = draw_seed(generator)
     h = 1.0 / steps
