@@ -205,6 +205,8 @@ def test_step_bad_input():
         ops.inversion_step(keys.int(), data, 4, 1.0, 0.1)
     with pytest.raises(ValueError, match=r"seed must be an int"):
         ops.inversion_step(keys, data, 4, 1.0, 0.1, seed=-1)
+    with pytest.raises(ValueError, match=r"row_offset must be an int"):
+        ops.inversion_step(keys, data, 4, 1.0, 0.1, row_offset=2**62)
     with pytest.raises(ValueError, match=r"hamming_distance needs equal shapes"):
         hamming_distance(data, data[:3])
 
@@ -244,3 +246,53 @@ def test_cuda_equals_cpu(queries, length, keys, vocab):
     a = pairflow_pairs(data.cuda(), vocab, steps=4, generator=torch.Generator().manual_seed(0))
     b = pairflow_pairs(data, vocab, steps=4, generator=torch.Generator().manual_seed(0))
     assert (a.cpu() != b).double().mean().item() < 1e-3
+
+
+def test_foreign_padding_bits_never_reach_the_counts():
+    """Keys whose last word has bits in the query's padding fields (e.g. packed from D = 64 and
+    used with D = 60: the same word count) count only the real tokens, on every backend."""
+    data = _tokens(30, 64, 2, seed=12)
+    keys = ops.pack_tokens(data, 2)
+    x = data[:5, :60]
+    got = ops.inversion_step(keys, x, 2, 0.01, 0.01, seed=1)
+    want = ops.inversion_step(keys, x, 2, 0.01, 0.01, seed=1, backend="torch")
+    assert int(got[2].min()) >= 0 and int(got[2].max()) <= 60
+    assert torch.equal(got[2], want[2])
+    torch.testing.assert_close(got[1], want[1], atol=1e-6, rtol=1e-6)
+
+
+def test_uint64_seeds_and_generator_streams():
+    data = _clustered(20, 8, 3, seed=13)
+    keys = ops.pack_tokens(data, 3)
+    top = 2**64 - 5
+    got = ops.inversion_step(keys, data, 3, 0.5, 0.1, seed=top, offset=top)
+    want = ops.inversion_step(keys, data, 3, 0.5, 0.1, seed=top, offset=top, backend="torch")
+    assert torch.equal(got[0], want[0])
+    with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2\^64\)"):
+        ops.inversion_step(keys, data, 3, 0.5, 0.1, seed=2**64)
+
+
+def test_draw_seed_advances_a_cuda_generator_past_every_step():
+    """A CUDA generator lends (seed, offset); one pairing uses `steps` consecutive offsets, so the
+    generator must move past all of them (the next pairing's streams never repeat these)."""
+    from flowfast._rng import draw_seed
+
+    class FakeCudaGenerator:
+        device = torch.device("cuda")
+
+        def __init__(self):
+            self.offset = 8
+
+        def get_offset(self):
+            return self.offset
+
+        def set_offset(self, value):
+            self.offset = value
+
+        def initial_seed(self):
+            return 2**64 - 1
+
+    g = FakeCudaGenerator()
+    assert draw_seed(g, count=20) == (2**64 - 1, 8) and g.offset == 28
+    assert draw_seed(g, count=21) == (2**64 - 1, 28) and g.offset == 52
+    assert draw_seed(g) == (2**64 - 1, 52) and g.offset == 56

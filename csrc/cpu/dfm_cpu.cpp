@@ -34,19 +34,12 @@ int thread_id() {
 #endif
 }
 
-template <bool kBinary>
-inline int count_matches(const uint64_t* a, const uint64_t* b, const PackLayout& L) {
-  int m = 0;
-  for (int k = 0; k < L.words; ++k) m += matching_fields<kBinary>(a[k], b[k], L);
-  return m - L.padding;
-}
-
 /// counts[n] for one query against every key; returns the largest.
 template <bool kBinary>
 int query_counts(const uint64_t* query, const uint64_t* keys, int64_t N, const PackLayout& L, int32_t* counts) {
   int best = -1;
   for (int64_t n = 0; n < N; ++n) {
-    const int m = count_matches<kBinary>(query, keys + n * L.words, L);
+    const int m = matching_tokens<kBinary>(query, keys + n * L.words, L);
     counts[n] = m;
     best = std::max(best, m);
   }
@@ -63,8 +56,9 @@ __attribute__((target("popcnt"))) int query_counts_popcnt(const uint64_t* query,
   for (int64_t n = 0; n < N; ++n) {
     const uint64_t* key = keys + n * L.words;
     int m = 0;
-    for (int k = 0; k < L.words; ++k) m += static_cast<int>(_mm_popcnt_u64(equal_field_tops<kBinary>(query[k], key[k], L)));
-    m -= L.padding;
+    for (int k = 0; k < L.words; ++k) {
+      m += static_cast<int>(_mm_popcnt_u64(equal_field_tops<kBinary>(query[k], key[k], L, k)));
+    }
     counts[n] = m;
     best = std::max(best, m);
   }
@@ -84,14 +78,13 @@ int counts_of(const uint64_t* query, const uint64_t* keys, int64_t N, const Pack
 /// acc[d] += w for every token d where the key equals the query; field_of_bit maps the bit of a
 /// field's top to its index in the word (no division in the loop).
 template <bool kBinary>
-inline void add_shared_tokens(const uint64_t* query, const uint64_t* key, double w, int64_t D, const PackLayout& L,
+inline void add_shared_tokens(const uint64_t* query, const uint64_t* key, double w, const PackLayout& L,
                               const uint8_t* field_of_bit, double* acc) {
   for (int k = 0; k < L.words; ++k) {
-    uint64_t tops = equal_field_tops<kBinary>(query[k], key[k], L);
+    uint64_t tops = equal_field_tops<kBinary>(query[k], key[k], L, k);
     const int64_t base = static_cast<int64_t>(k) * L.per_word;
     while (tops) {
-      const int64_t d = base + field_of_bit[__builtin_ctzll(tops)];
-      if (d < D) acc[d] += w;  // padding fields of the last word always match
+      acc[base + field_of_bit[__builtin_ctzll(tops)]] += w;
       tops &= tops - 1;
     }
   }
@@ -141,7 +134,7 @@ void inversion_rows(const DfmStepParams& p, const PackLayout& L) {
         const double w = weight_below[best - my_counts[n]];
         if (w == 0.0) continue;
         total += w;
-        add_shared_tokens<kBinary>(query, keys + n * L.words, w, D, L, field_of_bit, acc);
+        add_shared_tokens<kBinary>(query, keys + n * L.words, w, L, field_of_bit, acc);
       }
       for (int64_t d = 0; d < D; ++d) {
         const double v = acc[d] / total;

@@ -46,13 +46,6 @@ struct StepArgs {
 };
 
 template <bool kBinary>
-__device__ int count_pair(const uint64_t* a, const uint64_t* b, const PackLayout& L) {
-  int m = 0;
-  for (int k = 0; k < L.words; ++k) m += matching_fields<kBinary>(a[k], b[k], L);
-  return m - L.padding;
-}
-
-template <bool kBinary>
 __global__ void __launch_bounds__(kThreads) inversion_kernel(StepArgs a) {
   // Counts, then weights, of the tile's (query, key) pairs, [query][key]; -1 marks a pair past
   // the ends.
@@ -69,13 +62,15 @@ __global__ void __launch_bounds__(kThreads) inversion_kernel(StepArgs a) {
 
   double acc[kEntriesPerThread];
   int token[kEntriesPerThread];
+  unsigned owned = 0;  // bit j: entry j is a real (query, token) of this block (any token value)
 #pragma unroll
   for (int j = 0; j < kEntriesPerThread; ++j) {
     const int e = tid + kThreads * j;
     const int64_t b = b0 + e / DC, d = d0 + e % DC;
     const bool mine = e < QB * DC && b < a.B && d < a.D;
     acc[j] = 0.0;
-    token[j] = mine ? a.x[b * a.D + d] : -1;
+    token[j] = mine ? a.x[b * a.D + d] : 0;
+    owned |= static_cast<unsigned>(mine) << j;
   }
   if (tid < QB) {
     running_best[tid] = -1;
@@ -87,7 +82,7 @@ __global__ void __launch_bounds__(kThreads) inversion_kernel(StepArgs a) {
     for (int i = tid; i < QB * kKeysPerTile; i += kThreads) {
       const int64_t b = b0 + i / kKeysPerTile, n = n0 + i % kKeysPerTile;
       pair_weight[i] = (b < a.B && n < a.N)
-                           ? static_cast<double>(count_pair<kBinary>(a.x_packed + b * L.words, a.keys + n * L.words, L))
+                           ? static_cast<double>(matching_tokens<kBinary>(a.x_packed + b * L.words, a.keys + n * L.words, L))
                            : -1.0;
     }
     __syncthreads();
@@ -113,7 +108,7 @@ __global__ void __launch_bounds__(kThreads) inversion_kernel(StepArgs a) {
     __syncthreads();
 #pragma unroll
     for (int j = 0; j < kEntriesPerThread; ++j) {
-      if (token[j] < 0) continue;
+      if (!((owned >> j) & 1u)) continue;
       const int e = tid + kThreads * j;
       const int bl = e / DC;
       const int64_t d = d0 + e % DC;
@@ -130,7 +125,7 @@ __global__ void __launch_bounds__(kThreads) inversion_kernel(StepArgs a) {
 
 #pragma unroll
   for (int j = 0; j < kEntriesPerThread; ++j) {
-    if (token[j] < 0) continue;
+    if (!((owned >> j) & 1u)) continue;
     const int e = tid + kThreads * j;
     const int64_t b = b0 + e / DC, d = d0 + e % DC;
     const double v = acc[j] / running_total[e / DC];

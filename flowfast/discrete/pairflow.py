@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 
 from flowfast._rng import check_generator, draw_seed
+from flowfast.ops import _switch
 from flowfast.ops import dfm as dfm_ops
 
 __all__ = ["hamming_distance", "pairflow_pairs", "uniform_source"]
@@ -55,20 +56,22 @@ def pairflow_pairs(data, vocab_size: int, steps: int = 20, tau: float = 1.0, bat
     _check_count("steps", steps)
     check_generator(generator)
     data = dfm_ops.validate_tokens("data", data, vocab_size)
+    impl, run_device = _switch.resolve(backend, data.device, what="data")
+    tokens = data if impl == "torch" else data.to(run_device)  # keys and queries stay where the kernels run
     if batch_size is None:
-        batch_size = DEFAULT_BATCH.get(data.device.type, 1024)
+        batch_size = DEFAULT_BATCH.get(tokens.device.type, 1024)
     _check_count("batch_size", batch_size)
-    keys = dfm_ops.pack_tokens(data, vocab_size, backend=backend, validate=False)
-    seed, offset = draw_seed(generator)
+    keys = dfm_ops.pack_tokens(tokens, vocab_size, backend=backend, validate=False)
+    seed, offset = draw_seed(generator, count=steps)
     h = 1.0 / steps
     sources = []
-    for start in range(0, data.shape[0], batch_size):
-        x = data[start:start + batch_size]
+    for start in range(0, tokens.shape[0], batch_size):
+        x = tokens[start:start + batch_size]
         for k in range(steps, 0, -1):
             x = dfm_ops.inversion_step(keys, x, vocab_size, k / steps, h, tau=tau, seed=seed, offset=offset + steps - k,
                                        row_offset=start, backend=backend, validate=False)[0]
         sources.append(x)
-    return torch.cat(sources).to(data.dtype)
+    return torch.cat(sources).to(device=data.device, dtype=data.dtype)
 
 
 def uniform_source(shape, vocab_size: int, generator: Optional[torch.Generator] = None,

@@ -67,6 +67,13 @@ def validate_tokens(name: str, tokens, vocab: int, length: int | None = None) ->
     return t
 
 
+_UINT64 = (1 << 64) - 1
+
+
+def _as_int64(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
 def _check_time(t, h, tau) -> tuple[float, float, float]:
     values = []
     for label, value in (("t", t), ("h", h), ("tau", tau)):
@@ -124,9 +131,9 @@ def inversion_step(keys: torch.Tensor, x, vocab: int, t: float, h: float, *, tau
     """
     check_vocab(vocab)
     t, h, tau = _check_time(t, h, tau)
-    for label, value in (("seed", seed), ("offset", offset), ("row_offset", row_offset)):
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
-            raise ValueError(f"{label} must be an int in [0, 2^63), got {value!r}")
+    for label, value, top in (("seed", seed, 64), ("offset", offset, 64), ("row_offset", row_offset, 62)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**top:
+            raise ValueError(f"{label} must be an int in [0, 2^{top}), got {value!r}")
     if validate:
         x = validate_tokens("x", x, vocab)
         if not isinstance(keys, torch.Tensor) or keys.dtype != torch.int64 or keys.dim() != 2:
@@ -144,8 +151,9 @@ def inversion_step(keys: torch.Tensor, x, vocab: int, t: float, h: float, *, tau
         return _switch.reference("dfm").inversion_step(keys, x, vocab, t, h, tau=tau, seed=seed, offset=offset,
                                                        row_offset=row_offset)
     x_run = x.to(device=run_device, dtype=torch.int32).contiguous()
-    out = dfm_inversion_step(keys.to(run_device).contiguous(), x_run, vocab, t, h, 1.0 / tau, seed, offset,
-                             row_offset)
+    # The op schema's ints are int64: uint64 seeds / offsets travel as their two's complement.
+    out = dfm_inversion_step(keys.to(run_device).contiguous(), x_run, vocab, t, h, 1.0 / tau, _as_int64(seed),
+                             _as_int64(offset), row_offset)
     return tuple(o.to(x.device) for o in out)
 
 
@@ -153,6 +161,7 @@ def inversion_step(keys: torch.Tensor, x, vocab: int, t: float, h: float, *, tau
 def dfm_inversion_step(keys: torch.Tensor, x: torch.Tensor, vocab: int, t: float, h: float, inv_tau: float, seed: int,
                        offset: int, row_offset: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """keys (N, W) int64, x (B, D) int32 -> (x_new (B, D) int32, posterior (B, D) float32, best (B,) int32)."""
+    seed, offset = seed & _UINT64, offset & _UINT64
     x_packed = dfm_pack(x, vocab)
     x_new = torch.empty_like(x)
     posterior = torch.empty(x.shape, dtype=torch.float32, device=x.device)

@@ -1,7 +1,7 @@
 // Per-element formulas of the `dfm` family (PairFlow's closed-form inversion), shared by the CPU
 // kernels, the CUDA kernels and mirrored by flowfast/reference/dfm.py:
 //   PackLayout            how tokens of a V-word vocabulary are bit-packed into 64-bit words
-//   matching_fields       number of equal tokens of two packed words (XOR + field test + popcount)
+//   matching_tokens       number of equal tokens of two packed sequences (XOR + field test + popcount)
 //   match_weight          posterior weight gamma_t^(m - M) of a training sequence (m matches, M max)
 //   keep_probability      P(token stays) in one backward step of the DFM CTMC (temperature tau)
 //   resample_token        the keep/jump draw of one token from the counter-based RNG
@@ -27,13 +27,15 @@ FF_HD int popcount64(uint64_t x) { return __builtin_popcountll(x); }
 
 /// Tokens of `bits` bits each, `per_word` of them in the low bits of every 64-bit word (fields
 /// never straddle words), `words` words per sequence; token d sits in word d / per_word at bit
-/// bits * (d % per_word). Padding fields (past D) are 0 in every packed sequence, so they always
-/// match: matching counts subtract `padding`.
+/// bits * (d % per_word). Padding fields (past D, in the last word) are 0 when packed here, but
+/// the counts never look at them (`last_high`): keys packed elsewhere cannot push a count out of
+/// [0, D].
 struct PackLayout {
-  int bits = 1, per_word = 64, words = 0, padding = 0;
-  uint64_t low = ~0ull;   // lowest bit of every used field
-  uint64_t high = ~0ull;  // highest bit of every used field
-  uint64_t field = 1;     // mask of one field
+  int bits = 1, per_word = 64, words = 0;
+  uint64_t low = ~0ull;        // lowest bit of every field
+  uint64_t high = ~0ull;       // highest bit of every field
+  uint64_t last_high = ~0ull;  // highest bit of the fields of the last word that hold tokens
+  uint64_t field = 1;          // mask of one field
 };
 
 FF_HD int token_bits(int64_t vocab) {
@@ -47,33 +49,41 @@ FF_HD PackLayout pack_layout(int64_t vocab, int64_t length) {
   L.bits = token_bits(vocab);
   L.per_word = 64 / L.bits;
   L.words = static_cast<int>((length + L.per_word - 1) / L.per_word);
-  L.padding = static_cast<int>(static_cast<int64_t>(L.words) * L.per_word - length);
+  const int64_t in_last = length - static_cast<int64_t>(L.words - 1) * L.per_word;  // 1 .. per_word
   L.field = L.bits == 64 ? ~0ull : ((1ull << L.bits) - 1);
   L.low = 0;
   L.high = 0;
+  L.last_high = 0;
   for (int j = 0; j < L.per_word; ++j) {
     L.low |= 1ull << (j * L.bits);
     L.high |= 1ull << (j * L.bits + L.bits - 1);
+    if (j < in_last) L.last_high |= 1ull << (j * L.bits + L.bits - 1);
   }
   return L;
 }
 
-/// Word with the highest bit of every field set where the fields of a and b are equal: a field of
+/// The field tops of word k that hold tokens (all of them but in the last word).
+FF_HD uint64_t token_tops(const PackLayout& L, int k) { return k == L.words - 1 ? L.last_high : L.high; }
+
+/// Word k's field tops (token_tops) set where the fields of a and b are equal: a field of
 /// z = ~(a ^ b) is all ones iff equal, and adding 1 to its low bits (top bit cleared) carries into
 /// the top bit exactly then. For 1-bit fields it is z itself.
 template <bool kBinary>
-FF_HD uint64_t equal_field_tops(uint64_t a, uint64_t b, const PackLayout& L) {
+FF_HD uint64_t equal_field_tops(uint64_t a, uint64_t b, const PackLayout& L, int k) {
   const uint64_t z = ~(a ^ b);
   if constexpr (kBinary) {
-    return z;
+    return z & token_tops(L, k);
   } else {
-    return ((z & ~L.high) + L.low) & z & L.high;
+    return ((z & ~L.high) + L.low) & z & token_tops(L, k);
   }
 }
 
+/// Equal tokens of two packed sequences (W words each): in [0, D].
 template <bool kBinary>
-FF_HD int matching_fields(uint64_t a, uint64_t b, const PackLayout& L) {
-  return popcount64(equal_field_tops<kBinary>(a, b, L));
+FF_HD int matching_tokens(const uint64_t* a, const uint64_t* b, const PackLayout& L) {
+  int m = 0;
+  for (int k = 0; k < L.words; ++k) m += popcount64(equal_field_tops<kBinary>(a[k], b[k], L, k));
+  return m;
 }
 
 FF_HD int unpack_token(const uint64_t* words, int64_t d, const PackLayout& L) {
