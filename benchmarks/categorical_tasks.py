@@ -139,17 +139,23 @@ def optimizer_for(module, args):
     return torch.optim.AdamW(module.parameters(), lr=args.lr, weight_decay=args.weight_decay)
 
 
-def train_flowfast(task, data: torch.Tensor, method: str, args, seed: int):
-    """(model to sample, losses, train seconds) for vfm / csd / ecld."""
-    fm = cat.CategoricalFlowMap(make_net(task, args, seed), task.vocab)
-    trainer = Trainer(fm, objective=cat.CategoricalObjective(task.vocab, method), target=data,
-                      batch_size=args.batch, optimizer=optimizer_for(fm, args), ema_decay=args.ema,
-                      progress=False, seed=seed, log_every=10 ** 9)
+def train_model(model, objective, target, args, seed: int):
+    """(EMA model to sample, losses, train seconds) of ``args.steps`` Trainer steps with the
+    benchmark's optimizer, batch and EMA (shared by every flowfast method of the task scripts)."""
+    trainer = Trainer(model, objective=objective, target=target, batch_size=args.batch,
+                      optimizer=optimizer_for(model, args), ema_decay=args.ema, progress=False, seed=seed,
+                      log_every=10 ** 9)
     start = time.perf_counter()
     losses = trainer.train(args.steps)
     seconds = time.perf_counter() - start
-    model = trainer.ema_model if trainer.ema_model is not None else trainer.model
-    return model.eval(), losses, seconds
+    trained = trainer.ema_model if trainer.ema_model is not None else trainer.model
+    return trained.eval(), losses, seconds
+
+
+def train_flowfast(task, data: torch.Tensor, method: str, args, seed: int):
+    """(model to sample, losses, train seconds) for vfm / csd / ecld."""
+    fm = cat.CategoricalFlowMap(make_net(task, args, seed), task.vocab)
+    return train_model(fm, cat.CategoricalObjective(task.vocab, method), data, args, seed)
 
 
 def train_peer(task, data: torch.Tensor, args, seed: int):

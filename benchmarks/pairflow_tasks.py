@@ -38,10 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _timing  # noqa: E402
 from _flow_matching_peer import peer_available  # noqa: E402
 from categorical_tasks import (PRIMARY, TASKS, _mean_std, _pm, evaluate, loss_curve, make_net, make_task,  # noqa: E402
-                               optimizer_for, train_peer, training_set)
+                               train_model, train_peer, training_set)
 
 from flowfast import discrete as dfm  # noqa: E402
-from flowfast.train import Trainer  # noqa: E402
 
 METHODS = ("dfm", "pairflow", "peer")
 STEPS = (1, 2, 4, 8, 32)
@@ -56,14 +55,9 @@ def train_dfm(task, data: torch.Tensor, paired: bool, args, seed: int):
         sources = dfm.pairflow_pairs(data, task.vocab, generator=torch.Generator().manual_seed(seed))
         pair_s = time.perf_counter() - start
         target = dfm.with_sources(data, sources)
-    trainer = Trainer(model, objective=dfm.DFMObjective(task.vocab, "elbo", paired=paired), target=target,
-                      batch_size=args.batch, optimizer=optimizer_for(model, args), ema_decay=args.ema,
-                      progress=False, seed=seed, log_every=10 ** 9)
-    start = time.perf_counter()
-    losses = trainer.train(args.steps)
-    seconds = time.perf_counter() - start
-    trained = trainer.ema_model if trainer.ema_model is not None else trainer.model
-    return trained.eval(), losses, seconds, pair_s
+    trained, losses, seconds = train_model(model, dfm.DFMObjective(task.vocab, "elbo", paired=paired), target, args,
+                                           seed)
+    return trained, losses, seconds, pair_s
 
 
 def run_task_seed(name: str, task, data: torch.Tensor, seed: int, args) -> tuple[list[dict], list[dict]]:
