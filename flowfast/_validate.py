@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
+INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 def to_tensor(name: str, x: Any) -> tuple[torch.Tensor, bool]:

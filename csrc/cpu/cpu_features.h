@@ -16,6 +16,11 @@ inline bool has_avx2() {
   return has;
 }
 
+inline bool has_popcnt() {
+  static const bool has = __builtin_cpu_supports("popcnt");
+  return has;
+}
+
 inline bool has_avx2_fma() {
   static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return has;

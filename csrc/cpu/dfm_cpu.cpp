@@ -69,8 +69,7 @@ __attribute__((target("popcnt"))) int query_counts_popcnt(const uint64_t* query,
 template <bool kBinary>
 int counts_of(const uint64_t* query, const uint64_t* keys, int64_t N, const PackLayout& L, int32_t* counts) {
 #if defined(FF_CPU_X86_SIMD)
-  static const bool popcnt = __builtin_cpu_supports("popcnt");
-  if (popcnt) return query_counts_popcnt<kBinary>(query, keys, N, L, counts);
+  if (cpu::has_popcnt()) return query_counts_popcnt<kBinary>(query, keys, N, L, counts);
 #endif
   return query_counts<kBinary>(query, keys, N, L, counts);
 }

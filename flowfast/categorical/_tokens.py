@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from flowfast._validate import to_tensor
-
-_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+from flowfast._validate import INT_DTYPES as _INT_DTYPES, to_tensor
 
 
 def check_int(name: str, value, low: int) -> int:

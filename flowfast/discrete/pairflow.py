@@ -13,18 +13,11 @@ from typing import Optional
 import torch
 
 from flowfast._rng import check_generator, draw_seed
+from flowfast.categorical._tokens import check_int
 from flowfast.ops import _switch
 from flowfast.ops import dfm as dfm_ops
 
 __all__ = ["hamming_distance", "pairflow_pairs", "uniform_source"]
-
-
-def _check_count(name: str, value, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    return value
 
 
 # Queries per kernel call when batch_size is None: the CUDA kernel spreads queries (not keys) over
@@ -53,14 +46,14 @@ def pairflow_pairs(data, vocab_size: int, steps: int = 20, tau: float = 1.0, bat
         (N, D) source tokens of data's dtype and device.
     """
     dfm_ops.check_vocab(vocab_size)
-    _check_count("steps", steps)
+    check_int("steps", steps, 1)
     check_generator(generator)
     data = dfm_ops.validate_tokens("data", data, vocab_size)
     impl, run_device = _switch.resolve(backend, data.device, what="data")
     tokens = data if impl == "torch" else data.to(run_device)  # keys and queries stay where the kernels run
     if batch_size is None:
         batch_size = DEFAULT_BATCH.get(tokens.device.type, 1024)
-    _check_count("batch_size", batch_size)
+    check_int("batch_size", batch_size, 1)
     keys = dfm_ops.pack_tokens(tokens, vocab_size, backend=backend, validate=False)
     seed, offset = draw_seed(generator, count=steps)
     h = 1.0 / steps

@@ -15,14 +15,14 @@ import torch
 
 from flowfast import _arrays
 from flowfast._backend import _C
-from flowfast._validate import check_device_supported, to_tensor
+from flowfast._validate import INT_DTYPES, check_device_supported, to_tensor
 from flowfast.ops import _switch
 
 __all__ = ["MAX_VOCAB", "TOKEN_DTYPES", "check_vocab", "inversion_step", "pack_tokens", "packed_words",
            "validate_tokens"]
 
 MAX_VOCAB = 1 << 16
-TOKEN_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+TOKEN_DTYPES = INT_DTYPES
 # Rows converted to int32 and packed at a time: a uint8 dataset of 10^6 x 4096 tokens never
 # exists as int32 all at once.
 _PACK_ROWS = 1 << 16
@@ -37,9 +37,8 @@ def check_vocab(vocab) -> int:
 
 
 def packed_words(vocab: int, length: int) -> int:
-    """64-bit words per packed sequence of `length` tokens."""
-    bits = max(1, (vocab - 1).bit_length())
-    return -(-length // (64 // bits))
+    """64-bit words per packed sequence of `length` tokens (the kernels' ff::pack_layout)."""
+    return _C.dfm_pack_words(vocab, length)
 
 
 def validate_tokens(name: str, tokens, vocab: int, length: int | None = None) -> torch.Tensor:
