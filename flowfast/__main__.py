@@ -6,6 +6,7 @@ Commands:
              on a 2D toy or your own data (--data PATH.npy|.pt); JSONL metrics, checkpoints, --resume
     sample   draw samples from a checkpoint (flow maps: --steps K jumps; velocity models: an ODE solver)
     eval     exact W2 and NFE of a checkpoint's samples against the target (prints JSON)
+    train-nf train a TarFlow normalizing flow, the teacher of NFM couplings (train --coupling nfm --teacher)
     demo     OT-CFM teacher -> LSD and distilled flow maps on N(0, I) -> 8 gaussians: W2 at 1/2/4/8
              steps next to the ODE, and a plot (--cfm: I-CFM vs OT-CFM; --coupling: exact-OT pairing)
 """
@@ -95,9 +96,13 @@ def _run_config(args: argparse.Namespace) -> dict:
         config.update(source=args.source or "gaussian", target=args.target)
         item_shape = tuple(data.get_sampler(config["source"])(1, torch.Generator().manual_seed(0)).shape[1:])
     if args.method == "cfm":
-        if args.coupling is not None:
-            raise ValueError("--coupling is for the flow-map methods; --method cfm pairs by its --path "
+        if args.coupling not in (None, "nfm"):
+            raise ValueError("--coupling is for the flow-map methods and nfm; --method cfm pairs by its --path "
                              "(otcfm: exact OT, sbcfm: Sinkhorn, icfm: independent)")
+        if args.coupling == "nfm":
+            config.update(_nfm_options(args, config))
+        elif args.teacher or args.nfm_draws:
+            raise ValueError("--method cfm takes --teacher / --nfm-draws only with --coupling nfm")
         args.path = args.path or "otcfm"
         args.sigma = 0.1 if args.sigma is None else args.sigma
         if args.path == "fm" and (config["source"] or "gaussian") != "gaussian":
@@ -109,6 +114,9 @@ def _run_config(args: argparse.Namespace) -> dict:
                       model={"dim": item_shape[0], "hidden": args.hidden, "depth": args.depth,
                              "time_embedding": True})
         return config
+    if args.coupling == "nfm" or args.nfm_draws:
+        raise ValueError("--coupling nfm / --nfm-draws pair a --method cfm run (e.g. --path icfm); the flow maps pair by "
+                         "independent, exact or sinkhorn")
     if args.path is not None or args.sigma is not None:
         raise ValueError(f"--path and --sigma are for --method cfm; the flow maps (--method {args.method}) train on "
                          "the straight interpolant (1 - t) x0 + t x1 without noise; pair with --coupling")
@@ -126,6 +134,29 @@ def _run_config(args: argparse.Namespace) -> dict:
             raise ValueError(f"no teacher checkpoint at {args.teacher}")
         config["teacher"] = os.path.abspath(args.teacher)
     return config
+
+
+def _nfm_options(args: argparse.Namespace, config: dict) -> dict:
+    """--coupling nfm: the teacher checkpoint (a train-nf run), the path (default icfm, sigma 0: the
+    paper's rectified-flow loss) and the N(0, I) source the flow's noise lives in."""
+    if not args.teacher:
+        raise ValueError("--coupling nfm needs --teacher CHECKPOINT (of a `python -m flowfast train-nf` run)")
+    from flowfast.train import read_checkpoint
+
+    teacher = read_checkpoint(args.teacher)
+    if teacher is None:
+        raise ValueError(f"no teacher checkpoint at {args.teacher}")
+    if (teacher.get("config") or {}).get("method") != "tarflow":
+        raise ValueError(f"--coupling nfm needs a TarFlow teacher (train-nf); {args.teacher} is a "
+                         f"{(teacher.get('config') or {}).get('method', 'cfm')!r} run")
+    if (config.get("source") or "gaussian") != "gaussian":
+        raise ValueError("--coupling nfm pairs data with the flow's N(0, I) noise: use --source gaussian")
+    if args.nfm_draws and not args.data:
+        raise ValueError("--nfm-draws caches encodings per dataset row: it needs --data (a --target sampler never "
+                         "repeats a sample)")
+    args.path = args.path or "icfm"
+    args.sigma = 0.0 if args.sigma is None else args.sigma
+    return {"coupling": "nfm", "teacher": os.path.abspath(args.teacher), "nfm_draws": args.nfm_draws}
 
 
 def _categorical_config(args: argparse.Namespace, config: dict) -> dict:
@@ -314,10 +345,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="--method cfm: icfm, otcfm (exact minibatch OT, the default), sbcfm (Schrodinger bridge), "
                             "fm (Lipman), vp")
     train.add_argument("--sigma", type=float, default=None, help="--method cfm: path noise (default 0.1; sigma_min for fm)")
-    train.add_argument("--coupling", default=None, choices=["independent", "exact", "sinkhorn"],
-                       help="flow maps: how each batch is paired (default independent)")
+    train.add_argument("--coupling", default=None, choices=["independent", "exact", "sinkhorn", "nfm"],
+                       help="flow maps: how each batch is paired (default independent); nfm (--method cfm): pair "
+                            "each data sample with its noise under the TarFlow --teacher (flowfast.nfm)")
     train.add_argument("--teacher", default=None, metavar="CHECKPOINT",
-                       help="distill/lmd/emd/pfmm: the checkpoint of the velocity to distil (e.g. an otcfm run)")
+                       help="distill/lmd/emd/pfmm: the checkpoint of the velocity to distil (e.g. an otcfm run); "
+                            "--coupling nfm: a train-nf checkpoint")
+    train.add_argument("--nfm-draws", type=_positive, default=None,
+                       help="--coupling nfm with --data: cache this many teacher encodings per data row")
     train.add_argument("--loss-weight", action="store_true", help="flow maps: learn the two-time loss weight w_{s,t}")
     train.add_argument("--steps", type=int, default=20000, help="total optimizer steps")
     train.add_argument("--batch-size", type=int, default=512)
@@ -338,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bar / progress lines")
     train.set_defaults(func=_train)
 
+    from flowfast.nfm.cli import add_parser as add_train_nf
+
+    add_train_nf(sub, defaults)
     for name, helptext, func in (("sample", "draw samples from a checkpoint", _sample),
                                  ("eval", "W2 of a checkpoint's samples against the target (JSON)", _eval)):
         p = sub.add_parser(name, help=helptext, description=helptext, formatter_class=defaults)

@@ -97,7 +97,8 @@ def cli_arguments(state: dict, path: str, device="cpu") -> tuple[tuple, dict]:
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
     options = {"batch_size": cfg.get("batch_size", 512), "seed": state["seed"], "progress": False,
-               "ema_decay": cfg.get("ema_decay", 0.999 if state["ema"] is not None else None), "config": cfg}
+               "ema_decay": cfg.get("ema_decay", 0.999 if state["ema"] is not None else None), "config": cfg,
+               "grad_clip": cfg.get("grad_clip"), "warmup_steps": cfg.get("warmup_steps", 0)}
     return args, options
 
 
@@ -177,7 +178,9 @@ def load_trainer_state(trainer, state: dict) -> None:
     trainer.optimizer.load_state_dict(state["optimizer"])
     if trainer.lr_override is not None:
         for group in trainer.optimizer.param_groups:
-            group["lr"] = trainer.lr_override
+            group["lr"] = group["base_lr"] = trainer.lr_override
+    for group in trainer.optimizer.param_groups:  # checkpoints from before the warm-up option
+        group.setdefault("base_lr", group["lr"])
     load_objective_states(trainer.path, state)
     trainer.step = int(state["step"])
     trainer._window.load(state["window"])

@@ -17,6 +17,10 @@
   ``ecld``), ``model_kind`` ``"simplex_transformer"``, ``task`` a name of
   :data:`flowfast.categorical.tasks.TASKS` and ``task_size`` its training set's size (drawn with a
   fixed seed; ``digits`` trains on its fixed training split);
+- NFM: ``method`` ``"tarflow"`` trains the teacher (``model_kind`` ``"tarflow"``, ``model`` the
+  :class:`flowfast.nfm.TarFlow` kwargs, ``eta`` the noise augmentation, ``source`` None); a ``cfm``
+  run with ``coupling`` ``"nfm"`` and ``teacher`` (that checkpoint) pairs its data through the flow
+  (:func:`flowfast.nfm.nfm_coupling`; ``nfm_draws``: cached encodings per dataset row);
 - discrete flow models: ``method`` ``"dfm"`` (uniform-source DFM, ELBO, independent sources) or
   ``"pairflow"`` (the same on PairFlow pairs, computed from the task data with a fixed seed when
   the run is built), ``model_kind`` ``"discrete_transformer"`` (a SimplexTransformer fed one-hot
@@ -32,9 +36,9 @@ import torch
 from flowfast.train.objectives import make_path
 
 __all__ = ["CATEGORICAL_METHODS", "DISCRETE_METHODS", "TOKEN_METHODS", "build_run", "flow_map_model", "is_categorical_config", "is_flow_map_config",
-           "load_teacher", "LazyTeacher", "MODEL_KINDS", "task_data"]
+           "is_tarflow_config", "load_teacher", "LazyTeacher", "MODEL_KINDS", "task_data"]
 
-MODEL_KINDS = ("mlp", "flowmap_mlp", "flowmap_unet", "simplex_transformer", "discrete_transformer")
+MODEL_KINDS = ("mlp", "flowmap_mlp", "flowmap_unet", "simplex_transformer", "discrete_transformer", "tarflow")
 CATEGORICAL_METHODS = ("vfm", "csd", "ecld")  # flowfast.categorical.METHODS, without importing it here
 DISCRETE_METHODS = ("dfm", "pairflow")
 TOKEN_METHODS = CATEGORICAL_METHODS + DISCRETE_METHODS  # the methods that train on a token --task
@@ -42,7 +46,11 @@ TASK_DATA_SEED = 0
 
 
 def is_flow_map_config(cfg: dict) -> bool:
-    return cfg.get("method", "cfm") != "cfm"
+    return cfg.get("method", "cfm") not in ("cfm", "tarflow")
+
+
+def is_tarflow_config(cfg: dict) -> bool:
+    return cfg.get("method") == "tarflow"
 
 
 def is_categorical_config(cfg: dict) -> bool:
@@ -71,6 +79,13 @@ def _model(cfg: dict):
     kind = cfg.get("model_kind", "mlp")
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model_kind {kind!r} in the config; expected one of {MODEL_KINDS}")
+    if (kind == "tarflow") != is_tarflow_config(cfg):
+        raise ValueError(f"model_kind {kind!r} does not fit method {cfg.get('method', 'cfm')!r}: method 'tarflow' "
+                         "trains a model_kind 'tarflow'")
+    if kind == "tarflow":
+        from flowfast.nfm import TarFlow
+
+        return TarFlow(**cfg["model"])
     if kind == "mlp":
         if is_flow_map_config(cfg):
             raise ValueError(f"method {cfg['method']!r} trains a flow map, but model_kind is 'mlp' (a velocity net)")
@@ -121,9 +136,16 @@ class LazyTeacher:
         return self._velocity(x, t)
 
 
-def _objective(cfg: dict, device):
+def _objective(cfg: dict, device, target):
+    if is_tarflow_config(cfg):
+        from flowfast.nfm import TarFlowObjective
+
+        return TarFlowObjective(cfg.get("eta", 0.05))
     if not is_flow_map_config(cfg):
-        return make_path(cfg["path"], cfg["sigma"])
+        path = make_path(cfg["path"], cfg["sigma"])
+        if cfg.get("coupling") == "nfm":
+            path.coupling = _nfm_coupling(cfg, device, target)
+        return path
     if is_categorical_config(cfg):
         from flowfast.categorical import CategoricalObjective
 
@@ -158,7 +180,23 @@ def _data(cfg: dict):
     if cfg.get("data"):
         source = data.get_sampler(cfg["source"]) if cfg.get("source") else None
         return source, load_array(cfg["data"])
-    return data.get_sampler(cfg["source"]), data.get_sampler(cfg["target"])
+    source = data.get_sampler(cfg["source"]) if cfg.get("source") else None
+    return source, data.get_sampler(cfg["target"])
+
+
+def _nfm_coupling(cfg: dict, device, target):
+    """The NFM coupling of a cfm run: sigma_f from the dataset (a sampler: SCALE_SAMPLES draws with a
+    fixed seed), the cache over the dataset's rows as the trainer will see them (float32 on device)."""
+    from flowfast.nfm import nfm_coupling
+    from flowfast.nfm.teacher import SCALE_SAMPLES
+
+    if not cfg.get("teacher"):
+        raise ValueError("coupling 'nfm' needs a teacher: the checkpoint of a `python -m flowfast train-nf` run")
+    if isinstance(target, torch.Tensor):
+        rows, draws = target.to(device=device, dtype=torch.float32), cfg.get("nfm_draws")
+    else:
+        rows, draws = target(SCALE_SAMPLES, torch.Generator().manual_seed(TASK_DATA_SEED)), None
+    return nfm_coupling(cfg["teacher"], rows.float(), device=device, draws=draws, seed=TASK_DATA_SEED)
 
 
 def task_data(name: str, size: int) -> torch.Tensor:
@@ -175,13 +213,13 @@ def task_data(name: str, size: int) -> torch.Tensor:
 def build_run(cfg: dict, device="cpu", seed: Optional[int] = None):
     """``(model, objective, source, target)`` for a config (see the module docstring). With
     ``seed``, the model's initial weights are drawn after ``torch.manual_seed(seed)``."""
-    needed = ["model"] + (["path", "sigma"] if not is_flow_map_config(cfg) else ["method"])
+    needed = ["model"] + (["path", "sigma"] if not is_flow_map_config(cfg) and not is_tarflow_config(cfg) else ["method"])
     needed += [] if cfg.get("data") or cfg.get("task") else ["source", "target"]
     missing = [key for key in needed if key not in cfg]
     if missing:
         raise ValueError(f"the run's config has no {missing}; rebuild the Trainer yourself and call resume()")
     source, target = _data(cfg)
-    objective = _objective(cfg, device)
+    objective = _objective(cfg, device, target)
     if seed is not None:
         torch.manual_seed(seed)
     return _model(cfg), objective, source, target

@@ -45,6 +45,9 @@ class Trainer:
             :meth:`train` (``out_dir=None``: write nothing); a progress bar.
         global_coupling: under DDP, couple the all-gathered global batch, train each rank on its slice (else
             each rank couples its own). Give all ranks the same arguments (only rank 0 writes).
+        grad_clip: clip the gradients' global norm to this value before each step (None: no clipping).
+        warmup_steps: scale each parameter group's learning rate by ``min(1, step / warmup_steps)`` over the
+            first steps (its base rate is kept in the group as ``"base_lr"``, so a resumed run continues the ramp).
         config: JSON-able metadata stored in checkpoints and ``out_dir/config.json``.
 
     Objective protocol (docs/architecture.md, "Trainer objectives"): required ``loss(model, x0, x1,
@@ -66,14 +69,16 @@ class Trainer:
                  optimizer: Optional[torch.optim.Optimizer] = None, batch_size: int = 512,
                  ema_decay: Optional[float] = 0.999, seed: int = 0, device="cpu", log_every: int = 100,
                  out_dir: Optional[str] = None, checkpoint_every: Optional[int] = None, progress: bool = True,
-                 global_coupling: bool = False, config: Optional[dict] = None) -> None:
+                 global_coupling: bool = False, config: Optional[dict] = None, grad_clip: Optional[float] = None,
+                 warmup_steps: int = 0) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if (path is None) == (objective is None):
             raise TypeError("give the objective once: as path (the second argument) or as objective=")
         self.path = as_objective(path if objective is None else objective)
         check_options(batch_size=batch_size, log_every=log_every, checkpoint_every=checkpoint_every,
-                      out_dir=out_dir, ema_decay=ema_decay, seed=seed)
+                      out_dir=out_dir, ema_decay=ema_decay, seed=seed, grad_clip=grad_clip,
+                      warmup_steps=warmup_steps)
         if not list(model.parameters()):
             raise ValueError("model has no parameters")
 
@@ -95,6 +100,10 @@ class Trainer:
         self._ema = None if ema_decay is None else EMA(self.model, ema_decay)
         self.ema_decay = None if ema_decay is None else float(ema_decay)
         self.optimizer = optimizer if optimizer is not None else torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-5)
+        self.grad_clip = None if grad_clip is None else float(grad_clip)
+        self.warmup_steps = warmup_steps
+        for group in self.optimizer.param_groups:
+            group.setdefault("base_lr", group["lr"])
         self._paired_path = PreCoupled(self.path)
         self._streams = RandomStreams(seed, self.rank, self.device)
         self.generator, self.device_generator = self._streams.data, self._streams.device
@@ -166,6 +175,12 @@ class Trainer:
         check_loss(loss).backward()
         if self.uses_function_transforms:
             average_gradients(self.model.parameters(), self.world)
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        if self.warmup_steps:
+            ramp = min(1.0, (self.step + 1) / self.warmup_steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["base_lr"] * ramp
         self.optimizer.step()
         self.step += 1
         if self._ema is not None:
