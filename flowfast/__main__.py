@@ -154,6 +154,9 @@ def _nfm_options(args: argparse.Namespace, config: dict) -> dict:
     if args.nfm_draws and not args.data:
         raise ValueError("--nfm-draws caches encodings per dataset row: it needs --data (a --target sampler never "
                          "repeats a sample)")
+    if args.path in ("otcfm", "sbcfm"):
+        raise ValueError(f"--path {args.path} couples by OT itself; --coupling nfm pairs through the teacher: use "
+                         "--path icfm (the paper's rectified flow, the default), fm or vp")
     args.path = args.path or "icfm"
     args.sigma = 0.0 if args.sigma is None else args.sigma
     return {"coupling": "nfm", "teacher": os.path.abspath(args.teacher), "nfm_draws": args.nfm_draws}

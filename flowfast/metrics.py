@@ -61,6 +61,8 @@ def path_curvature(path: torch.Tensor, times: torch.Tensor | None = None) -> flo
     if times is None:
         dt = torch.full((x.shape[0] - 1,), 1.0 / (x.shape[0] - 1), dtype=torch.float64, device=x.device)
     else:
+        if not isinstance(times, torch.Tensor):
+            raise TypeError(f"times must be a ({x.shape[0]},) tensor or None, got {type(times).__name__}")
         times = times.detach().double().to(x.device)
         if times.shape != (x.shape[0],):
             raise ValueError(f"times must be ({x.shape[0]},), got {tuple(times.shape)}")

@@ -18,6 +18,8 @@ def _config(args: argparse.Namespace) -> dict:
     from flowfast.nfm.objective import check_eta
 
     check_eta(args.eta)
+    if args.grad_clip < 0 or args.warmup < 0:
+        raise ValueError(f"--grad-clip and --warmup must be >= 0 (0: off), got {args.grad_clip} and {args.warmup}")
     if args.data:
         from flowfast.train.batches import load_array
 

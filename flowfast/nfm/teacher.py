@@ -10,7 +10,7 @@ import torch
 from flowfast.nfm.coupling import NFMCoupling
 from flowfast.nfm.tarflow import TarFlow
 
-__all__ = ["load_flow", "nfm_coupling", "SCALE_SAMPLES"]
+__all__ = ["LazyNFMCoupling", "load_flow", "nfm_coupling", "SCALE_SAMPLES"]
 
 #: rows drawn from a sampler target to estimate sigma_f (a dataset uses all its rows)
 SCALE_SAMPLES = 20000
@@ -36,12 +36,59 @@ def nfm_coupling(teacher: str, data: torch.Tensor, *, device="cpu", eta: Optiona
     """An :class:`NFMCoupling` on the flow of checkpoint ``teacher``: ``eta`` (default: the teacher's),
     ``sigma_f`` fitted on ``data`` ``(N, *shape)`` (the training set as the trainer sees it) with a
     generator seeded by ``seed``; ``draws``: cache that many encodings per row of ``data``."""
+    return _build(teacher, data, device=device, eta=eta, draws=draws, seed=seed)
+
+
+def _build(teacher: str, data: torch.Tensor, *, device, eta: Optional[float], draws: Optional[int], seed: int,
+           sigma_f: Optional[float] = None) -> NFMCoupling:
     flow, trained_eta = load_flow(teacher, device)
     data = data.to(device)
     if data.dtype != flow.blocks[0].position.dtype:
         flow = flow.to(data.dtype)
-    coupling = NFMCoupling(flow, trained_eta if eta is None else eta)
-    coupling.fit_scale(data, torch.Generator(device=data.device).manual_seed(seed))
+    coupling = NFMCoupling(flow, trained_eta if eta is None else eta, sigma_f=sigma_f)
+    if coupling.sigma_f is None:
+        coupling.fit_scale(data, torch.Generator(device=data.device).manual_seed(seed))
     if draws is not None:
         coupling.cache(data, draws)
     return coupling
+
+
+class LazyNFMCoupling:
+    """The NFM coupling of a run rebuilt from its config, loaded at its first pairing: evaluating or
+    sampling a trained student never needs its teacher (which may have moved), and a restored state
+    (``load_state_dict`` before the first call) gives sigma_f without refitting it.
+
+    ``rows()`` returns the training set as the trainer sees it (``sigma_f`` is fitted on it when the
+    state has none; with ``draws``, the cache covers it)."""
+
+    def __init__(self, teacher: str, rows, *, device="cpu", draws: Optional[int] = None, seed: int = 0) -> None:
+        self.teacher, self.rows, self.device, self.draws, self.seed = teacher, rows, device, draws, seed
+        self._coupling: Optional[NFMCoupling] = None
+        self._pending: dict = {}
+
+    @property
+    def coupling(self) -> NFMCoupling:
+        if self._coupling is None:
+            coupling = _build(self.teacher, self.rows(), device=self.device, eta=None, draws=self.draws,
+                              seed=self.seed, sigma_f=self._pending.get("sigma_f"))
+            if self._pending:
+                coupling.load_state_dict(self._pending)
+            self._coupling = coupling
+        return self._coupling
+
+    def __call__(self, x0, x1, generator=None):
+        return self.coupling(x0, x1, generator)
+
+    def state_dict(self) -> dict:
+        return self._pending if self._coupling is None else self._coupling.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        if self._coupling is None:
+            if not isinstance(state, dict) or "sigma_f" not in state:
+                raise ValueError("not an NFMCoupling state (no 'sigma_f')")
+            self._pending = dict(state)
+        else:
+            self._coupling.load_state_dict(state)
+
+    def __repr__(self) -> str:
+        return f"LazyNFMCoupling(teacher={self.teacher!r}, loaded={self._coupling is not None})"

@@ -185,18 +185,18 @@ def _data(cfg: dict):
 
 
 def _nfm_coupling(cfg: dict, device, target):
-    """The NFM coupling of a cfm run: sigma_f from the dataset (a sampler: SCALE_SAMPLES draws with a
-    fixed seed), the cache over the dataset's rows as the trainer will see them (float32 on device)."""
-    from flowfast.nfm import nfm_coupling
-    from flowfast.nfm.teacher import SCALE_SAMPLES
+    """The NFM coupling of a cfm run, loaded at its first pairing (:class:`flowfast.nfm.teacher.LazyNFMCoupling`):
+    sigma_f from the dataset (a sampler: SCALE_SAMPLES draws with a fixed seed) unless the checkpoint
+    restores it, the cache over the dataset's rows as the trainer will see them (float32 on device)."""
+    from flowfast.nfm.teacher import SCALE_SAMPLES, LazyNFMCoupling
 
     if not cfg.get("teacher"):
         raise ValueError("coupling 'nfm' needs a teacher: the checkpoint of a `python -m flowfast train-nf` run")
     if isinstance(target, torch.Tensor):
-        rows, draws = target.to(device=device, dtype=torch.float32), cfg.get("nfm_draws")
+        rows, draws = (lambda: target.to(device=device, dtype=torch.float32)), cfg.get("nfm_draws")
     else:
-        rows, draws = target(SCALE_SAMPLES, torch.Generator().manual_seed(TASK_DATA_SEED)), None
-    return nfm_coupling(cfg["teacher"], rows.float(), device=device, draws=draws, seed=TASK_DATA_SEED)
+        rows, draws = (lambda: target(SCALE_SAMPLES, torch.Generator().manual_seed(TASK_DATA_SEED)).float()), None
+    return LazyNFMCoupling(cfg["teacher"], rows, device=device, draws=draws, seed=TASK_DATA_SEED)
 
 
 def task_data(name: str, size: int) -> torch.Tensor:
