@@ -54,6 +54,15 @@ def raises_naming(exc: type, *names: str):
     return pytest.raises(exc, match="(?s)" + "".join(f"(?=.*{re.escape(n)})" for n in names))
 
 
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    """A CLI failure as users should see it: exit code 2, one ``error:`` line naming each needle, no traceback."""
+    assert code == 2, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "error:" in lines[0] and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
 def bad_input_settings(max_examples: int):
     """hypothesis settings for the bad-input suites: reproducible (derandomized), no deadline."""
     from hypothesis import HealthCheck, settings

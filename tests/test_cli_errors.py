@@ -9,6 +9,7 @@ import os
 import pytest
 
 from flowfast.__main__ import main
+from flowfast.testing import assert_one_line_error
 
 TRAIN = ["train", "--steps", "3", "--batch-size", "32", "--hidden", "16", "--depth", "2", "--no-progress",
          "--log-every", "1"]
@@ -20,14 +21,6 @@ def _run(capsys, argv):
     return code, captured.err
 
 
-def _one_line_error(code, err, *needles):
-    assert code == 2, err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "error:" in lines[0] and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-
-
 @pytest.mark.parametrize("device, needle", [("tpu", "--device must be cpu, cuda"),
                                             ("cuda", "cannot use CUDA here")])
 def test_bad_device_is_one_line(capsys, tmp_path, device, needle):
@@ -37,14 +30,14 @@ def test_bad_device_is_one_line(capsys, tmp_path, device, needle):
         if flowfast.cuda_available():
             pytest.skip("CUDA is usable here")
     code, err = _run(capsys, TRAIN + ["--out", str(tmp_path / "run"), "--device", device])
-    _one_line_error(code, err, needle)
+    assert_one_line_error(code, err, needle)
 
 
 def test_out_under_a_file_is_one_line(capsys, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     code, err = _run(capsys, TRAIN + ["--out", str(blocker / "run")])
-    _one_line_error(code, err)
+    assert_one_line_error(code, err)
 
 
 @pytest.mark.parametrize("content", [b"", b"garbage" * 10, b"PK\x03\x04truncated"])
@@ -56,12 +49,12 @@ def test_broken_checkpoint_is_one_line(capsys, tmp_path, content):
                                                           "--out", str(tmp_path / "x.pt")],
                  ["eval", "--checkpoint", str(run / "checkpoint.pt")]):
         code, err = _run(capsys, argv)
-        _one_line_error(code, err, "checkpoint.pt")
+        assert_one_line_error(code, err, "checkpoint.pt")
 
 
 def test_checkpoint_that_is_a_directory_is_one_line(capsys, tmp_path):
     code, err = _run(capsys, ["eval", "--checkpoint", str(tmp_path)])
-    _one_line_error(code, err, "directory")
+    assert_one_line_error(code, err, "directory")
 
 
 def test_huge_seed_is_an_argument_error(capsys, tmp_path):
@@ -76,7 +69,7 @@ def test_resume_with_another_configuration_is_refused(capsys, tmp_path):
     assert main(TRAIN + ["--out", run]) == 0
     capsys.readouterr()
     code, err = _run(capsys, TRAIN + ["--out", run, "--resume", "--lr", "0.5", "--path", "icfm"])
-    _one_line_error(code, err, "differs from the checkpoint", "lr: checkpoint", "path: checkpoint")
+    assert_one_line_error(code, err, "differs from the checkpoint", "lr: checkpoint", "path: checkpoint")
     assert main(TRAIN[:2] + ["6"] + TRAIN[3:] + ["--out", run, "--resume"]) == 0  # same config resumes
 
 
@@ -118,4 +111,4 @@ def test_override_config_applies_the_new_values_for_real(capsys, tmp_path):
     assert json.loads((run / "config.json").read_text())["lr"] == 0.0123
     capsys.readouterr()
     code, err = _run(capsys, TRAIN + ["--out", str(run), "--resume", "--hidden", "8", "--override-config"])
-    _one_line_error(code, err, "cannot change model")
+    assert_one_line_error(code, err, "cannot change model")

@@ -17,6 +17,7 @@ from flowfast import data
 from flowfast.__main__ import main
 from flowfast.nfm import NFMCoupling, TarFlow, load_flow
 from flowfast.train import Trainer
+from flowfast.testing import assert_one_line_error
 
 TRAIN_NF = ["train-nf", "--steps", "30", "--width", "16", "--blocks", "2", "--layers", "1", "--no-progress"]
 STUDENT = ["train", "--coupling", "nfm", "--steps", "30", "--hidden", "16", "--depth", "2", "--batch-size", "64",
@@ -50,17 +51,9 @@ def runs(tmp_path_factory):
             "cfm": cfm / "checkpoint.pt"}
 
 
-def _one_line_error(code, err, *needles):
-    assert code == 2, err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "error:" in lines[0] and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-
-
 def _error(capsys, argv, *needles):
     code = main(argv)
-    _one_line_error(code, capsys.readouterr().err, *needles)
+    assert_one_line_error(code, capsys.readouterr().err, *needles)
 
 
 def test_train_nf_writes_a_checkpoint_and_reports_w2(runs):
