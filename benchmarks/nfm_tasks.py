@@ -241,8 +241,8 @@ def main(argv=None) -> int:
         "Data: each toy is a fixed training set of {t} draws (digits: the 1797 images), the same for every coupling "
         "and the teacher.".format(t=args.toy_size),
         "nfm: NFMCoupling(teacher EMA weights, eta of the teacher), sigma_f fitted on the training set, a cache of 4 "
-        "encodings per toy point (8 per digit): the teacher runs once per (row, draw). ms_per_step includes the "
-        "coupling (for nfm: filling the cache in the first epochs).",
+        "encodings per toy point (8 per digit): the teacher runs once per (row, draw), before training. ms_per_step "
+        "includes the coupling (for nfm: the cache look-up).",
         "Teacher: TarFlow (toys: 2 tokens of 1, width 32, 8 blocks x 1 layer; digits: 2x2 patches, 16 tokens of 4, width "
         "64, 4 blocks x 2 layers), AdamW (0.9, 0.95) wd 1e-4, warm-up, grad clip 1, EMA 0.999, eta 0.05; its samples: "
         "inverse flow + one Tweedie denoising step.",

@@ -175,6 +175,7 @@ def _categorical_config(args: argparse.Namespace, config: dict) -> dict:
         raise ValueError(f"--method {args.method} trains on token sequences: pass --task (markov, brackets, digits)")
     given = [flag for flag, value in (("--data", args.data), ("--path", args.path), ("--sigma", args.sigma),
                                       ("--coupling", args.coupling), ("--teacher", args.teacher),
+                                      ("--nfm-draws", args.nfm_draws),
                                       ("--loss-weight", args.loss_weight)) if value]
     if given:
         raise ValueError(f"{', '.join(given)} do not apply to the categorical methods (--method {args.method})")

@@ -320,7 +320,9 @@ def test_cache_keeps_draws_per_row(moons_rows):
     assert bool(torch.isfinite(fresh1).all()) and not torch.equal(fresh1, fresh2)
     mixed = once.encode(torch.cat([rows[:5], new[:5]]), torch.Generator().manual_seed(2))
     assert torch.equal(mixed[:5], a[:5]) and bool(torch.isfinite(mixed).all())
-    assert int(once._filled.sum()) == 200
+    # the table is a function of (data, draws, seed): rebuilt identically, another seed gives other eps'
+    assert torch.equal(NFMCoupling(flow, eta=0.1, sigma_f=1.0).cache(rows, draws=1)._table, once._table)
+    assert not torch.equal(NFMCoupling(flow, eta=0.1, sigma_f=1.0).cache(rows, draws=1, seed=1)._table, once._table)
     with pytest.raises(ValueError, match="cache holds"):
         once.encode(rows.double())
 
@@ -330,27 +332,33 @@ def test_coupling_state_round_trip(tmp_path, moons_rows):
     rows = moons_rows[:300]
     first = NFMCoupling(flow, eta=0.05).cache(rows, draws=2)
     first.fit_scale(rows, torch.Generator().manual_seed(0))
-    for s in range(3):  # fill part of the cache
-        first.encode(rows[s * 50:(s + 1) * 50], torch.Generator().manual_seed(s))
     torch.save(first.state_dict(), tmp_path / "state.pt")
     state = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert "table" not in state and state["fingerprint"]["draws"] == 2 and state["fingerprint"]["rows"] == 300
     second = NFMCoupling(flow, eta=0.05).cache(rows, draws=2)
     second.load_state_dict(state)
-    assert second.sigma_f == first.sigma_f
-    assert torch.equal(second._filled, first._filled) and torch.equal(second._table, first._table)
+    assert second.sigma_f == first.sigma_f and torch.equal(second._table, first._table)
     batch = rows[torch.randperm(300, generator=torch.Generator().manual_seed(1))[:128]]
     assert torch.equal(second.encode(batch, torch.Generator().manual_seed(7)),
                        first.encode(batch, torch.Generator().manual_seed(7)))
-    # no cache: only the scale travels
-    plain = NFMCoupling(flow, eta=0.05)
-    plain.load_state_dict({"sigma_f": 2.0, "eta": 0.05, "draws": 0})
-    assert plain.sigma_f == 2.0
+    # no cache: the scale and the teacher's fingerprint travel
+    plain = NFMCoupling(flow, eta=0.05, sigma_f=2.0)
+    other = NFMCoupling(flow, eta=0.05)
+    other.load_state_dict(plain.state_dict())
+    assert other.sigma_f == 2.0
     with pytest.raises(ValueError, match="eta"):
         NFMCoupling(flow, eta=0.1).cache(rows, 2).load_state_dict(state)
-    with pytest.raises(ValueError, match="cache"):
-        NFMCoupling(flow, eta=0.05).load_state_dict(state)  # holds a cache, this coupling has none
-    with pytest.raises(ValueError, match="cache"):
+    with pytest.raises(ValueError, match="cached data"):
+        NFMCoupling(flow, eta=0.05).load_state_dict(state)  # made with a cache, this coupling has none
+    with pytest.raises(ValueError, match="cached data"):
+        NFMCoupling(flow, eta=0.05).cache(moons_rows[300:600], draws=2).load_state_dict(state)
+    with pytest.raises(ValueError, match="draws"):
         NFMCoupling(flow, eta=0.05).cache(rows, draws=3).load_state_dict(state)
+    retrained = _flow((2,), dtype=torch.float32)
+    with torch.no_grad():
+        retrained.blocks[0].proj_out.bias.add_(0.01)
+    with pytest.raises(ValueError, match="teacher's weights"):
+        NFMCoupling(retrained, eta=0.05).cache(rows, draws=2).load_state_dict(state)
     with pytest.raises(ValueError, match="sigma_f"):
         NFMCoupling(flow, eta=0.05).load_state_dict({"eta": 0.05})
 
@@ -378,8 +386,11 @@ def test_nfm_coupling_in_the_trainer_resumes_exactly(tmp_path, moons_rows, cache
     full = _student_trainer(coupling(), target, str(tmp_path / "full"))
     losses = full.train(10)
     assert len(losses) == 10 and all(math.isfinite(v) for v in losses)
-    if cached:  # the trainer's batch rows were found in the cache
-        assert 0 < int(full.path.coupling._filled.sum()) <= 2 * 256
+    if cached:  # the trainer's batch rows are found in the cache: the pairs are table entries
+        c = full.path.coupling
+        batch = rows[:64]
+        z, table = c.encode(batch, torch.Generator().manual_seed(0)), c._table / c.sigma_f
+        assert all(any(torch.equal(z[i], table[d, i]) for d in range(2)) for i in range(64))
 
     cut = _student_trainer(coupling(), target, str(tmp_path / "cut"))
     assert cut.train(4) == losses[:4]
@@ -463,9 +474,9 @@ def test_tarflow_input_errors():
     for value in (float("nan"), float("inf")):
         bad = torch.zeros(3, 2)
         bad[1, 0] = value
-        with pytest.raises(ValueError, match="x has NaN/Inf"):
+        with pytest.raises(ValueError, match="x contains 1 NaN/Inf"):
             vector(bad)
-        with pytest.raises(ValueError, match="z has NaN/Inf"):
+        with pytest.raises(ValueError, match="z contains 1 NaN/Inf"):
             vector.inverse(bad)
         with pytest.raises(ValueError, match="NaN/Inf"):
             vector.log_prob(bad)
@@ -504,13 +515,13 @@ def test_coupling_input_errors(moons_rows):
     coupling = NFMCoupling(_flow((2,), dtype=torch.float32), sigma_f=1.0)
     bad = moons_rows[:10].clone()
     bad[3, 1] = float("nan")
-    with pytest.raises(ValueError, match="x1 has NaN/Inf"):
+    with pytest.raises(ValueError, match="x1 contains 1 NaN/Inf"):
         coupling.encode(bad)
-    with pytest.raises(ValueError, match="x1 has NaN/Inf"):
+    with pytest.raises(ValueError, match="x1 contains 1 NaN/Inf"):
         coupling(torch.randn(10, 2), bad)
-    with pytest.raises(ValueError, match="data has NaN/Inf"):
+    with pytest.raises(ValueError, match="data contains 1 NaN/Inf"):
         coupling.fit_scale(bad)
-    with pytest.raises(ValueError, match="data has NaN/Inf"):
+    with pytest.raises(ValueError, match="data contains 1 NaN/Inf"):
         coupling.cache(bad)
     inf = moons_rows[:10].clone()
     inf[0, 0] = float("inf")

@@ -136,8 +136,7 @@ def test_student_on_a_dataset_with_cached_draws_resumes_exactly(runs, capsys, tm
     capsys.readouterr()
     state = torch.load(full / "checkpoint.pt", weights_only=True)
     cache = state["coupling_state"]
-    assert cache["draws"] == 2 and tuple(cache["table"].shape) == (2, 256, 2)
-    assert 0 < int(cache["filled"].sum()) <= 8 * 32  # the trainer's rows were found in the dataset
+    assert cache["fingerprint"]["draws"] == 2 and cache["fingerprint"]["rows"] == 256 and "table" not in cache
 
     def losses(run):
         lines = (run / "metrics.jsonl").read_text().splitlines()
@@ -145,7 +144,7 @@ def test_student_on_a_dataset_with_cached_draws_resumes_exactly(runs, capsys, tm
 
     assert losses(cut) == losses(full) and len(losses(full)) == 8  # bit-identical after the resume
     resumed = torch.load(cut / "checkpoint.pt", weights_only=True)["coupling_state"]
-    assert torch.equal(resumed["table"], cache["table"]) and torch.equal(resumed["filled"], cache["filled"])
+    assert resumed == cache
     assert main(["eval", "--checkpoint", str(full / "checkpoint.pt"), "--n", "100", "--steps", "1"]) == 0
     assert math.isfinite(json.loads(capsys.readouterr().out)["w2"])
 

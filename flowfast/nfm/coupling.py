@@ -23,8 +23,12 @@ import math
 from typing import Optional
 
 import torch
+from flowfast._rng import check_generator, generator_device
+from flowfast.train.distributed import derive_seed
+from flowfast._validate import check_finite
 from flowfast.nfm.objective import check_eta
 from flowfast.nfm.tarflow import TarFlow
+from flowfast.train._checks import check_int
 
 __all__ = ["NFMCoupling"]
 
@@ -64,8 +68,8 @@ class NFMCoupling:
         sigma_f: the global scale; None: call :meth:`fit_scale` on the training data before use.
 
     ``coupling(x0, x1, generator) -> (z, x1)``, z shaped and typed like x1 (x0 only gives the
-    batch size). :meth:`cache` keeps ``draws`` encodings per training sample, keyed by (row, draw):
-    the teacher then runs once per (sample, eps' draw) instead of every step.
+    batch size). :meth:`cache` encodes each training sample ``draws`` times up front, keyed by
+    (row, draw): the teacher then runs once per (sample, eps' draw) instead of every step.
     """
 
     def __init__(self, flow: TarFlow, eta: float = 0.05, sigma_f: Optional[float] = None) -> None:
@@ -74,11 +78,10 @@ class NFMCoupling:
         self.flow = flow.requires_grad_(False).eval()
         self.eta = check_eta(eta)
         self.sigma_f = None if sigma_f is None else self._check_scale(sigma_f)
-        self.draws = 0
+        self.draws, self.cache_seed = 0, None
         self._index: Optional[_RowIndex] = None
         self._data: Optional[torch.Tensor] = None
         self._table: Optional[torch.Tensor] = None
-        self._filled: Optional[torch.Tensor] = None
 
     @staticmethod
     def _check_scale(sigma_f) -> float:
@@ -98,8 +101,8 @@ class NFMCoupling:
         if tuple(x.shape[1:]) != self.flow.sample_shape or x.dim() != len(self.flow.sample_shape) + 1:
             raise ValueError(f"{name} must be (B, {', '.join(map(str, self.flow.sample_shape))}) (the teacher's sample "
                              f"shape), got {tuple(x.shape)}")
-        if x.shape[0] and not bool(torch.isfinite(x).all()):
-            raise ValueError(f"{name} has NaN/Inf values")
+        if x.shape[0]:
+            check_finite(name, x)
         return x
 
     @torch.no_grad()
@@ -112,13 +115,14 @@ class NFMCoupling:
         return z.to(x1.dtype)
 
     def _noise(self, like: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
-        return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+        return torch.randn(like.shape, generator=check_generator(generator), dtype=like.dtype, device=like.device)
 
     # --- the scale --------------------------------------------------------------------------------
     def fit_scale(self, data: torch.Tensor, generator: Optional[torch.Generator] = None,
                   batch_size: int = 4096) -> float:
         """Sets and returns ``sigma_f = sqrt(mean(f_NF(x + eta eps')^2))`` over ``data`` ``(N, *shape)``."""
         data = self._check_batch(data, "data")
+        check_int("batch_size", batch_size, 1)
         if data.shape[0] == 0:
             raise ValueError("fit_scale needs at least one data row")
         total, count = 0.0, 0
@@ -136,18 +140,27 @@ class NFMCoupling:
         return self.sigma_f
 
     # --- the cache --------------------------------------------------------------------------------
-    def cache(self, data: torch.Tensor, draws: int = 4) -> "NFMCoupling":
-        """Keep ``draws`` encodings of each row of ``data`` (the training set, as the trainer sees it:
-        same dtype and device). A batch row found in ``data`` uses one of its ``draws`` encodings,
-        chosen by the generator (encoded the first time it is chosen); other rows are encoded afresh."""
-        if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
-            raise ValueError(f"draws must be an int >= 1, got {draws!r}")
+    def cache(self, data: torch.Tensor, draws: int = 4, seed: int = 0, batch_size: int = 4096) -> "NFMCoupling":
+        """Encode every row of ``data`` (the training set as the trainer sees it: same dtype and device)
+        ``draws`` times now, eps' of (row, draw) drawn from a generator seeded by (seed, draw): the
+        teacher runs once per (sample, draw), and the table is the same on every rank and after a
+        resume (so checkpoints store only its fingerprint). A batch row found in ``data`` then uses
+        one of its encodings, the draw chosen by the generator; other rows are encoded afresh."""
+        check_int("draws", draws, 1)
+        check_int("batch_size", batch_size, 1)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         data = self._check_batch(data, "data")
         if data.shape[0] == 0:
             raise ValueError("cache needs at least one data row")
-        self.draws, self._data, self._index = draws, data, _RowIndex(data)
-        self._table = torch.zeros((draws, *data.shape), dtype=data.dtype, device=data.device)
-        self._filled = torch.zeros((draws, data.shape[0]), dtype=torch.bool, device=data.device)
+        table = torch.empty((draws, *data.shape), dtype=data.dtype, device=data.device)
+        for draw in range(draws):
+            g = torch.Generator().manual_seed(derive_seed(seed, f"nfm/draw{draw}"))
+            for start in range(0, data.shape[0], batch_size):
+                rows = data[start:start + batch_size]
+                noise = torch.randn(rows.shape, generator=g, dtype=rows.dtype).to(rows.device)
+                table[draw, start:start + batch_size] = self._raw(rows, noise)
+        self.draws, self.cache_seed, self._data, self._index, self._table = draws, seed, data, _RowIndex(data), table
         return self
 
     def _cached_encode(self, x1: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -155,25 +168,27 @@ class NFMCoupling:
             raise ValueError(f"the cache holds {self._data.dtype} rows on {self._data.device}, the batch is {x1.dtype} "
                              f"on {x1.device}: call cache() with the data as the trainer sees it")
         rows = self._index.lookup(x1)
-        draw = torch.randint(self.draws, (x1.shape[0],), generator=generator,
-                             device=generator.device if generator is not None else torch.device("cpu")).to(x1.device)
+        draw = torch.randint(self.draws, (x1.shape[0],), generator=check_generator(generator),
+                             device=generator_device(generator)).to(x1.device)
         known = rows >= 0
-        z = torch.empty_like(x1)
+        z = self._table[draw, rows.clamp(min=0)]
         fresh = ~known
-        if bool(known.any()):
-            r, i = draw[known], rows[known]
-            missing = ~self._filled[r, i]
-            if bool(missing.any()):
-                n = self._data.shape[0]
-                pending = torch.unique(r[missing] * n + i[missing])  # a (draw, row) twice in a batch: once
-                rm, im = pending // n, pending % n
-                rows_m = self._data[im]
-                self._table[rm, im] = self._raw(rows_m, self._noise(rows_m, generator))
-                self._filled[rm, im] = True
-            z[known] = self._table[r, i]
         if bool(fresh.any()):
             z[fresh] = self._raw(x1[fresh], self._noise(x1[fresh], generator))
         return z
+
+    def fingerprint(self) -> dict:
+        """What the coupling's pairs depend on: the teacher's weights and (with a cache) the cached
+        data and its draws, as digests stored in checkpoints and compared on restore."""
+        weights = torch.cat([p.detach().double().flatten().cpu() for p in self.flow.state_dict().values()
+                             if p.is_floating_point()])
+        spread = torch.linspace(1.0, 2.0, weights.numel(), dtype=torch.float64)
+        found = {"teacher": float((weights * spread).sum())}
+        if self._index is not None:
+            keys = self._index.sorted_keys.cpu()
+            found.update(rows=int(keys.numel()), data=int((keys * (torch.arange(keys.numel()) | 1)).sum()),
+                         draws=self.draws, cache_seed=self.cache_seed)
+        return found
 
     # --- the coupling -------------------------------------------------------------------------------
     def encode(self, x1: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -193,26 +208,24 @@ class NFMCoupling:
 
     # --- state --------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """``sigma_f``, ``eta`` and the cache's encodings (the teacher's weights are not included:
-        they live in its own checkpoint)."""
-        state = {"sigma_f": self.sigma_f, "eta": self.eta, "draws": self.draws}
-        if self._table is not None:
-            state.update(table=self._table.cpu(), filled=self._filled.cpu())
-        return state
+        """``sigma_f``, ``eta`` and the :meth:`fingerprint` (the cache is rebuilt by :meth:`cache`, the
+        teacher's weights live in its own checkpoint)."""
+        return {"sigma_f": self.sigma_f, "eta": self.eta, "fingerprint": self.fingerprint()}
 
     def load_state_dict(self, state: dict) -> None:
         if not isinstance(state, dict) or "sigma_f" not in state:
             raise ValueError("not an NFMCoupling state (no 'sigma_f')")
         if state.get("eta") is not None and float(state["eta"]) != self.eta:
             raise ValueError(f"the state was saved with eta={state['eta']}, this coupling has eta={self.eta}")
+        saved, now = state.get("fingerprint") or {}, self.fingerprint()
+        changed = [key for key in saved if saved[key] != now.get(key)]
+        if changed:
+            what = {"teacher": "the teacher's weights", "rows": "the cached data", "data": "the cached data",
+                    "draws": "the cache's draws", "cache_seed": "the cache's seed"}
+            raise ValueError("the saved NFM coupling was made with other " + " and ".join(dict.fromkeys(
+                what[k] for k in changed)) + ": its sigma_f and pairs do not belong to this run (train into a new "
+                "folder, or restore the teacher / data it was made with)")
         self.sigma_f = None if state["sigma_f"] is None else self._check_scale(float(state["sigma_f"]))
-        if "table" in state:
-            if self._table is None or tuple(state["table"].shape) != tuple(self._table.shape):
-                raise ValueError(f"the state holds a cache of shape {tuple(state['table'].shape)}; call cache(data, "
-                                 f"draws) with the same training data first (have "
-                                 f"{None if self._table is None else tuple(self._table.shape)})")
-            self._table.copy_(state["table"])
-            self._filled.copy_(state["filled"])
 
     def __repr__(self) -> str:
         return f"NFMCoupling(eta={self.eta}, sigma_f={self.sigma_f}, draws={self.draws})"

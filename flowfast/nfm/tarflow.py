@@ -25,13 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flowfast._validate import check_finite
+from flowfast.train._checks import check_int
+
 __all__ = ["TarFlow"]
-
-
-def _check_positive(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
 
 
 class _Tokenizer:
@@ -45,14 +42,14 @@ class _Tokenizer:
         if len(shape) == 1:
             if patch is not None:
                 raise ValueError("patch is for image samples (C, H, W); vectors are cut by token_dim")
-            width = 1 if token_dim is None else _check_positive("token_dim", token_dim)
+            width = 1 if token_dim is None else check_int("token_dim", token_dim, 1)
             if shape[0] % width:
                 raise ValueError(f"token_dim {width} does not divide the sample size {shape[0]}")
             self.patch, self.tokens, self.dim = None, shape[0] // width, width
         elif len(shape) == 3:
             if token_dim is not None:
                 raise ValueError("token_dim is for vector samples (d,); images are cut into patch x patch patches")
-            p = 4 if patch is None else _check_positive("patch", patch)
+            p = 4 if patch is None else check_int("patch", patch, 1)
             channels, height, width = shape
             if height % p or width % p:
                 raise ValueError(f"image size {height}x{width} is not divisible by the patch size {p}")
@@ -174,8 +171,8 @@ class TarFlow(nn.Module):
         super().__init__()
         self.tokenizer = _Tokenizer(sample_shape, patch, token_dim)
         for name, value in (("width", width), ("layers", layers), ("heads", heads), ("mlp_ratio", mlp_ratio)):
-            _check_positive(name, value)
-        if _check_positive("blocks", blocks) < 2:
+            check_int(name, value, 1)
+        if check_int("blocks", blocks, 1) < 2:
             raise ValueError(f"blocks must be >= 2 (token 0 passes through a block unchanged), got {blocks}")
         if width % heads:
             raise ValueError(f"heads {heads} does not divide width {width}")
@@ -203,8 +200,8 @@ class TarFlow(nn.Module):
             raise TypeError(f"{name} is {x.dtype} but the flow's weights are {dtype}: cast one to the other")
         if x.device != self.blocks[0].position.device:
             raise ValueError(f"{name} is on {x.device} but the flow is on {self.blocks[0].position.device}")
-        if x.shape[0] and not bool(torch.isfinite(x).all()):
-            raise ValueError(f"{name} has NaN/Inf values")
+        if x.shape[0]:
+            check_finite(name, x)
         return x
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

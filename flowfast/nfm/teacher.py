@@ -20,15 +20,19 @@ def load_flow(path: str, device="cpu") -> tuple[TarFlow, float]:
     """``(flow, eta)``: the frozen flow of a ``train-nf`` checkpoint (its EMA weights when kept) and
     the noise augmentation it was trained with."""
     from flowfast.train.checkpoint import require_checkpoint
-    from flowfast.train.trainer import Trainer
 
-    cfg = require_checkpoint(path).get("config") or {}
+    state = require_checkpoint(path)
+    cfg = state.get("config") or {}
     if cfg.get("method") != "tarflow":
         raise ValueError(f"{path} is not a TarFlow checkpoint (its method is {cfg.get('method')!r}); train the "
                          "teacher with `python -m flowfast train-nf`")
-    trainer = Trainer.from_checkpoint(path, device=device)
-    flow = trainer.ema_model if trainer.ema_model is not None else trainer.model
-    return flow.requires_grad_(False).eval(), float(cfg.get("eta", 0.05))
+    try:  # the flow from its own config and weights: the teacher's training data is not needed
+        flow = TarFlow(**cfg["model"])
+        flow.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+    except (KeyError, TypeError, RuntimeError) as exc:
+        raise ValueError(f"{path}: the TarFlow in this checkpoint cannot be rebuilt ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    return flow.to(device).requires_grad_(False).eval(), float(cfg.get("eta", 0.05))
 
 
 def nfm_coupling(teacher: str, data: torch.Tensor, *, device="cpu", eta: Optional[float] = None,
@@ -49,7 +53,7 @@ def _build(teacher: str, data: torch.Tensor, *, device, eta: Optional[float], dr
     if coupling.sigma_f is None:
         coupling.fit_scale(data, torch.Generator(device=data.device).manual_seed(seed))
     if draws is not None:
-        coupling.cache(data, draws)
+        coupling.cache(data, draws, seed=seed)
     return coupling
 
 

@@ -47,7 +47,8 @@ class Trainer:
             each rank couples its own). Give all ranks the same arguments (only rank 0 writes).
         grad_clip: clip the gradients' global norm to this value before each step (None: no clipping).
         warmup_steps: scale each parameter group's learning rate by ``min(1, step / warmup_steps)`` over the
-            first steps (its base rate is kept in the group as ``"base_lr"``, so a resumed run continues the ramp).
+            first steps (its base rate is kept in the group as ``"base_lr"``, so a resumed run continues the ramp); after
+            them the rate is not touched.
         config: JSON-able metadata stored in checkpoints and ``out_dir/config.json``.
 
     Objective protocol (docs/architecture.md, "Trainer objectives"): required ``loss(model, x0, x1,
@@ -177,7 +178,7 @@ class Trainer:
             average_gradients(self.model.parameters(), self.world)
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        if self.warmup_steps:
+        if self.step < self.warmup_steps:  # after the ramp the rate is left alone (a scheduler's, the user's)
             ramp = min(1.0, (self.step + 1) / self.warmup_steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = group["base_lr"] * ramp
