@@ -30,13 +30,13 @@ takes about half an hour on a CPU.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _timing  # noqa: E402
@@ -60,17 +60,6 @@ TEACHERS = {
     "digits": {"flow": {"patch": 2, "width": 64, "blocks": 4, "layers": 2, "heads": 4}, "steps": 4000, "batch": 128,
                "lr": 1e-3, "eta": 0.05},
 }
-
-
-class ImageMLP(nn.Module):
-    """The velocity MLP on flattened samples (digits: (B, 1, 8, 8) <-> (B, 64))."""
-
-    def __init__(self, shape: tuple, hidden: int, depth: int) -> None:
-        super().__init__()
-        self.mlp = MLP(dim=int(torch.Size(shape).numel()), hidden=hidden, depth=depth, time_embedding=True)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(x.flatten(1), t).view_as(x)
 
 
 def task_data(task: str, size: int):
@@ -149,7 +138,7 @@ def run_student(task: str, coupling_name: str, seed: int, flow: TarFlow, target,
     coupling = make_coupling(coupling_name, flow, target, task)
     path = paths.IndependentCFM(sigma=0.0, coupling=coupling)
     torch.manual_seed(seed)
-    model = ImageMLP(shape, args.hidden, args.depth)
+    model = MLP(dim=math.prod(shape), hidden=args.hidden, depth=args.depth, sample_shape=shape)
     trainer = Trainer(model, path, source=None, target=target, batch_size=args.batch, seed=seed, ema_decay=0.999,
                       optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-5), progress=False)
     start = time.perf_counter()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -107,12 +108,13 @@ def _run_config(args: argparse.Namespace) -> dict:
         args.sigma = 0.1 if args.sigma is None else args.sigma
         if args.path == "fm" and (config["source"] or "gaussian") != "gaussian":
             raise ValueError("--path fm (Lipman's flow matching) starts from N(0, I): use --source gaussian")
-        if len(item_shape) != 1:
+        if len(item_shape) != 1 and config.get("coupling") != "nfm":
             raise ValueError(f"--method cfm trains a vector MLP; the data has samples of shape {item_shape}: "
                              "use a flow-map method (e.g. --method lsd, a U-Net for images)")
-        config.update(path=args.path, sigma=args.sigma, model_kind="mlp",
-                      model={"dim": item_shape[0], "hidden": args.hidden, "depth": args.depth,
-                             "time_embedding": True})
+        model = {"dim": math.prod(item_shape), "hidden": args.hidden, "depth": args.depth, "time_embedding": True}
+        if len(item_shape) != 1:  # an NFM student on images: the MLP on flattened pixels, as the teacher's data
+            model["sample_shape"] = list(item_shape)
+        config.update(path=args.path, sigma=args.sigma, model_kind="mlp", model=model)
         return config
     if args.coupling == "nfm" or args.nfm_draws:
         raise ValueError("--coupling nfm / --nfm-draws pair a --method cfm run (e.g. --path icfm); the flow maps pair by "
@@ -356,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="distill/lmd/emd/pfmm: the checkpoint of the velocity to distil (e.g. an otcfm run); "
                             "--coupling nfm: a train-nf checkpoint")
     train.add_argument("--nfm-draws", type=_positive, default=None,
-                       help="--coupling nfm with --data: cache this many teacher encodings per data row")
+                       help="--coupling nfm with --data (vectors, or images: an MLP on flattened pixels): cache this "
+                            "many teacher encodings per data row")
     train.add_argument("--loss-weight", action="store_true", help="flow maps: learn the two-time loss weight w_{s,t}")
     train.add_argument("--steps", type=int, default=20000, help="total optimizer steps")
     train.add_argument("--batch-size", type=int, default=512)

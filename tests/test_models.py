@@ -248,3 +248,16 @@ def test_velocity_mlp_unchanged():
     net = MLP(2)
     assert net(torch.randn(3, 2), 0.5).shape == (3, 2)
     assert net.config() == {"dim": 2, "hidden": 64, "depth": 3, "time_embedding": True}
+
+
+def test_mlp_on_flattened_samples():
+    net = MLP(64, hidden=8, depth=1, sample_shape=(1, 8, 8))
+    x, t = torch.randn(3, 1, 8, 8), torch.rand(3)
+    out = net(x, t)
+    assert out.shape == x.shape
+    assert torch.equal(out.flatten(1), net._vector_forward(x.flatten(1), t))  # the same net on the flat pixels
+    assert net.config()["sample_shape"] == [1, 8, 8] and MLP(**net.config()).sample_shape == (1, 8, 8)
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 1, 8, 8\)"):
+        net(torch.randn(3, 64), t)
+    with pytest.raises(ValueError, match="product is dim=64"):
+        MLP(64, sample_shape=(1, 8, 7))

@@ -240,3 +240,26 @@ def test_train_nf_refuses_negative_clip_and_warmup(capsys, tmp_path):
     for flag in ("--grad-clip", "--warmup"):
         _error(capsys, ["train-nf", "--target", "moons", "--steps", "1", flag, "-1", "--out", str(tmp_path / flag)],
                "--grad-clip and --warmup must be >= 0")
+
+
+def test_nfm_student_on_images(capsys, tmp_path):
+    """An NFM student on (N, 1, 8, 8) images: the MLP on flattened pixels, samples shaped like the data."""
+    from flowfast import data
+
+    images = tmp_path / "digits.npy"
+    np.save(images, data.digits()[:128].numpy())
+    teacher = tmp_path / "teacher"
+    assert main(["train-nf", "--data", str(images), "--patch", "4", "--width", "16", "--blocks", "2", "--layers", "1",
+                 "--steps", "3", "--batch-size", "32", "--out", str(teacher), "--no-progress"]) == 0
+    student = tmp_path / "student"
+    assert main(["train", "--coupling", "nfm", "--teacher", str(teacher / "checkpoint.pt"), "--data", str(images),
+                 "--nfm-draws", "2", "--steps", "3", "--hidden", "16", "--depth", "1", "--batch-size", "32",
+                 "--out", str(student), "--no-progress"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "samples.pt"
+    assert main(["sample", "--checkpoint", str(student / "checkpoint.pt"), "--n", "5", "--steps", "2",
+                 "--out", str(out)]) == 0
+    samples = torch.load(out, weights_only=True)
+    assert samples.shape == (5, 1, 8, 8) and bool(torch.isfinite(samples).all())
+    # without --coupling nfm an image dataset is still refused for the vector MLP
+    _error(capsys, ["train", "--data", str(images), "--steps", "1", "--out", str(tmp_path / "plain")], "vector MLP")
