@@ -76,6 +76,7 @@ class NFMCoupling:
         if not isinstance(flow, TarFlow):
             raise TypeError(f"flow must be a flowfast.nfm.TarFlow, got {type(flow).__name__}")
         self.flow = flow.requires_grad_(False).eval()
+        self._teacher_digest = self._digest(flow)  # frozen here: computed once, not at every checkpoint
         self.eta = check_eta(eta)
         self.sigma_f = None if sigma_f is None else self._check_scale(sigma_f)
         self.draws, self.cache_seed = 0, None
@@ -111,7 +112,7 @@ class NFMCoupling:
         if self._weights.device != x1.device:
             self.flow.to(x1.device)
         dtype = self._weights.dtype
-        z, _ = self.flow((x1 + self.eta * noise).to(dtype))
+        z, _ = self.flow.forward_checked((x1 + self.eta * noise).to(dtype))  # x1 was checked by the caller
         return z.to(x1.dtype)
 
     def _noise(self, like: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -180,15 +181,18 @@ class NFMCoupling:
     def fingerprint(self) -> dict:
         """What the coupling's pairs depend on: the teacher's weights and (with a cache) the cached
         data and its draws, as digests stored in checkpoints and compared on restore."""
-        weights = torch.cat([p.detach().double().flatten().cpu() for p in self.flow.state_dict().values()
-                             if p.is_floating_point()])
-        spread = torch.linspace(1.0, 2.0, weights.numel(), dtype=torch.float64)
-        found = {"teacher": float((weights * spread).sum())}
+        found = {"teacher": self._teacher_digest}
         if self._index is not None:
             keys = self._index.sorted_keys.cpu()
             found.update(rows=int(keys.numel()), data=int((keys * (torch.arange(keys.numel()) | 1)).sum()),
                          draws=self.draws, cache_seed=self.cache_seed)
         return found
+
+    @staticmethod
+    def _digest(flow: TarFlow) -> float:
+        weights = torch.cat([p.detach().double().flatten().cpu() for p in flow.state_dict().values()
+                             if p.is_floating_point()])
+        return float((weights * torch.linspace(1.0, 2.0, weights.numel(), dtype=torch.float64)).sum())
 
     # --- the coupling -------------------------------------------------------------------------------
     def encode(self, x1: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:

@@ -206,7 +206,12 @@ class TarFlow(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(z, logdet)`` of the data-to-noise map: ``(B, *sample_shape)`` -> same, ``(B,)``."""
-        tokens = self.tokenizer.to_tokens(self._check(x, "x"))
+        return self.forward_checked(self._check(x, "x"))
+
+    def forward_checked(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` for a batch its caller has already validated (shape, dtype, device,
+        finite): the NFM coupling's per-step pass, which checks its batch once itself."""
+        tokens = self.tokenizer.to_tokens(x)
         logdet = tokens.new_zeros(tokens.shape[0])
         for block in self.blocks:
             tokens, block_logdet = block(tokens)
