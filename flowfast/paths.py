@@ -33,6 +33,7 @@ import torch
 
 from flowfast import _path_kinds, ops
 from flowfast._rng import draw_seed
+from flowfast._validate import checked_peaks, stacked_peaks
 from flowfast.couplings.cost import as_points, pairwise_cost
 from flowfast.couplings.coupling import Coupling, ExactOTCoupling, SinkhornCoupling, as_coupling
 from flowfast.couplings.sinkhorn import MIN_RELATIVE_EPS
@@ -54,6 +55,42 @@ def pad_t_like_x(t, x: torch.Tensor):
     if isinstance(t, (float, int)):
         return t
     return t.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+def wants_check(check_finite: Optional[bool], x: torch.Tensor) -> bool:
+    """``check_finite`` resolved: None (the default) checks where the read costs no device
+    synchronization, i.e. batches in host memory; CUDA batches then go unchecked (0 syncs per
+    I-CFM step) and a non-finite batch surfaces as a non-finite loss."""
+    if check_finite is None:
+        return x.device.type == "cpu"
+    if not isinstance(check_finite, bool):
+        raise TypeError(f"check_finite must be None, True or False, got {type(check_finite).__name__}")
+    return check_finite
+
+
+def check_step_inputs(x0: torch.Tensor, x1: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                      sigma: float = 0.0) -> None:
+    """The NaN policy of a training step (``check_finite``), with one host read: NaN/Inf in
+    ``x0``, ``x1`` or ``weight`` is a ValueError naming the argument, and so are batches so large
+    that the squared-error loss would overflow their dtype (a loss of +inf with no word otherwise).
+
+    The bound: every path's target velocity is at most |x0| + |x1| + (noise terms, 8 (1 + sigma))
+    in size; a model of the same scale leaves |v - u| within twice that, and its square, times the
+    largest weight, must stay inside the dtype."""
+    named, stacked = stacked_peaks(dict(x0=x0, x1=x1, weight=weight))
+    peaks = checked_peaks(named, stacked.tolist())
+    reach = peaks.get("x0", 0.0) + peaks.get("x1", 0.0) + 8.0 * (1.0 + sigma)
+    largest = torch.finfo(x0.dtype).max
+    heaviest = max(1.0, peaks.get("weight", 0.0))
+    if 4.0 * reach**2 * heaviest <= largest:
+        return
+    dtype = str(x0.dtype).replace("torch.", "")
+    if 4.0 * reach**2 <= largest:
+        raise ValueError(f"weight reaches {heaviest:.3g}: with batches of |x0| + |x1| up to {reach:.3g} the weighted "
+                         f"loss overflows {dtype} (largest {largest:.3g}); scale the weights down")
+    raise ValueError(f"x0 and x1 reach |x0| + |x1| = {reach:.3g}: the loss squares differences of that size, which "
+                     f"overflows {dtype} (largest {largest:.3g}); rescale the data (e.g. standardize it) or use "
+                     "float64")
 
 
 class IndependentCFM:
@@ -104,18 +141,25 @@ class IndependentCFM:
     # --- a training step ------------------------------------------------------------------------
     def sample_location_and_conditional_flow(self, x0: torch.Tensor, x1: torch.Tensor, t=None,
                                              return_noise: bool = False,
-                                             generator: Optional[torch.Generator] = None):
+                                             generator: Optional[torch.Generator] = None,
+                                             check_finite: Optional[bool] = None):
         r"""Couple, draw ``t ~ U[0, 1]`` (unless given) and noise; returns ``(t, x_t, u_t[, eps])``.
 
-        Shapes: x0, x1 ``(B, *shape)``; t ``(B,)``; x_t, u_t, eps like x0.
+        Shapes: x0, x1 ``(B, *shape)``; t ``(B,)``; x_t, u_t, eps like x0. ``check_finite``: as
+        in :meth:`loss`.
         """
         ops.interpolant.validate_batches(x0, x1)
+        if wants_check(check_finite, x0):
+            check_step_inputs(x0, x1, sigma=self.sigma)
         x0, x1 = self.couple(x0, x1, generator)
-        return self.sample_paired(x0, x1, t, return_noise, generator)
+        return self.sample_paired(x0, x1, t, return_noise, generator, check_finite=False)
 
     def sample_paired(self, x0: torch.Tensor, x1: torch.Tensor, t=None, return_noise: bool = False,
-                      generator: Optional[torch.Generator] = None):
+                      generator: Optional[torch.Generator] = None, check_finite: Optional[bool] = None):
         """:meth:`sample_location_and_conditional_flow` for a batch that is already coupled."""
+        if wants_check(check_finite, x0):
+            ops.interpolant.validate_batches(x0, x1)
+            check_step_inputs(x0, x1, sigma=self.sigma)
         if t is None:
             t = torch.rand(x0.shape[0], dtype=x0.dtype, device=x0.device, generator=generator)
         else:
@@ -132,7 +176,7 @@ class IndependentCFM:
 
     def loss(self, model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: torch.Tensor,
              x1: torch.Tensor, t=None, generator: Optional[torch.Generator] = None,
-             weight: Optional[torch.Tensor] = None, fused: bool = True) -> torch.Tensor:
+             weight: Optional[torch.Tensor] = None, fused: bool = True, check_finite: Optional[bool] = None) -> torch.Tensor:
         r"""The whole flow-matching step: couple, sample, call ``model(x_t, t)``, and return
         :math:`\frac{1}{B D}\sum_b w_b \|v_\theta(x_t^b, t_b) - u_t^b\|^2`.
 
@@ -143,15 +187,25 @@ class IndependentCFM:
                 ``generator``, and the loss kernel recomputes u_t (and the noise) instead of storing
                 them; its backward returns only dL/dv. ``fused=False`` uses the eager torch formulas
                 (same math, noise from torch's RNG).
+            check_finite: the NaN policy (the same for every path). When on, NaN/Inf in ``x0``,
+                ``x1``, ``t`` or ``weight`` is a ValueError naming the argument, and so are batches
+                whose squared error would overflow the dtype (:func:`check_step_inputs`), at the
+                cost of one host read. None (default) = on for CPU batches, off for CUDA ones,
+                where the read would be a synchronization per step; True = on everywhere; False =
+                off. Off, NaN inputs give a NaN loss, which the :class:`flowfast.train.Trainer`
+                turns into a FloatingPointError when it reads the losses back. The OT couplings
+                check their batch in any case (their cost read is needed anyway).
         """
         ops.interpolant.validate_batches(x0, x1)
-        x0, x1 = self.couple(x0, x1, generator)
-        t = (torch.rand(x0.shape[0], dtype=x0.dtype, device=x0.device, generator=generator) if t is None
-             else ops.interpolant.validate_t(t, x0))
         if weight is not None:
             if not isinstance(weight, torch.Tensor) or weight.shape != (x0.shape[0],):
                 raise ValueError(f"weight must be a ({x0.shape[0]},) tensor")
             weight = weight.to(device=x0.device, dtype=x0.dtype)
+        if wants_check(check_finite, x0):
+            check_step_inputs(x0, x1, weight, self.sigma)
+        x0, x1 = self.couple(x0, x1, generator)
+        t = (torch.rand(x0.shape[0], dtype=x0.dtype, device=x0.device, generator=generator) if t is None
+             else ops.interpolant.validate_t(t, x0))
         if fused and x0.dtype in ops.interpolant.KERNEL_DTYPES:
             seed, offset = draw_seed(generator)
             kind = _path_kinds.KINDS[self.kernel_path]
@@ -160,14 +214,15 @@ class IndependentCFM:
             if v.shape != x0.shape:
                 raise ValueError(f"model(x_t, t) returned shape {tuple(v.shape)}, expected {tuple(x0.shape)}")
             return ops.interpolant.mean_loss(v, x0, x1, t, None, weight, kind, self.sigma, seed, offset)
-        _, xt, ut = self.sample_paired(x0, x1, t, generator=generator)
+        _, xt, ut = self.sample_paired(x0, x1, t, generator=generator, check_finite=False)
         v = model(xt, t)
         if v.shape != ut.shape:
             raise ValueError(f"model(x_t, t) returned shape {tuple(v.shape)}, expected {tuple(ut.shape)}")
-        per_sample = ((v - ut) ** 2).reshape(v.shape[0], -1).sum(1)
+        # Each sample's mean before the batch sum: no partial sum grows past the largest term.
+        per_sample = ((v - ut) ** 2).reshape(v.shape[0], -1).mean(1)
         if weight is not None:
             per_sample = per_sample * weight
-        return per_sample.sum() / v.numel()
+        return (per_sample / v.shape[0]).sum()
 
 
 class OptimalTransportCFM(IndependentCFM):

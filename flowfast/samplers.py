@@ -16,6 +16,8 @@ from typing import Callable, Optional
 
 import torch
 
+from flowfast._validate import finite_peaks
+
 __all__ = ["ODEResult", "odeint", "METHODS"]
 
 METHODS = ("euler", "midpoint", "rk4", "dopri5")
@@ -92,8 +94,14 @@ def _fixed_step(f: _Counted, x, t0: float, t1: float, steps: int, method: str, r
     return x, 0
 
 
+# The local error is never asked below this many units in the last place of the state: a
+# tolerance under the accumulation dtype's resolution cannot be met and would shrink the step to 0.
+_ULP_FLOOR = 4.0
+
+
 def _error_norm(err: torch.Tensor, x: torch.Tensor, x_new: torch.Tensor, atol: float, rtol: float) -> float:
-    scale = atol + rtol * torch.maximum(x.abs(), x_new.abs())
+    size = torch.maximum(x.abs(), x_new.abs())
+    scale = torch.maximum(atol + rtol * size, _ULP_FLOOR * torch.finfo(x.dtype).eps * size)
     return float(torch.sqrt(torch.mean((err / scale) ** 2)))
 
 
@@ -110,6 +118,9 @@ def _dopri5(f: _Counted, x, t0: float, t1: float, atol: float, rtol: float, max_
         if steps >= max_steps:
             raise RuntimeError(f"dopri5 did not reach t1 within {max_steps} steps (atol={atol}, rtol={rtol})")
         h = min(h, abs(t1 - t))
+        if t + direction * h == t:
+            raise RuntimeError(f"dopri5: the step size underflowed at t={t:.17g} (h={h:.3g}); the velocity is "
+                               "singular or too stiff there for atol/rtol")
         stages = [k1]
         for i in range(1, 7):
             xi = x + direction * h * sum(a * k for a, k in zip(_DP_A[i], stages) if a != 0.0)
@@ -132,16 +143,22 @@ def _dopri5(f: _Counted, x, t0: float, t1: float, atol: float, rtol: float, max_
 
 def odeint(velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: torch.Tensor, t0: float = 0.0,
            t1: float = 1.0, method: str = "euler", steps: int = 100, atol: float = 1e-5, rtol: float = 1e-5,
-           return_path: bool = False, enable_grad: bool = False, max_steps: int = 100_000) -> ODEResult:
+           return_path: bool = False, enable_grad: bool = False, max_steps: int = 100_000,
+           check_finite: bool = True) -> ODEResult:
     r"""Integrate :math:`\dot x = v(x, t)` from ``t0`` to ``t1``.
 
     Args:
         velocity: ``velocity(x, t) -> dx/dt``, x ``(B, *shape)``, t ``(B,)``.
-        x0: ``(B, *shape)`` initial state at ``t0``, finite (NaN/Inf is a ValueError: one host read).
+        x0: ``(B, *shape)`` initial state at ``t0``.
         method: ``"euler"``, ``"midpoint"``, ``"rk4"`` (``steps`` fixed steps) or ``"dopri5"``
-            (adaptive, ``atol`` / ``rtol`` on the RMS of the scaled local error).
+            (adaptive, ``atol`` / ``rtol`` on the RMS of the scaled local error; the error is
+            never asked below 4 ulp of the state in its accumulation dtype, which no step can meet).
         return_path: also return the accepted times and states.
         enable_grad: integrate with autograd on (e.g. to backpropagate through a few-step sampler).
+        check_finite: the NaN policy of :mod:`flowfast.paths`: a NaN/Inf ``x0`` is a ValueError, and
+            so is a final state that is not finite (the velocity returned NaN/Inf or the solution
+            overflowed the dtype): one host read before and one after. False returns whatever comes
+            out (dopri5 still stops on a non-finite error estimate, which it reads every step).
 
     Returns:
         :class:`ODEResult` with the final state and the number of velocity evaluations (NFE):
@@ -160,9 +177,8 @@ def odeint(velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: t
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     if method == "dopri5" and not (atol > 0 and rtol >= 0):
         raise ValueError("dopri5 needs atol > 0 and rtol >= 0")
-    if not bool(torch.isfinite(x0.detach()).all()):
-        raise ValueError(f"x0 contains {int((~torch.isfinite(x0.detach())).sum())} NaN/Inf value(s); all entries "
-                         "must be finite")
+    if check_finite:
+        finite_peaks(x0=x0)
     f = _Counted(velocity, x0.dtype)
     state = x0.to(accumulation_dtype(x0.dtype))
     times, states = [float(t0)], [x0]
@@ -178,6 +194,10 @@ def odeint(velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: t
         else:
             x, rejected = _fixed_step(f, state, float(t0), float(t1), steps, method, record)
     x = x.to(x0.dtype)
+    if check_finite and not bool(torch.isfinite(x.detach()).all()):
+        raise ValueError(f"odeint ({method}) ended at t1={t1} in a state with NaN/Inf entries although x0 is finite: "
+                         f"the velocity returned NaN/Inf or the solution overflowed {str(x0.dtype).replace('torch.', '')}"
+                         " (smaller steps, dopri5, or a wider dtype may help)")
     result = ODEResult(x=x, nfe=f.nfe, n_rejected=rejected)
     if return_path:
         result.times = torch.tensor(times, dtype=x0.dtype, device=x0.device)

@@ -90,7 +90,8 @@ def test_backend_switch_imports_the_reference_lazily():
 # --- host reads of device values per training step (each a CUDA synchronization) ---------------
 
 # The CPU generator's (seed, offset) draw reads host memory, never the device.
-HOST_ONLY_SITES = ("flowfast._rng:draw_seed",)
+# Reads that happen only for CPU tensors: the CPU generator's seed, the paths' default check_finite.
+HOST_ONLY_SITES = ("flowfast._rng:draw_seed", "flowfast.paths:check_step_inputs")
 
 
 def _model(dim: int):

@@ -397,9 +397,20 @@ def test_bad_inputs_raise():
         _trainer().sample(10, method="heun")
     with pytest.raises(ValueError, match="sampler returned"):
         Trainer(MLP(2), "icfm", data.gaussian, lambda n, g: torch.randn(n + 1, 2), progress=False).train(1)
-    with pytest.raises(FloatingPointError, match="non-finite"):
+    with pytest.raises(ValueError, match="overflows float32"):  # the path's check, before any step
         Trainer(MLP(2), "icfm", data.gaussian, lambda n, g: torch.full((n, 2), 1e30), progress=False,
                 log_every=1).train(1)
+
+    class Exploding(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.tensor(1e30))
+
+        def forward(self, x, t):
+            return x * self.scale**2
+
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        Trainer(Exploding(), "icfm", data.gaussian, data.eight_gaussians, progress=False, log_every=1).train(1)
 
 
 class _CountingCoupling:

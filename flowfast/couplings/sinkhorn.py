@@ -78,9 +78,11 @@ class SinkhornResult:
     r"""Output of :func:`sinkhorn`. Shapes drop the batch dim when the input had none.
 
     Attributes:
-        f: ``(B, n)`` row potentials. g: ``(B, m)`` column potentials (float64 for a float32
-            balanced dense problem whose costs sit so far from 0 that float32 potentials could not
-            carry the offset to 1e-4 eps; otherwise the input's dtype); the plan is
+        f: ``(B, n)`` row potentials. g: ``(B, m)`` column potentials, in the input's dtype, or
+            float64 for a float32 problem whose potentials float32 cannot carry to 1e-4 eps: a
+            balanced dense problem whose costs sit far from 0 (solved shifted, f gets the offset
+            back), or an unshifted one (point clouds, unbalanced) whose largest cost exceeds about
+            1700 eps, which is then solved in float64 throughout; the plan is
             :math:`P_{ij} = a_i b_j \exp((f_i + g_j - C_{ij})/\varepsilon)`.
         n_iter: ``(B,)`` int64 iterations run (eps-scaling iterations included).
         marginal_error: ``(B,)`` L1 error of the plan's column marginal (rows are exact after the
@@ -115,7 +117,7 @@ class SinkhornResult:
         fn = ops.sinkhorn.implementation(self._impl)[0]
         with torch.no_grad():
             out = fn(cost, x, y, log_a, log_b, f, g, self.eps)
-        return self._squeeze(out.to(f.dtype))
+        return self._squeeze(out.to(self.cost.dtype))
 
     def marginals(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Row and column masses of the plan, ``(B, n)`` and ``(B, m)``, without forming it."""
@@ -123,7 +125,7 @@ class SinkhornResult:
         fn = ops.sinkhorn.implementation(self._impl)[1]
         with torch.no_grad():
             row_mass, col_mass, _ = fn(cost, x, y, log_a, log_b, f, g, self.eps)
-        return self._squeeze(row_mass.to(f.dtype)), self._squeeze(col_mass.to(f.dtype))
+        return self._squeeze(row_mass.to(self.cost.dtype)), self._squeeze(col_mass.to(self.cost.dtype))
 
     def sample(self, generator: Optional[torch.Generator] = None,
                rows: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -247,13 +249,17 @@ def solve_problem(problem, a, b, scale, opts: SolveOptions,
     offset = scale.offsets if shift else None
     if offset is not None:
         problem = ops.sinkhorn.Problem(problem.cost - offset[:, None, None], None, None, problem.batched)
-    run = problem.to(run_device)
-    la, lb = log_a.to(run_device), log_b.to(run_device)
+    # Unshifted float32 potentials span the cost's magnitude: past _FLOAT32_OFFSET_LIMIT eps their
+    # rounding moves the plan by more than 1e-4 relative, between iterations as in the output.
+    run_dtype = (torch.float64 if dtype == torch.float32 and offset is None
+                 and scale.magnitude > _FLOAT32_OFFSET_LIMIT * opts.eps else dtype)
+    run = problem.to(run_device, run_dtype)
+    la, lb = log_a.to(run_device, run_dtype), log_b.to(run_device, run_dtype)
     reg = opts.reg_m if opts.reg_m is not None else 0.0
     f, g, n_iter, err, value, transport = ops.sinkhorn.solve_and_value(
         impl, run, la, lb, opts.eps, eps_start, decay, reg, opts.max_iter, opts.check_every, opts.tol)
     if not balanced:
-        _check_finite_outputs(err, value, transport, dtype)
+        _check_finite_outputs(err.to(dtype), value.to(dtype), transport.to(dtype), dtype)
     f_out, g_out = f.to(device), g.to(device)
     if offset is not None:
         mass = log_a.exp().sum(-1)
@@ -269,7 +275,7 @@ def solve_problem(problem, a, b, scale, opts: SolveOptions,
         return t if problem.batched else t[0]
 
     return SinkhornResult(
-        f=out(f_out), g=out(g_out), n_iter=out(n_iter), marginal_error=out(err), cost=out(transport.to(dtype)),
+        f=out(f_out), g=out(g_out), n_iter=out(n_iter), marginal_error=out(err.to(dtype)), cost=out(transport.to(dtype)),
         value=out(value.to(dtype)), eps=opts.eps, reg_m=opts.reg_m, _inputs=(*run.detached(), la, lb, f, g),
         _batched=problem.batched, _impl=impl, _generator=generator)
 

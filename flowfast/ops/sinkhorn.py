@@ -58,8 +58,8 @@ class Problem:
         det = lambda t: None if t is None else t.detach()  # noqa: E731
         return det(self.cost), det(self.x), det(self.y)
 
-    def to(self, device: torch.device) -> "Problem":
-        on = lambda t: None if t is None else t.to(device)  # noqa: E731
+    def to(self, device: torch.device, dtype: Optional[torch.dtype] = None) -> "Problem":
+        on = lambda t: None if t is None else t.to(device=device, dtype=dtype or t.dtype)  # noqa: E731
         return Problem(on(self.cost), on(self.x), on(self.y), self.batched)
 
 
