@@ -50,34 +50,6 @@ def linear_assignment(cost: Any, maximize: bool = False, *, backend: str = "auto
     return out.numpy() if was_numpy else out
 
 
-def linear_sum_assignment(cost: Any, maximize: bool = False) -> tuple[Any, Any]:
-    """Drop-in for ``scipy.optimize.linear_sum_assignment`` on a 2-D cost matrix.
-
-    Args:
-        cost: ``(n, m)`` numpy array or torch tensor (any n, m >= 1; ``n > m`` is solved on the
-            transpose, exactly as scipy does).
-        maximize: maximize the total instead.
-
-    Returns:
-        ``(row_ind, col_ind)``: int64 arrays (numpy in, numpy out; torch in, torch out on the same
-        device) sorted by row, so ``cost[row_ind, col_ind].sum()`` is the optimal total.
-    """
-    t, was_numpy = to_tensor("cost", cost)
-    check_float("cost", t)
-    check_ndim("cost", t, (2,), "a 2-D (n, m) matrix")
-    n, m = t.shape
-    if n <= m:
-        cols = linear_assignment(t, maximize)
-        rows = torch.arange(n, device=t.device)
-    else:
-        rows_for_col = linear_assignment(t.T, maximize)
-        order = torch.argsort(rows_for_col)
-        rows, cols = rows_for_col[order], torch.arange(m, device=t.device)[order]
-    if was_numpy:
-        return rows.cpu().numpy(), cols.cpu().numpy()
-    return rows, cols
-
-
 def ot_pairing(x0: torch.Tensor, x1: torch.Tensor, cost: str = "sqeuclidean") -> tuple[torch.Tensor, torch.Tensor]:
     r"""Exact minibatch-OT pairing: a permutation, every sample used exactly once.
 

@@ -1,0 +1,119 @@
+"""``flowfast.linear_sum_assignment``: scipy's semantics on flowfast's exact assignment kernels.
+
+What scipy accepts is accepted (array-likes, integer / bool / float16 entries, empty matrices,
+``n > m``, ``+inf`` entries as forbidden edges) with scipy's results and errors; the solve itself
+is :func:`flowfast.linear_assignment`'s (finite costs, ``n <= m``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from flowfast._validate import check_bool
+from flowfast.couplings.assignment import linear_assignment
+
+KERNEL_DTYPES = (torch.float32, torch.float64)
+
+
+def _as_matrix(cost: Any) -> tuple[torch.Tensor, bool]:
+    """(2-D tensor, was_torch) with scipy's acceptance rules; non-float entries become float64."""
+    if isinstance(cost, torch.Tensor):
+        t, was_torch = cost.detach(), True
+        if t.is_complex():
+            raise TypeError(f"cost must have real entries, got {str(t.dtype).replace('torch.', '')}")
+    else:
+        try:
+            array = np.asarray(cost)
+        except ValueError as error:  # ragged nested lists
+            raise ValueError(f"cost must be a rectangular matrix: {error}") from None
+        if array.ndim != 2:  # first, as scipy checks
+            raise ValueError(f"cost must be a matrix (2-D array), got shape {array.shape}")
+        if array.dtype == object:
+            raise TypeError("cost must be an array of numbers; got an object array (ragged or non-numeric entries)")
+        if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+            raise ValueError(f"cost must be a matrix of numerical entries, got numpy dtype {array.dtype}")
+        if np.issubdtype(array.dtype, np.complexfloating):
+            raise TypeError(f"cost must have real entries, got numpy dtype {array.dtype}")
+        if not array.dtype.isnative:
+            array = array.astype(array.dtype.newbyteorder("="))
+        t, was_torch = torch.from_numpy(np.ascontiguousarray(array)), False
+    if t.dim() != 2:
+        raise ValueError(f"cost must be a matrix (2-D array), got shape {tuple(t.shape)}")
+    if t.dtype not in KERNEL_DTYPES:
+        t = t.to(torch.float64)
+    return t, was_torch
+
+
+def _forbidden_edges_priced(c: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(priced float64 cost, forbidden mask) for a minimization where +inf marks a forbidden edge.
+
+    A forbidden edge gets a price M above what any assignment of k finite edges can save by
+    using it, M = hi + (k + 1) (hi - lo + max(1, |lo|, |hi|)), so the optimum avoids every forbidden
+    edge whenever some assignment does (then its k - 1 finite edges cost at least (k - 1) lo, against
+    a feasible total of at most k hi)."""
+    forbidden = torch.isposinf(c)
+    finite = c[~forbidden]
+    if finite.numel() == 0:
+        raise ValueError("cost matrix is infeasible: every entry is a forbidden (+inf) edge")
+    lo, hi = (float(v) for v in torch.aminmax(finite))
+    price = hi + (k + 1) * (hi - lo + max(1.0, abs(lo), abs(hi)))
+    return torch.where(forbidden, torch.full_like(c, price), c), forbidden
+
+
+def linear_sum_assignment(cost: Any, maximize: bool = False) -> tuple[Any, Any]:
+    """Drop-in for ``scipy.optimize.linear_sum_assignment``, with scipy's semantics.
+
+    Args:
+        cost: an ``(n, m)`` matrix: torch tensor (CPU or CUDA, any real dtype), numpy array or nested
+            lists, of integer, bool or float entries (float32/float64 tensors are solved in their
+            dtype; anything else in float64). Any ``n, m >= 0``: an empty matrix gives empty
+            indices, ``n > m`` is solved on the transpose. Minimizing, ``+inf`` marks a forbidden
+            edge and NaN / ``-inf`` are invalid; maximizing, ``-inf`` is forbidden and NaN /
+            ``+inf`` are invalid (scipy's rules).
+        maximize: maximize the total instead.
+
+    Returns:
+        ``(row_ind, col_ind)``: int64 index arrays sorted by row (torch in, torch out on the same
+        device; anything else in, numpy out), so ``cost[row_ind, col_ind].sum()`` is the optimal
+        total. When the identity pairing (row i with column i) is optimal it is the one returned,
+        as scipy does on constant or diagonal-optimal matrices; other ties are broken arbitrarily.
+
+    Raises:
+        ValueError: not 2-D, non-numerical entries, NaN or an invalid infinity, or no assignment
+            that avoids every forbidden edge ("cost matrix is infeasible").
+        TypeError: object or complex entries, a non-bool ``maximize``.
+
+    With forbidden edges the problem is solved in float64 with those edges priced above any
+    finite assignment; the total is then exact to about n * 1e-16 of n times the finite cost range.
+    """
+    maximize = check_bool("maximize", maximize)
+    t, was_torch = _as_matrix(cost)
+    n, m = t.shape
+    k = min(n, m)
+    if k == 0:
+        empty = torch.empty(0, dtype=torch.int64, device=t.device)
+        return (empty, empty.clone()) if was_torch else (empty.numpy(), empty.numpy())
+    c = -t if maximize else t
+    if bool((torch.isnan(c) | torch.isneginf(c)).any()):
+        bad = "NaN or +inf" if maximize else "NaN or -inf"
+        rule = "-inf marks a forbidden edge when maximizing" if maximize else "+inf marks a forbidden edge"
+        raise ValueError(f"cost contains invalid entries ({bad}); {rule}")
+    forbidden = None
+    if bool(torch.isposinf(c).any()):
+        c, forbidden = _forbidden_edges_priced(c.to(torch.float64), k)
+    tall = n > m
+    solve_on = c.T if tall else c
+    cols = linear_assignment(solve_on, False)
+    rows = torch.arange(k, device=t.device)
+    if bool(solve_on.diagonal().double().sum() <= solve_on[rows, cols].double().sum()):  # the identity is optimal too
+        cols = rows.clone()
+    if tall:
+        order = torch.argsort(cols)
+        rows, cols = cols[order], rows[order]
+    if forbidden is not None and bool(forbidden[rows, cols].any()):
+        raise ValueError("cost matrix is infeasible: no assignment avoids every forbidden "
+                         f"({'-inf' if maximize else '+inf'}) edge")
+    return (rows, cols) if was_torch else (rows.cpu().numpy(), cols.cpu().numpy())
