@@ -434,6 +434,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{parser.prog} {args.command}: interrupted", file=sys.stderr)
         return 130
+    except FloatingPointError as exc:  # the run diverged: one line, no traceback
+        print(f"{parser.prog} {args.command}: error: training diverged: {exc} (a lower --lr may help)".splitlines()[0],
+              file=sys.stderr)
+        return 2
     except (ValueError, TypeError, OSError, EOFError, OverflowError, MemoryError, pickle.UnpicklingError,
             RuntimeError) as exc:
         # One line, no traceback: bad arguments, unreadable or foreign files, an allocation failure.

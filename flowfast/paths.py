@@ -68,6 +68,18 @@ def wants_check(check_finite: Optional[bool], x: torch.Tensor) -> bool:
     return check_finite
 
 
+def check_loss_finite(loss: torch.Tensor, dtype: torch.dtype) -> None:
+    """After a checked step (inputs finite and in range): a non-finite loss is the model's NaN/Inf
+    or an overflow of the dtype; a FloatingPointError, as the Trainer raises for a diverged run."""
+    if bool(torch.isfinite(loss.detach())):
+        return
+    name = str(dtype).replace("torch.", "")
+    hint = (" (float16 per-sample sums of squared errors pass 65504 on large errors or near the ends of "
+            "an SB-CFM bridge: bfloat16 or float32 avoid it)" if dtype == torch.float16 else "")
+    raise FloatingPointError(f"the loss is non-finite ({float(loss.detach())}) although x0, x1, t and weight are finite and "
+                             f"in range: model(x_t, t) returned NaN/Inf, or the squared error overflowed {name}{hint}")
+
+
 def check_step_inputs(x0: torch.Tensor, x1: torch.Tensor, weight: Optional[torch.Tensor] = None,
                       sigma: float = 0.0) -> None:
     """The NaN policy of a training step (``check_finite``), with one host read: NaN/Inf in
@@ -151,6 +163,8 @@ class IndependentCFM:
         ops.interpolant.validate_batches(x0, x1)
         if wants_check(check_finite, x0):
             check_step_inputs(x0, x1, sigma=self.sigma)
+        if t is not None:
+            t = ops.interpolant.validate_t(t, x0)  # before the coupling's own errors
         x0, x1 = self.couple(x0, x1, generator)
         return self.sample_paired(x0, x1, t, return_noise, generator, check_finite=False)
 
@@ -201,12 +215,22 @@ class IndependentCFM:
             if not isinstance(weight, torch.Tensor) or weight.shape != (x0.shape[0],):
                 raise ValueError(f"weight must be a ({x0.shape[0]},) tensor")
             weight = weight.to(device=x0.device, dtype=x0.dtype)
-        if wants_check(check_finite, x0):
+        checking = wants_check(check_finite, x0)
+        if checking:
             check_step_inputs(x0, x1, weight, self.sigma)
+        given_t = None if t is None else ops.interpolant.validate_t(t, x0)  # before the coupling's own errors
         x0, x1 = self.couple(x0, x1, generator)
-        t = (torch.rand(x0.shape[0], dtype=x0.dtype, device=x0.device, generator=generator) if t is None
-             else ops.interpolant.validate_t(t, x0))
-        if fused and x0.dtype in ops.interpolant.KERNEL_DTYPES:
+        t = torch.rand(x0.shape[0], dtype=x0.dtype, device=x0.device, generator=generator) if t is None else given_t
+        loss = self._fused_loss(model, x0, x1, t, weight, generator) if fused else None
+        if loss is None:
+            loss = self._eager_loss(model, x0, x1, t, weight, generator)
+        if checking:
+            check_loss_finite(loss, x0.dtype)
+        return loss
+
+    def _fused_loss(self, model, x0, x1, t, weight, generator) -> Optional[torch.Tensor]:
+        """The kernels' loss (None for a dtype they do not take)."""
+        if x0.dtype in ops.interpolant.KERNEL_DTYPES:
             seed, offset = draw_seed(generator)
             kind = _path_kinds.KINDS[self.kernel_path]
             xt, _ = ops.interpolant.sample(x0, x1, t, None, kind, self.sigma, seed, offset)
@@ -214,6 +238,9 @@ class IndependentCFM:
             if v.shape != x0.shape:
                 raise ValueError(f"model(x_t, t) returned shape {tuple(v.shape)}, expected {tuple(x0.shape)}")
             return ops.interpolant.mean_loss(v, x0, x1, t, None, weight, kind, self.sigma, seed, offset)
+        return None
+
+    def _eager_loss(self, model, x0, x1, t, weight, generator) -> torch.Tensor:
         _, xt, ut = self.sample_paired(x0, x1, t, generator=generator, check_finite=False)
         v = model(xt, t)
         if v.shape != ut.shape:
@@ -272,6 +299,14 @@ class SchrodingerBridgeCFM(IndependentCFM):
         mu_t = t * x1 + (1 - t) * x0
         return (1 - 2 * t) / (2 * t * (1 - t) + _BRIDGE_GUARD) * (xt - mu_t) + x1 - x0
 
+    def conditional_flow_from_noise(self, x0, x1, t, xt, noise):
+        # x_t - mu_t = sigma_t noise, in float32 at least: the guard (1e-8) is 0 in float16, where
+        # compute_conditional_flow's 1/(2 t (1 - t)) meets sigma_t = 0 at t = 0 or 1 as inf * 0.
+        wide = torch.promote_types(x0.dtype, torch.float32)
+        tw = pad_t_like_x(t.to(wide), x0)
+        coefficient = (1 - 2 * tw) / (2 * tw * (1 - tw) + _BRIDGE_GUARD) * self.sigma * torch.sqrt(tw * (1 - tw))
+        return (coefficient * noise.to(wide) + (x1.to(wide) - x0.to(wide))).to(x0.dtype)
+
 
 
 class _BridgeCoupling(SinkhornCoupling):
@@ -292,7 +327,8 @@ class _BridgeCoupling(SinkhornCoupling):
             least = math.sqrt(MIN_RELATIVE_EPS[cost.dtype] * float(cost.amax() - cost.amin()) / 2)
             raise ValueError(f"SB-CFM couples with eps = 2 sigma^2 = {2 * self.sigma**2:.3g} (sigma={self.sigma:g}), "
                              f"too small for {str(cost.dtype).replace('torch.', '')} on this batch: use "
-                             f"sigma >= {least:.3g}, float64 batches, or ot_method='exact'") from None
+                             f"sigma >= {least:.3g}, {'' if cost.dtype == torch.float64 else 'float64 batches, '}"
+                             "or ot_method='exact'") from None
 
 
 class TargetCFM(IndependentCFM):

@@ -59,8 +59,25 @@ def _nonfinite_costs(draw):
     backend=st.sampled_from(["auto", "cpu", "torch"]),
 )
 def test_nonfinite_cost_rejected(cost, kind, maximize, backend):
-    with _raises(ValueError, "cost", "NaN/Inf"):
-        flowfast.linear_assignment(_make(cost, kind), maximize, backend=backend)
+    """NaN and the refused infinity are errors; the forbidden one (+inf minimizing, -inf
+    maximizing) is solved around, or is "infeasible" exactly where scipy says so."""
+    forbidden, refused = (-math.inf, math.inf) if maximize else (math.inf, -math.inf)
+    if np.isnan(cost).any() or (cost == refused).any():
+        with _raises(ValueError, "cost", "NaN or"):
+            flowfast.linear_assignment(_make(cost, kind), maximize, backend=backend)
+        return
+    problems = cost.reshape(-1, *cost.shape[-2:])
+    try:
+        expected = [problem[scipy_lsa(problem, maximize)].sum() for problem in problems]
+    except ValueError:
+        with _raises(ValueError, "infeasible"):
+            flowfast.linear_assignment(_make(cost, kind), maximize, backend=backend)
+        return
+    cols = np.asarray(flowfast.linear_assignment(_make(cost, kind), maximize, backend=backend)).reshape(len(problems), -1)
+    for problem, c, total in zip(problems, cols, expected):
+        ours = problem[np.arange(len(c)), c]
+        assert (ours != forbidden).all()
+        np.testing.assert_allclose(ours.astype(np.float64).sum(), total, rtol=1e-5, atol=1e-5)
 
 
 @PROFILE
@@ -86,7 +103,7 @@ def test_nonfinite_cost_rejected_linear_sum_assignment(n, m, bad, data, kind):
         rows, cols = flowfast.linear_sum_assignment(_make(cost, kind))
         assert not np.isinf(cost[np.asarray(rows), np.asarray(cols)]).any()
         return
-    with _raises(ValueError, "cost", "invalid entries"):
+    with _raises(ValueError, "cost", "NaN or"):
         flowfast.linear_sum_assignment(_make(cost, kind))
 
 
@@ -100,13 +117,19 @@ def test_nonfinite_cost_rejected_fixed(device, dtype, bad, where):
         cost[-1, -1, -1] = bad
     else:
         cost.fill_(bad)
-    with _raises(ValueError, "cost", "NaN/Inf"):
-        flowfast.linear_assignment(cost)
-    with _raises(ValueError, "cost", "NaN/Inf"):
-        flowfast.linear_assignment(cost.transpose(0, 1), maximize=True)  # non-contiguous view
+    for maximize, view in ((False, cost), (True, cost.transpose(0, 1))):  # the second non-contiguous
+        if math.isnan(bad) or (bad > 0) == maximize:  # NaN or the refused infinity
+            with _raises(ValueError, "cost", "NaN or"):
+                flowfast.linear_assignment(view, maximize)
+        elif where == "all":
+            with _raises(ValueError, "cost matrix is infeasible for problem(s) [0, 1"):
+                flowfast.linear_assignment(view, maximize)
+        else:  # one forbidden edge: avoided
+            cols = flowfast.linear_assignment(view, maximize)
+            assert torch.isfinite(view.gather(2, cols[..., None])).all()
     if bad == math.inf and where != "all":
         return  # a forbidden edge for the scipy drop-in (tests/test_sum_assignment_parity.py)
-    message = "infeasible" if bad == math.inf else "invalid entries"
+    message = "infeasible" if bad == math.inf else "NaN or"
     with _raises(ValueError, "cost", message):
         flowfast.linear_sum_assignment(cost.flatten(0, 1))  # tall (12, 5): solved on the transpose
     with _raises(ValueError, "cost", message):
@@ -125,12 +148,17 @@ def test_nonfinite_cost_rejected_fixed(device, dtype, bad, where):
     batched=st.booleans(),
     kind=st.sampled_from(["numpy", "torch"]),
 )
-def test_more_rows_than_columns_rejected(n, data, batched, kind):
+def test_more_rows_than_columns_solved_on_the_transpose(n, data, batched, kind):
     m = data.draw(st.integers(1, n - 1))
     shape = (2, n, m) if batched else (n, m)
-    cost = _make(np.ones(shape), kind)
-    with _raises(ValueError, "cost", f"n={n}", f"m={m}"):
-        flowfast.linear_assignment(cost)
+    cost = np.random.default_rng(n * 7 + m).random(shape)
+    cols = flowfast.linear_assignment(_make(cost, kind))
+    cols = np.asarray(cols).reshape(-1, n)
+    for problem, c in zip(cost.reshape(-1, n, m), cols):
+        assigned = np.nonzero(c >= 0)[0]
+        assert len(assigned) == m and len(set(c[assigned].tolist())) == m and (c[c < 0] == -1).all()
+        r, k = scipy_lsa(problem)
+        np.testing.assert_allclose(problem[assigned, c[assigned]].sum(), problem[r, k].sum(), rtol=1e-12, atol=0)
 
 
 def test_more_rows_than_columns_is_fine_for_linear_sum_assignment():

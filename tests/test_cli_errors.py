@@ -112,3 +112,8 @@ def test_override_config_applies_the_new_values_for_real(capsys, tmp_path):
     capsys.readouterr()
     code, err = _run(capsys, TRAIN + ["--out", str(run), "--resume", "--hidden", "8", "--override-config"])
     assert_one_line_error(code, err, "cannot change model")
+
+
+def test_a_diverged_run_is_one_line(capsys, tmp_path):
+    code, err = _run(capsys, TRAIN + ["--out", str(tmp_path / "run"), "--lr", "1e30"])
+    assert_one_line_error(code, err, "training diverged", "non-finite")

@@ -91,7 +91,7 @@ def test_backend_switch_imports_the_reference_lazily():
 
 # The CPU generator's (seed, offset) draw reads host memory, never the device.
 # Reads that happen only for CPU tensors: the CPU generator's seed, the paths' default check_finite.
-HOST_ONLY_SITES = ("flowfast._rng:draw_seed", "flowfast.paths:check_step_inputs")
+HOST_ONLY_SITES = ("flowfast._rng:draw_seed", "flowfast.paths:check_step_inputs", "flowfast.paths:check_loss_finite")
 
 
 def _model(dim: int):

@@ -189,3 +189,42 @@ def test_the_default_checks_host_batches_only():
     assert paths.wants_check(True, elsewhere) and not paths.wants_check(False, cpu)
     with pytest.raises(TypeError, match="check_finite must be None, True or False"):
         paths.wants_check("yes", cpu)
+
+
+# --- found by the fuzz suite's paths and CLI families ---------------------------------------------
+@pytest.mark.parametrize("t", [0.0, 1.0])
+def test_sb_cfm_float16_eager_is_finite_at_the_ends(t):
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0)).half()
+    path = paths.SchrodingerBridgeCFM(0.5)
+    loss = path.loss(_model, x, x.flip(0), t=t, fused=False)
+    assert torch.isfinite(loss)
+    _, xt, ut = path.sample_location_and_conditional_flow(x, x.flip(0), t=t)
+    assert torch.isfinite(ut).all() and torch.isfinite(xt).all()
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_checked_loss_that_overflows_float16_says_so(fused):
+    path = paths.SchrodingerBridgeCFM(0.5)  # u_t ~ 1/sqrt(t) next to t = 0: its square passes 65504
+    x0, x1 = torch.zeros(1, 3).half(), torch.ones(1, 3).half()
+    with pytest.raises(FloatingPointError, match="non-finite.*overflowed float16.*bfloat16 or float32"):
+        path.loss(lambda x, t: 0 * x, x0, x1, t=torch.tensor([1e-7]), fused=fused)
+    assert not torch.isfinite(path.loss(lambda x, t: 0 * x, x0, x1, t=torch.tensor([1e-7]), fused=fused,
+                                        check_finite=False))
+
+
+def test_a_model_returning_nan_is_a_floating_point_error_when_checked():
+    x0, x1 = _batch()
+    with pytest.raises(FloatingPointError, match="model\\(x_t, t\\) returned NaN/Inf"):
+        paths.IndependentCFM().loss(lambda x, t: x * math.nan, x0, x1)
+
+
+def test_a_bad_t_is_named_before_the_coupling_can_refuse_the_batch():
+    x0 = torch.rand(2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 1e30
+    path = paths.SchrodingerBridgeCFM(1.0)
+    with pytest.raises(ValueError, match="^t contains 2 NaN/Inf"):
+        path.loss(_model, x0, x0.flip(0), t=math.nan)
+    with pytest.raises(ValueError, match="^t contains 2 NaN/Inf"):
+        path.sample_location_and_conditional_flow(x0, x0.flip(0), t=math.nan)
+    with pytest.raises(ValueError, match="too small") as error:
+        path.loss(_model, x0, x0.flip(0))
+    assert "float64 batches" not in str(error.value)  # the batch is float64 already

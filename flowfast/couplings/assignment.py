@@ -20,21 +20,28 @@ def linear_assignment(cost: Any, maximize: bool = False, *, backend: str = "auto
     .. math:: \min_{\sigma \text{ injective}} \sum_i C_{i, \sigma(i)}
 
     Args:
-        cost: ``(n, m)`` or batched ``(B, n, m)`` costs with ``n <= m``; float32 or float64; a torch
-            tensor (CPU or CUDA) or a numpy array. Must be finite and non-empty.
+        cost: ``(n, m)`` or batched ``(B, n, m)`` costs; float32 or float64; a torch tensor (CPU or
+            CUDA) or a numpy array; non-empty. ``+inf`` (``-inf`` when maximizing) marks a
+            forbidden edge; NaN and the other infinity are refused. ``n > m`` is solved on the
+            transpose: every column gets a distinct row and ``n - m`` rows get none.
         maximize: maximize the total instead.
         backend: ``"auto"`` (kernel on the input's device), ``"cpu"`` (CPU kernel, copying a CUDA
             input to the host and the answer back), ``"cuda"`` (require the CUDA kernel) or
             ``"torch"`` (the slow pure-torch reference).
 
     Returns:
-        ``(n,)`` or ``(B, n)`` int64: the column assigned to each row, on the input's device
-        (numpy in, numpy out). Optimal solutions need not be unique; any optimal one is returned.
+        ``(n,)`` or ``(B, n)`` int64: the column assigned to each row, -1 for the rows left out
+        when ``n > m``, on the input's device (numpy in, numpy out). Optimal solutions need not be
+        unique; any optimal one is returned.
 
     Raises:
         TypeError: non-float dtype or unsupported input type.
-        ValueError: wrong ndim, empty, ``n > m``, NaN/Inf (the check reads one flag back from the
-            GPU, i.e. synchronizes), or a CUDA tensor with a CPU-only build.
+        ValueError: wrong ndim, empty, NaN or a refused infinity, a problem with no assignment that
+            avoids every forbidden edge ("infeasible"), or a CUDA tensor with a CPU-only build.
+
+    Finite costs take the kernels' fast path with one finiteness check (one host read on CUDA).
+    Forbidden edges are priced above any finite assignment (:func:`price_forbidden_edges`) and
+    solved in float64: exact to about n * 1e-16 of n times the finite cost range.
     """
     t, was_numpy = to_tensor("cost", cost)
     maximize = check_bool("maximize", maximize)
@@ -45,9 +52,54 @@ def linear_assignment(cost: Any, maximize: bool = False, *, backend: str = "auto
     check_nonempty("cost", t)  # here, so the message shows the caller's shape
     batched = t.dim() == 3
     t3 = t if batched else t.unsqueeze(0)
-    out = ops.assignment.solve(t3, maximize, backend)
+    n, m = t3.shape[1], t3.shape[2]
+    solve_on = t3.transpose(1, 2) if n > m else t3
+    try:
+        out = ops.assignment.solve(solve_on, maximize, backend)
+    except ValueError as error:
+        if "NaN/Inf" not in str(error):
+            raise
+        out = _solve_with_forbidden_edges(solve_on, maximize, backend, batched)
+    if n > m:  # (B, m) row of each column -> (B, n) column of each row
+        cols = torch.full((t3.shape[0], n), -1, dtype=torch.int64, device=out.device)
+        out = cols.scatter_(1, out, torch.arange(m, device=out.device).expand_as(out))
     out = out if batched else out[0]
     return out.numpy() if was_numpy else out
+
+
+def price_forbidden_edges(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(priced, forbidden)`` for a ``(B, n, m)`` minimization (n <= m) where +inf marks a
+    forbidden edge: each problem's forbidden edges get a price M above what any assignment can save
+    by using one, M = hi + (n + 1) (hi - lo + max(1, |lo|, |hi|)) over its finite entries, so the
+    optimum avoids every forbidden edge whenever some assignment does (the n - 1 other edges of one
+    that does not cost at least (n - 1) lo, against a feasible total of at most n hi). float64."""
+    c = c.double()
+    forbidden = torch.isposinf(c)
+    lo = torch.where(forbidden, torch.inf, c).amin((1, 2))
+    hi = torch.where(forbidden, -torch.inf, c).amax((1, 2))
+    empty = ~torch.isfinite(lo)
+    lo, hi = torch.where(empty, 0.0, lo), torch.where(empty, 0.0, hi)
+    room = torch.maximum(torch.maximum(lo.abs(), hi.abs()), torch.ones_like(lo))
+    price = hi + (c.shape[1] + 1) * (hi - lo + room)
+    return torch.where(forbidden, price[:, None, None], c), forbidden
+
+
+def _solve_with_forbidden_edges(c3: torch.Tensor, maximize: bool, backend: str, batched: bool) -> torch.Tensor:
+    """The non-finite path of :func:`linear_assignment` (``c3`` (B, n, m), n <= m)."""
+    c = -c3 if maximize else c3
+    invalid = torch.isnan(c) | torch.isneginf(c)
+    if bool(invalid.any()):
+        refused, allowed = ("NaN or +inf", "-inf") if maximize else ("NaN or -inf", "+inf")
+        raise ValueError(f"cost contains {int(invalid.sum())} {refused} value(s); only {allowed} is allowed, "
+                         "marking a forbidden edge")
+    priced, forbidden = price_forbidden_edges(c)
+    cols = ops.assignment.solve(priced, False, backend)
+    infeasible = forbidden.gather(2, cols[..., None]).squeeze(-1).any(1)
+    if bool(infeasible.any()):
+        which = f" for problem(s) {torch.nonzero(infeasible).flatten()[:8].tolist()}" if batched else ""
+        raise ValueError(f"cost matrix is infeasible{which}: no assignment avoids every forbidden "
+                         f"({'-inf' if maximize else '+inf'}) edge")
+    return cols
 
 
 def ot_pairing(x0: torch.Tensor, x1: torch.Tensor, cost: str = "sqeuclidean") -> tuple[torch.Tensor, torch.Tensor]:

@@ -47,22 +47,6 @@ def _as_matrix(cost: Any) -> tuple[torch.Tensor, bool]:
     return t, was_torch
 
 
-def _forbidden_edges_priced(c: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(priced float64 cost, forbidden mask) for a minimization where +inf marks a forbidden edge.
-
-    A forbidden edge gets a price M above what any assignment of k finite edges can save by
-    using it, M = hi + (k + 1) (hi - lo + max(1, |lo|, |hi|)), so the optimum avoids every forbidden
-    edge whenever some assignment does (then its k - 1 finite edges cost at least (k - 1) lo, against
-    a feasible total of at most k hi)."""
-    forbidden = torch.isposinf(c)
-    finite = c[~forbidden]
-    if finite.numel() == 0:
-        raise ValueError("cost matrix is infeasible: every entry is a forbidden (+inf) edge")
-    lo, hi = (float(v) for v in torch.aminmax(finite))
-    price = hi + (k + 1) * (hi - lo + max(1.0, abs(lo), abs(hi)))
-    return torch.where(forbidden, torch.full_like(c, price), c), forbidden
-
-
 def linear_sum_assignment(cost: Any, maximize: bool = False) -> tuple[Any, Any]:
     """Drop-in for ``scipy.optimize.linear_sum_assignment``, with scipy's semantics.
 
@@ -86,8 +70,7 @@ def linear_sum_assignment(cost: Any, maximize: bool = False) -> tuple[Any, Any]:
             that avoids every forbidden edge ("cost matrix is infeasible").
         TypeError: object or complex entries, a non-bool ``maximize``.
 
-    With forbidden edges the problem is solved in float64 with those edges priced above any
-    finite assignment; the total is then exact to about n * 1e-16 of n times the finite cost range.
+    The solve, forbidden edges included, is :func:`flowfast.linear_assignment`'s.
     """
     maximize = check_bool("maximize", maximize)
     t, was_torch = _as_matrix(cost)
@@ -96,24 +79,13 @@ def linear_sum_assignment(cost: Any, maximize: bool = False) -> tuple[Any, Any]:
     if k == 0:
         empty = torch.empty(0, dtype=torch.int64, device=t.device)
         return (empty, empty.clone()) if was_torch else (empty.numpy(), empty.numpy())
-    c = -t if maximize else t
-    if bool((torch.isnan(c) | torch.isneginf(c)).any()):
-        bad = "NaN or +inf" if maximize else "NaN or -inf"
-        rule = "-inf marks a forbidden edge when maximizing" if maximize else "+inf marks a forbidden edge"
-        raise ValueError(f"cost contains invalid entries ({bad}); {rule}")
-    forbidden = None
-    if bool(torch.isposinf(c).any()):
-        c, forbidden = _forbidden_edges_priced(c.to(torch.float64), k)
-    tall = n > m
-    solve_on = c.T if tall else c
-    cols = linear_assignment(solve_on, False)
-    rows = torch.arange(k, device=t.device)
-    if bool(solve_on.diagonal().double().sum() <= solve_on[rows, cols].double().sum()):  # the identity is optimal too
-        cols = rows.clone()
-    if tall:
-        order = torch.argsort(cols)
-        rows, cols = cols[order], rows[order]
-    if forbidden is not None and bool(forbidden[rows, cols].any()):
-        raise ValueError("cost matrix is infeasible: no assignment avoids every forbidden "
-                         f"({'-inf' if maximize else '+inf'}) edge")
+    cols = linear_assignment(t, maximize)
+    rows = torch.arange(n, device=t.device)
+    if n > m:
+        rows = torch.nonzero(cols >= 0).flatten()
+        cols = cols[rows]
+    c = -t if maximize else t  # +inf: forbidden, so a forbidden identity never wins the tie below
+    identity = torch.arange(k, device=t.device)
+    if bool(c[identity, identity].double().sum() <= c[rows, cols].double().sum()):
+        rows, cols = identity, identity.clone()
     return (rows, cols) if was_torch else (rows.cpu().numpy(), cols.cpu().numpy())

@@ -19,7 +19,8 @@ import math
 import numpy as np
 import torch
 
-OPS = ("linear_sum_assignment", "linear_assignment", "sinkhorn", "ot_pairing", "pair_sinkhorn", "odeint")
+OPS = ("linear_sum_assignment", "linear_assignment", "sinkhorn", "ot_pairing", "pair_sinkhorn", "odeint", "cfm_loss",
+       "cfm_sample")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 CLEAR_ERRORS = (ValueError, TypeError, MemoryError)
 
@@ -53,32 +54,42 @@ def _inputs_finite(*ts) -> bool:
 
 
 def _check_assignment(spec: dict) -> str:
+    """scipy's semantics for both entry points: +inf a forbidden edge, NaN / -inf refused, n > m on
+    the transpose (linear_assignment: -1 for the rows left out); linear_sum_assignment also takes
+    empty matrices and non-float dtypes, as scipy does."""
     from scipy.optimize import linear_sum_assignment as scipy_lsa
 
     import flowfast
 
     n, m = spec["n"], spec["m"]
     C = _tensor(spec, (n, m))
+    C64 = C.double().numpy()
+    try:
+        r, c = scipy_lsa(C64)
+        want = C64[r, c].sum()
+    except ValueError:
+        want = None  # scipy refuses: NaN, -inf, or infeasible
     try:
         if spec["op"] == "linear_sum_assignment":
             rows, cols = flowfast.linear_sum_assignment(C.numpy() if spec.get("numpy") else C)
             rows, cols = np.asarray(rows), np.asarray(cols)
         else:
             cols = flowfast.linear_assignment(C).numpy()
-            rows = np.arange(n)
+            rows = np.nonzero(cols >= 0)[0]
+            cols = cols[rows]
     except CLEAR_ERRORS:
         return "error"
-    C64 = C.double().numpy()
-    if not np.isfinite(C64).all():
-        return "wrong"  # a NaN/Inf cost must be refused (scipy's forbidden-edge semantics: parity issue)
-    r, c = scipy_lsa(C64)
-    want = C64[r, c].sum()
+    if want is None:
+        return "wrong"  # solved what scipy refuses
     if len(set(cols.tolist())) != len(cols) or len(rows) != min(n, m):
         return "wrong"
     got = C64[rows, cols].sum()
-    tol = 1e-9 * max(1.0, float(np.abs(C64).max()) * max(n, m)) if C.dtype == torch.float64 else \
-        2e-6 * max(1.0, float(np.abs(C64).max())) * max(n, m)
-    return "correct" if abs(got - want) <= tol else "wrong"
+    finite = np.abs(C64[np.isfinite(C64)])
+    peak = float(finite.max()) if finite.size else 1.0
+    rel = 1e-9 if C.dtype == torch.float64 else 2e-6
+    forbidden = not np.isfinite(C64).all()
+    tol = rel * max(1.0, peak) * max(n, m) * (max(n, m) if forbidden else 1)
+    return "correct" if math.isfinite(got) and abs(got - want) <= tol else "wrong"
 
 
 def _check_sinkhorn(spec: dict) -> str:
@@ -144,28 +155,63 @@ def _check_pairing(spec: dict) -> str:
 
 def _check_odeint(spec: dict) -> str:
     """Low-precision states against the same integration of the float64 state; float64 dopri5
-    against the exact solution."""
+    against the exact solution.
+
+    ``field``: ``decay`` (dx/dt = -rate x), ``growth`` (+rate x: a large state overflows the dtype)
+    or ``nan`` (the velocity turns NaN at t >= 0.5). The NaN policy (``check_finite``, default True):
+    a NaN/Inf x0 is a ValueError, and so is a final state that is not finite; with
+    ``check_finite=False`` a non-finite final state may be returned where the float64 solution
+    (in the dtype) is not finite either, or the velocity returned NaN."""
+    import inspect
+
     from flowfast.samplers import odeint
 
     x0 = _tensor(spec, (spec["n"], spec["d"]))
-    rate = spec["rate"]
+    field = spec.get("field", "decay")
+    rate = spec["rate"] * (1.0 if field == "growth" else -1.0)
+    requested = spec.get("check_finite")
+    if requested is None or "check_finite" not in inspect.signature(odeint).parameters:
+        kw, check_finite = {}, True
+    else:
+        kw, check_finite = {"check_finite": requested}, bool(requested)
 
-    def run(x):
-        return odeint(lambda x, t: -rate * x, x, method=spec["method"], steps=spec["steps"]).x
+    def velocity(x, t):
+        v = rate * x
+        # (one Euler step only evaluates t0 = 0)
+        if field == "nan" and float(t[0]) >= (0.0 if spec["steps"] == 1 else 0.5):
+            v = v.clone(memory_format=torch.contiguous_format)
+            v.view(-1)[spec["special_at"] % v.numel()] = float("nan")
+        return v
+
+    def run(x, **extra):
+        return odeint(velocity, x, method=spec["method"], steps=spec["steps"], **{**kw, **extra}).x
 
     try:
         x = run(x0)
     except CLEAR_ERRORS:
         return "error"
     if not _inputs_finite(x0):
-        return "wrong"
-    want = run(x0.double()) if x0.dtype != torch.float64 else None
+        return "correct" if not check_finite else "wrong"  # check_finite=False: NaN in, NaN out allowed
+    if field == "nan":
+        if _finite(x):
+            return "wrong"  # the NaN velocity was not integrated
+        return "correct" if not check_finite else "nonfinite"
+    if not _finite(x) and check_finite:
+        return "nonfinite"  # must have been a ValueError
+    try:
+        quiet = {"check_finite": False} if kw else {}
+        want = run(x0.double(), **quiet) if x0.dtype != torch.float64 else None
+    except CLEAR_ERRORS:
+        return "error"
     if want is None:
         if spec["method"] != "dopri5":
             return "correct" if _finite(x) else "nonfinite"
-        want = x0 * math.exp(-rate)
-    if not _finite(x) and _finite(want):
-        return "nonfinite"
+        want = x0 * math.exp(rate)
+    in_range = _finite(want.to(x0.dtype))
+    if not _finite(x):
+        return "nonfinite" if in_range else "correct"  # check_finite=False: an overflow may come back
+    if not in_range:
+        return "correct"  # finite although the float64 state overflows the dtype: saturated arithmetic
     rel = {torch.float16: 2e-2, torch.bfloat16: 5e-2, torch.float32: 1e-5, torch.float64: 1e-4}[x0.dtype]
     # dopri5's default atol (1e-5) bounds its absolute error: states far below it are not resolved.
     tiny = float(torch.finfo(x0.dtype).tiny) * 4 + (1e-4 if spec["method"] == "dopri5" else 0.0)
@@ -178,10 +224,17 @@ CHECKS = {"linear_sum_assignment": _check_assignment, "linear_assignment": _chec
           "odeint": _check_odeint}
 
 
+def _extra_checks() -> dict:
+    from path_cases import CHECKS as PATH_CHECKS
+
+    return PATH_CHECKS
+
+
 def run_case(spec: dict) -> str:
     """The outcome class of one spec (run inside the harness's child process)."""
     try:
-        return CHECKS[spec["op"]](spec)
+        check = CHECKS.get(spec["op"]) or _extra_checks()[spec["op"]]
+        return check(spec)
     except CLEAR_ERRORS:
         return "error"
     except Exception as exc:  # an unclear exception type from flowfast (RuntimeError, IndexError, ...)
