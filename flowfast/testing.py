@@ -137,11 +137,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def spawn_gloo(worker, out_dir: str, world: int = 2, timeout: float = 120.0) -> bool:
+def spawn_gloo(worker, out_dir: str, world: int = 2, timeout: float = 600.0, attempts: int = 3) -> bool:
     """Run ``worker(rank, world, port, out_dir)`` in ``world`` processes (torch.multiprocessing.spawn)
     for a gloo process group on a free local port. Returns False if gloo is unavailable; kills the
-    workers and raises TimeoutError after ``timeout`` seconds. Results travel through files in
-    ``out_dir``."""
+    workers and raises TimeoutError after ``timeout`` seconds (generous: a loaded machine must not
+    fail a test). A port taken by another process between the probe and the bind is retried on a
+    new port, up to ``attempts`` times. Results travel through files in ``out_dir``."""
     import time
 
     import torch.distributed as dist
@@ -149,11 +150,19 @@ def spawn_gloo(worker, out_dir: str, world: int = 2, timeout: float = 120.0) -> 
 
     if not dist.is_available() or not dist.is_gloo_available():
         return False
-    ctx = mp.spawn(worker, args=(world, free_port(), str(out_dir)), nprocs=world, join=False)
-    deadline = time.monotonic() + timeout
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
+    for attempt in range(attempts):
+        ctx = mp.spawn(worker, args=(world, free_port(), str(out_dir)), nprocs=world, join=False)
+        deadline = time.monotonic() + timeout
+        try:
+            while not ctx.join(timeout=1):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the {world} gloo workers did not finish in {timeout:g} s")
+            return True
+        except mp.ProcessRaisedException as error:
+            if attempt + 1 == attempts or not any(s in str(error) for s in ("Address already in use", "EADDRINUSE")):
+                raise
+        finally:
             for process in ctx.processes:
-                process.kill()
-            raise TimeoutError(f"the {world} gloo workers did not finish in {timeout:g} s")
+                if process.is_alive():
+                    process.kill()
     return True
