@@ -230,8 +230,34 @@ def _check_finite_outputs(err, value, transport, dtype) -> None:
                          "the costs to be >= 0, raise reg_m, or use float64")
 
 
+def _initial_potentials(init, problem, offset, run_device, run_dtype):
+    """``init=(f, g)`` checked and brought to the solve's frame: batched, on the run device and
+    dtype, f minus the shift a shifted solve subtracted from the cost (None: a cold start)."""
+    if init is None:
+        return None
+    if not isinstance(init, (tuple, list)) or len(init) != 2:
+        raise TypeError("init must be a (f, g) pair of potentials, e.g. (result.f, result.g) of an earlier solve")
+    B, n, m = problem.sizes
+    out = []
+    for name, t, size in (("init f", init[0], n), ("init g", init[1], m)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        check_float(name, t)
+        check_same_device(**{"cost/x": problem.ref, name: t})
+        if t.dim() == 1:
+            t = t.unsqueeze(0).expand(B, -1)
+        if tuple(t.shape) != (B, size):
+            raise ValueError(f"{name} must have shape ({size},) or ({B}, {size}), got {tuple(t.shape)}")
+        check_finite(name, t)
+        out.append(t.detach().double())
+    f, g = out
+    if offset is not None:
+        f = f - offset.double()[:, None]
+    return f.to(run_device, run_dtype).contiguous(), g.to(run_device, run_dtype).contiguous()
+
+
 def solve_problem(problem, a, b, scale, opts: SolveOptions,
-                  generator: Optional[torch.Generator] = None) -> SinkhornResult:
+                  generator: Optional[torch.Generator] = None, init=None) -> SinkhornResult:
     """:func:`sinkhorn` on a problem validated by the op layer, ``scale`` its
     :class:`flowfast.ops.sinkhorn.Scale`.
 
@@ -253,11 +279,12 @@ def solve_problem(problem, a, b, scale, opts: SolveOptions,
     # rounding moves the plan by more than 1e-4 relative, between iterations as in the output.
     run_dtype = (torch.float64 if dtype == torch.float32 and offset is None
                  and scale.magnitude > _FLOAT32_OFFSET_LIMIT * opts.eps else dtype)
+    start = _initial_potentials(init, problem, offset, run_device, run_dtype)
     run = problem.to(run_device, run_dtype)
     la, lb = log_a.to(run_device, run_dtype), log_b.to(run_device, run_dtype)
     reg = opts.reg_m if opts.reg_m is not None else 0.0
     f, g, n_iter, err, value, transport = ops.sinkhorn.solve_and_value(
-        impl, run, la, lb, opts.eps, eps_start, decay, reg, opts.max_iter, opts.check_every, opts.tol)
+        impl, run, la, lb, opts.eps, eps_start, decay, reg, opts.max_iter, opts.check_every, opts.tol, start)
     if not balanced:
         _check_finite_outputs(err.to(dtype), value.to(dtype), transport.to(dtype), dtype)
     f_out, g_out = f.to(device), g.to(device)
@@ -284,7 +311,7 @@ def sinkhorn(cost: Optional[torch.Tensor] = None, *, x: Optional[torch.Tensor] =
              y: Optional[torch.Tensor] = None, a: Optional[torch.Tensor] = None,
              b: Optional[torch.Tensor] = None, eps: float, reg_m: Optional[float] = None,
              max_iter: int = 1000, tol: float = 1e-6, eps_scaling: bool = True, check_every: int = 5,
-             backend: str = "auto", generator: Optional[torch.Generator] = None) -> SinkhornResult:
+             backend: str = "auto", generator: Optional[torch.Generator] = None, init=None) -> SinkhornResult:
     r"""Entropic optimal transport by log-domain Sinkhorn iterations, batched, never NaN.
 
     Solves :math:`\min_P \langle P, C\rangle + \varepsilon\,\mathrm{KL}(P \mid a \otimes b)` subject to
@@ -308,6 +335,11 @@ def sinkhorn(cost: Optional[torch.Tensor] = None, *, x: Optional[torch.Tensor] =
             small eps. False: every iteration at ``eps``.
         backend: "auto" (kernels on the input's device), "cpu", "cuda", or "torch" (dense reference).
         generator: default generator for :meth:`SinkhornResult.sample`.
+        init: warm start: ``(f, g)`` potentials ``(n,)``/``(B, n)`` and ``(m,)``/``(B, m)`` in this
+            function's convention (e.g. ``(r.f, r.g)`` of an earlier solve); cold start (zeros)
+            if None. The eps-scaling schedule still starts at eps_start; pass
+            ``eps_scaling=False`` to continue at ``eps`` from them. POT's ``warmstart`` holds
+            ``(log u, log v)``, which are ``log a + f / eps`` and ``log b + g / eps``.
 
     Returns:
         :class:`SinkhornResult`.
@@ -320,4 +352,4 @@ def sinkhorn(cost: Optional[torch.Tensor] = None, *, x: Optional[torch.Tensor] =
     generator = check_generator(generator)
     problem = ops.sinkhorn.validate_problem(cost, x, y)
     scale = ops.sinkhorn.problem_scale(problem)
-    return solve_problem(problem, a, b, scale, opts, generator)
+    return solve_problem(problem, a, b, scale, opts, generator, init)

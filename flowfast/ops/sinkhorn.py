@@ -368,15 +368,19 @@ def _(cost, x, y, log_a, log_b, g, eps, seed, offset):
 
 
 def solve_and_value(impl: str, problem: Problem, log_a, log_b, eps: float, eps_start: float, eps_decay: float,
-                    reg_m: float, max_iter: int, check_every: int, tol: float):
+                    reg_m: float, max_iter: int, check_every: int, tol: float, init=None):
     """Solve, then the value (differentiable in cost / x / y) and transport cost, by the backend
-    switch's implementation ("kernel" or "torch"). Returns (f, g, n_iter, marginal_error, value,
-    transport), all batched."""
+    switch's implementation ("kernel" or "torch"). ``init``: None (cold start) or the starting
+    ``(f (B, n), g (B, m))`` in the problem's dtype and device. Returns (f, g, n_iter,
+    marginal_error, value, transport), all batched."""
     cost, x, y = problem.cost, problem.x, problem.y
     cost_d, x_d, y_d = problem.detached()
     B, n, m = problem.sizes
-    f0 = torch.zeros(B, n, dtype=problem.ref.dtype, device=problem.ref.device)
-    g0 = torch.zeros(B, m, dtype=problem.ref.dtype, device=problem.ref.device)
+    if init is None:
+        f0 = torch.zeros(B, n, dtype=problem.ref.dtype, device=problem.ref.device)
+        g0 = torch.zeros(B, m, dtype=problem.ref.dtype, device=problem.ref.device)
+    else:
+        f0, g0 = init
     args = (eps, eps_start, eps_decay, reg_m, max_iter, check_every, tol)
     if impl == "torch":
         ref = _switch.reference("sinkhorn")
