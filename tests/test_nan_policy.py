@@ -228,3 +228,15 @@ def test_a_bad_t_is_named_before_the_coupling_can_refuse_the_batch():
     with pytest.raises(ValueError, match="too small") as error:
         path.loss(_model, x0, x0.flip(0))
     assert "float64 batches" not in str(error.value)  # the batch is float64 already
+
+
+def test_float32_dense_costs_whose_range_outgrows_float32_potentials_report_what_they_return():
+    # issue 22 §4: 3 x 3 costs ~1e30 at eps = 1.8e-5 x range used to report 0.0 for a plan off by 1e-3
+    g = torch.Generator().manual_seed(1)
+    for _ in range(4):
+        cost = 1e30 * torch.rand(3, 3, generator=g)
+        eps = 1.8e-5 * float(cost.max() - cost.min())
+        result = flowfast.sinkhorn(cost, eps=eps)
+        assert result.f.dtype == torch.float64
+        error, _ = _recomputed(result, cost)
+        assert error <= 1e-9 and result.marginal_error.item() <= 1e-9

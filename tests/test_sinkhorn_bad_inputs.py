@@ -682,7 +682,9 @@ def test_valid_problems_are_finite(problem):
     for field in ("f", "g", "value", "cost", "marginal_error"):
         t = getattr(res, field)
         assert bool(torch.isfinite(t).all()), (field, t)
-        assert t.dtype == dtype
+        # float32 potentials that could not carry the plan to 1e-4 eps come back float64 (documented)
+        wide_ok = field in ("f", "g") and dtype == torch.float32 and t.dtype == torch.float64
+        assert t.dtype == dtype or wide_ok
     assert res.f.shape == (*lead, n)
     assert bool((res.n_iter >= 1).all()) and bool((res.n_iter <= 200).all())
     P = res.plan()

@@ -79,10 +79,11 @@ class SinkhornResult:
 
     Attributes:
         f: ``(B, n)`` row potentials. g: ``(B, m)`` column potentials, in the input's dtype, or
-            float64 for a float32 problem whose potentials float32 cannot carry to 1e-4 eps: a
-            balanced dense problem whose costs sit far from 0 (solved shifted, f gets the offset
-            back), or an unshifted one (point clouds, unbalanced) whose largest cost exceeds about
-            1700 eps, which is then solved in float64 throughout; the plan is
+            float64 for a float32 problem whose potentials float32 cannot carry to 1e-4 eps: one
+            whose potentials span more than about 1700 eps (the cost's range for a balanced dense
+            problem, solved shifted by its minimum; else its largest |cost|), solved in float64
+            throughout, or a balanced dense one whose costs sit far from 0 (f gets the shift
+            back in float64); the plan is
             :math:`P_{ij} = a_i b_j \exp((f_i + g_j - C_{ij})/\varepsilon)`.
         n_iter: ``(B,)`` int64 iterations run (eps-scaling iterations included).
         marginal_error: ``(B,)`` L1 error of the plan's column marginal (rows are exact after the
@@ -158,8 +159,8 @@ class SinkhornResult:
 
 
 def _log_weights(name: str, w, batch: int, size: int, ref: torch.Tensor) -> torch.Tensor:
-    if w is None:
-        return torch.full((batch, size), -math.log(size), dtype=ref.dtype, device=ref.device)
+    if w is None:  # float64: the solve casts it to its dtype (float32 rounding of 1/n is 3e-8 relative)
+        return torch.full((batch, size), -math.log(size), dtype=torch.float64, device=ref.device)
     if not isinstance(w, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or None, got {type(w).__name__}")
     check_float(name, w)
@@ -182,7 +183,7 @@ def _marginals(problem, a, b, balanced: bool) -> tuple[torch.Tensor, torch.Tenso
     log_a = _log_weights("a", a, B, n, problem.ref)
     log_b = _log_weights("b", b, B, m, problem.ref)
     if balanced and (a is not None or b is not None):
-        mass_a, mass_b = log_a.exp().sum(-1), log_b.exp().sum(-1)
+        mass_a, mass_b = log_a.double().exp().sum(-1), log_b.double().exp().sum(-1)
         if not torch.allclose(mass_a, mass_b, rtol=1e-5, atol=0.0):
             raise ValueError("balanced Sinkhorn needs a.sum() == b.sum() for every problem; pass reg_m for unbalanced OT")
     return log_a, log_b
@@ -275,10 +276,11 @@ def solve_problem(problem, a, b, scale, opts: SolveOptions,
     offset = scale.offsets if shift else None
     if offset is not None:
         problem = ops.sinkhorn.Problem(problem.cost - offset[:, None, None], None, None, problem.batched)
-    # Unshifted float32 potentials span the cost's magnitude: past _FLOAT32_OFFSET_LIMIT eps their
-    # rounding moves the plan by more than 1e-4 relative, between iterations as in the output.
-    run_dtype = (torch.float64 if dtype == torch.float32 and offset is None
-                 and scale.magnitude > _FLOAT32_OFFSET_LIMIT * opts.eps else dtype)
+    # float32 potentials span the cost's range (shifted) or magnitude (not): past
+    # _FLOAT32_OFFSET_LIMIT eps their rounding moves the plan by more than 1e-4 relative, between
+    # iterations as in the output, so such problems are solved in float64.
+    span = scale.range if offset is not None else scale.magnitude
+    run_dtype = torch.float64 if dtype == torch.float32 and span > _FLOAT32_OFFSET_LIMIT * opts.eps else dtype
     start = _initial_potentials(init, problem, offset, run_device, run_dtype)
     run = problem.to(run_device, run_dtype)
     la, lb = log_a.to(run_device, run_dtype), log_b.to(run_device, run_dtype)
@@ -292,7 +294,7 @@ def solve_problem(problem, a, b, scale, opts: SolveOptions,
         mass = log_a.exp().sum(-1)
         value = value + (offset * mass).to(device=value.device, dtype=value.dtype)
         transport = transport + (offset * mass).to(device=transport.device, dtype=transport.dtype)
-        wide = dtype == torch.float32 and scale.offset > _FLOAT32_OFFSET_LIMIT * opts.eps
+        wide = run_dtype == torch.float64 or scale.offset > _FLOAT32_OFFSET_LIMIT * opts.eps
         out_dtype = torch.float64 if wide else dtype
         f_out = (f_out.double() + offset.double()[:, None]).to(out_dtype)
         g_out = g_out.to(out_dtype)
