@@ -35,7 +35,12 @@ emu: env
 # Under ASan: the selftests and the cases that reach every kernel at multi-block sizes.
 EMU_ASAN_SUBSET = -k "selftest or unique_optimum or far_below or same_as_cpu or multi_block or sample_equals"
 
-test: build emu
+# torchcfm's own test suite (from its sdist), run against flowfast.compat.torchcfm by
+# tests/test_torchcfm_shim_suite.py; without the package index the download fails and that test skips.
+build/torchcfm-tests/.ready:
+	-PYTHON=$(PY) bash tests/peers/get_torchcfm_tests.sh && touch $@
+
+test: build emu build/torchcfm-tests/.ready
 	FLOWFAST_EMU_REQUIRED=1 $(PY) -m pytest tests
 	$(EMU_ASAN_ENV) $(PY) -m pytest tests/emulation -q -p no:cacheprovider $(EMU_ASAN_SUBSET)
 
