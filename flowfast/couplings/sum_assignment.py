@@ -84,8 +84,9 @@ def linear_sum_assignment(cost: Any, maximize: bool = False) -> tuple[Any, Any]:
     if n > m:
         rows = torch.nonzero(cols >= 0).flatten()
         cols = cols[rows]
-    c = -t if maximize else t  # +inf: forbidden, so a forbidden identity never wins the tie below
     identity = torch.arange(k, device=t.device)
-    if bool(c[identity, identity].double().sum() <= c[rows, cols].double().sum()):
+    diagonal, found = t[identity, identity].double().sum(), t[rows, cols].double().sum()
+    # a forbidden edge on the diagonal makes its total +-inf, which never wins this tie
+    if bool(diagonal >= found) if maximize else bool(diagonal <= found):
         rows, cols = identity, identity.clone()
     return (rows, cols) if was_torch else (rows.cpu().numpy(), cols.cpu().numpy())
