@@ -72,11 +72,9 @@ def stacked_peaks(tensors: dict) -> tuple[list, Optional[torch.Tensor]]:
         return [], None
     device = named[0][1].device
     # aminmax: one pass, NaN-propagating, and on CPU far faster than an inf-norm or abs().amax()
-    dtype = named[0][1].dtype
+    dtype = named[0][1].dtype if all(t.dtype == named[0][1].dtype for _, t in named) else torch.float64
     bounds = [b if b.dtype == dtype and b.device == device else b.to(device=device, dtype=dtype)
               for _, t in named for b in torch.aminmax(distinct_view(t.detach())[0])]
-    if any(t.dtype != dtype for _, t in named):
-        bounds = [b.to(torch.float64) for b in bounds]
     return named, torch.stack(bounds)
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
 from flowfast import _path_kinds, ops
@@ -63,9 +64,9 @@ def wants_check(check_finite: Optional[bool], x: torch.Tensor) -> bool:
     I-CFM step) and a non-finite batch surfaces as a non-finite loss."""
     if check_finite is None:
         return x.device.type == "cpu"
-    if not isinstance(check_finite, bool):
+    if not isinstance(check_finite, (bool, np.bool_)):
         raise TypeError(f"check_finite must be None, True or False, got {type(check_finite).__name__}")
-    return check_finite
+    return bool(check_finite)
 
 
 def check_loss_finite(loss: torch.Tensor, dtype: torch.dtype) -> None:
@@ -94,10 +95,10 @@ def check_step_inputs(x0: torch.Tensor, x1: torch.Tensor, weight: Optional[torch
     reach = peaks.get("x0", 0.0) + peaks.get("x1", 0.0) + 8.0 * (1.0 + sigma)
     largest = torch.finfo(x0.dtype).max
     heaviest = max(1.0, peaks.get("weight", 0.0))
-    if 4.0 * reach**2 * heaviest <= largest:
+    if reach <= math.sqrt(largest / (4.0 * heaviest)):  # 4 reach^2 heaviest <= largest, without overflowing
         return
     dtype = str(x0.dtype).replace("torch.", "")
-    if 4.0 * reach**2 <= largest:
+    if reach <= math.sqrt(largest / 4.0):
         raise ValueError(f"weight reaches {heaviest:.3g}: with batches of |x0| + |x1| up to {reach:.3g} the weighted "
                          f"loss overflows {dtype} (largest {largest:.3g}); scale the weights down")
     raise ValueError(f"x0 and x1 reach |x0| + |x1| = {reach:.3g}: the loss squares differences of that size, which "
@@ -166,7 +167,7 @@ class IndependentCFM:
         if t is not None:
             t = ops.interpolant.validate_t(t, x0)  # before the coupling's own errors
         x0, x1 = self.couple(x0, x1, generator)
-        return self.sample_paired(x0, x1, t, return_noise, generator, check_finite=False)
+        return self._sample(x0, x1, t, return_noise, generator)
 
     def sample_paired(self, x0: torch.Tensor, x1: torch.Tensor, t=None, return_noise: bool = False,
                       generator: Optional[torch.Generator] = None, check_finite: Optional[bool] = None):
@@ -174,10 +175,12 @@ class IndependentCFM:
         if wants_check(check_finite, x0):
             ops.interpolant.validate_batches(x0, x1)
             check_step_inputs(x0, x1, sigma=self.sigma)
+        return self._sample(x0, x1, None if t is None else ops.interpolant.validate_t(t, x0), return_noise, generator)
+
+    def _sample(self, x0, x1, t, return_noise: bool, generator):
+        """The draw itself, on a validated ``t`` (or None: drawn here)."""
         if t is None:
             t = torch.rand(x0.shape[0], dtype=x0.dtype, device=x0.device, generator=generator)
-        else:
-            t = ops.interpolant.validate_t(t, x0)
         noise = self.sample_noise_like(x0, generator)
         xt = self.sample_xt(x0, x1, t, noise)
         ut = self.conditional_flow_from_noise(x0, x1, t, xt, noise)
@@ -206,7 +209,7 @@ class IndependentCFM:
                 whose squared error would overflow the dtype (:func:`check_step_inputs`), at the
                 cost of one host read. None (default) = on for CPU batches, off for CUDA ones,
                 where the read would be a synchronization per step; True = on everywhere; False =
-                off. Off, NaN inputs give a NaN loss, which the :class:`flowfast.train.Trainer`
+                off. Off, NaN inputs give a NaN loss (a given ``t`` is checked in any case), which the :class:`flowfast.train.Trainer`
                 turns into a FloatingPointError when it reads the losses back. The OT couplings
                 check their batch in any case (their cost read is needed anyway).
         """
@@ -214,10 +217,11 @@ class IndependentCFM:
         if weight is not None:
             if not isinstance(weight, torch.Tensor) or weight.shape != (x0.shape[0],):
                 raise ValueError(f"weight must be a ({x0.shape[0]},) tensor")
-            weight = weight.to(device=x0.device, dtype=x0.dtype)
         checking = wants_check(check_finite, x0)
-        if checking:
+        if checking:  # the caller's weight, before a cast to x0's dtype could turn it into inf
             check_step_inputs(x0, x1, weight, self.sigma)
+        if weight is not None:
+            weight = weight.to(device=x0.device, dtype=x0.dtype)
         given_t = None if t is None else ops.interpolant.validate_t(t, x0)  # before the coupling's own errors
         x0, x1 = self.couple(x0, x1, generator)
         t = torch.rand(x0.shape[0], dtype=x0.dtype, device=x0.device, generator=generator) if t is None else given_t
@@ -241,7 +245,7 @@ class IndependentCFM:
         return None
 
     def _eager_loss(self, model, x0, x1, t, weight, generator) -> torch.Tensor:
-        _, xt, ut = self.sample_paired(x0, x1, t, generator=generator, check_finite=False)
+        _, xt, ut = self._sample(x0, x1, t, False, generator)
         v = model(xt, t)
         if v.shape != ut.shape:
             raise ValueError(f"model(x_t, t) returned shape {tuple(v.shape)}, expected {tuple(ut.shape)}")

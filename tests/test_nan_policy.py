@@ -240,3 +240,37 @@ def test_float32_dense_costs_whose_range_outgrows_float32_potentials_report_what
         assert result.f.dtype == torch.float64
         error, _ = _recomputed(result, cost)
         assert error <= 1e-9 and result.marginal_error.item() <= 1e-9
+
+
+# --- review findings -------------------------------------------------------------------------------
+def test_float64_batches_past_the_float64_bound_are_a_value_error_not_an_overflow():
+    x0 = torch.full((4, 2), 1e160, dtype=torch.float64)
+    with pytest.raises(ValueError, match="overflows float64"):
+        paths.IndependentCFM().loss(_model, x0, torch.zeros_like(x0))
+
+
+def test_a_finite_weight_beyond_float16_is_named_as_such():
+    x0, x1 = _batch(dtype=torch.float16)
+    with pytest.raises(ValueError, match="weight reaches 1e\\+05"):
+        paths.IndependentCFM().loss(_model, x0, x1, weight=torch.full((8,), 1e5))
+
+
+def test_numpy_bools_are_bools():
+    import numpy as np
+
+    assert paths.wants_check(np.bool_(True), torch.empty(1, device="meta"))
+
+
+def test_peaks_of_mixed_dtypes_are_read_in_float64():
+    from flowfast._validate import finite_peaks
+
+    assert finite_peaks(a=torch.ones(2), b=torch.full((2,), 1e300, dtype=torch.float64)) == {"a": 1.0, "b": 1e300}
+
+
+def test_wasserstein2_of_an_overflowing_cost_is_not_called_a_forbidden_edge():
+    from flowfast.metrics import wasserstein2
+
+    x = torch.zeros(4, 2, dtype=torch.float64)
+    x[0, 0] = 1e160
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        wasserstein2(x, torch.zeros(4, 2, dtype=torch.float64))

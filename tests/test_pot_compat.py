@@ -130,3 +130,36 @@ def test_options_without_an_equivalent_are_refused():
         pot.sinkhorn_unbalanced(a, b, M, 0.1, 1.0, reg_type="l2")
     with pytest.raises(ValueError, match="a must have shape"):
         pot.sinkhorn(np.ones(3) / 3, b, M, 0.1)
+
+
+def test_unbalanced_log_and_warm_start_follow_pots_kl_convention():
+    a, b, M = _problem(weights=True)
+    P_ref, log_ref = _pot(ot.unbalanced.sinkhorn_unbalanced, 2 * a, b, M, 0.1, 1.0, stopThr=1e-12, numItermax=20_000,
+                          log=True)
+    P, log = pot.sinkhorn_unbalanced(2 * a, b, M, 0.1, 1.0, stopThr=1e-12, numItermax=20_000, log=True)
+    assert {"err", "logu", "logv"} <= set(log)
+    np.testing.assert_allclose(log["logu"][:, None] + log["logv"][None], log_ref["logu"][:, None] + log_ref["logv"][None],
+                               rtol=0, atol=1e-8)
+    warm = pot.sinkhorn_unbalanced(2 * a, b, M, 0.1, 1.0, stopThr=1e-12, numItermax=20_000,
+                                   warmstart=(log_ref["logu"], log_ref["logv"]))
+    np.testing.assert_allclose(warm, P_ref, rtol=1e-7, atol=1e-14)
+
+
+def test_several_histograms_log_in_pots_shapes_and_warm_start():
+    a, b, M = _problem(weights=True)
+    b2 = np.stack([b, np.roll(b, 3)], axis=1)
+    _, log_ref = _pot(ot.sinkhorn2, a, b2, M, 0.1, stopThr=1e-12, numItermax=50_000, log=True)
+    loss, log = pot.sinkhorn2(a, b2, M, 0.1, stopThr=1e-12, numItermax=50_000, log=True)
+    assert log["u"].shape == log_ref["u"].shape == (len(a), 2) and log["v"].shape == log_ref["v"].shape
+    again, log2 = pot.sinkhorn2(a, b2, M, 0.1, stopThr=1e-12, numItermax=50_000, log=True,
+                                warmstart=(log["log_u"], log["log_v"]))
+    assert log2["niter"] <= 10
+    np.testing.assert_allclose(again, loss, rtol=1e-12)
+
+
+def test_bad_warm_starts_are_clear():
+    a, b, M = _problem()
+    with pytest.raises(ValueError, match=r"warmstart's log_u must have shape \(40,\)"):
+        pot.sinkhorn(a, b, M, 0.1, warmstart=(np.zeros(3), np.zeros(50)))
+    with pytest.raises(TypeError, match="warmstart must be a"):
+        pot.sinkhorn(a, b, M, 0.1, warmstart=np.zeros(40))

@@ -183,3 +183,17 @@ def test_large_integers_are_solved_exactly():
     rows, cols = flowfast.linear_sum_assignment(cost)
     r, c = scipy_lsa(cost)
     assert cost[rows, cols].sum() == cost[r, c].sum()
+
+
+def test_a_rounded_tie_does_not_hand_back_a_worse_identity():
+    cost = np.array([[1e16, 1e16], [0.0, 1.0]])  # identity 1e16 + 1 rounds to the optimum 1e16
+    for maximize, c in ((False, cost), (True, -cost)):
+        rows, cols = flowfast.linear_sum_assignment(c, maximize)
+        np.testing.assert_array_equal(cols, [1, 0])
+
+
+def test_forbidden_edges_that_cannot_be_priced_say_why():
+    cost = np.full((4, 4), 9e249)
+    cost[0, 0] = math.inf
+    with pytest.raises(ValueError, match="finite entries up to 9e\\+249.*rescale"):
+        flowfast.linear_sum_assignment(cost)

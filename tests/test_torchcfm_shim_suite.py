@@ -3,7 +3,7 @@
 
 The suite is not vendored. It is looked for at ``$FLOWFAST_TORCHCFM_TESTS`` (a ``tests/``
 directory of torchcfm's repository or sdist), else under ``build/torchcfm-tests/*/tests`` (where
-``tests/peers/get_torchcfm_tests.sh`` unpacks the sdist), else ``/tmp/torchcfm-*/tests``; the test
+``tests/peers/get_torchcfm_tests.sh`` unpacks the sdist); the test
 skips when there is none or torchcfm is not installed. It runs in a subprocess (its own pytest
 config: torchcfm's warning filters, not flowfast's), with ``tests/peers/torchcfm_shim_plugin.py``
 doing the substitution.
@@ -42,7 +42,7 @@ def _find_suite() -> Path | None:
     if given:
         path = Path(given)
         return path if (path / "test_optimal_transport.py").is_file() else None
-    patterns = [str(REPO / "build" / "torchcfm-tests" / "*" / "tests"), "/tmp/torchcfm-*/tests"]
+    patterns = [str(REPO / "build" / "torchcfm-tests" / "*" / "tests")]
     for pattern in patterns:
         for found in sorted(glob.glob(pattern), reverse=True):
             if (Path(found) / "test_optimal_transport.py").is_file():

@@ -3,8 +3,9 @@
 
 Switch ``ot.sinkhorn(a, b, M, reg, ...)`` to ``flowfast.compat.pot.sinkhorn(a, b, M, reg, ...)``:
 numpy in, numpy out (torch in, torch out, on its device); ``a`` / ``b`` empty or None mean uniform;
-``log=True`` adds POT's log keys (``niter``, ``err``, ``u``, ``v``, ``log_u``, ``log_v``);
-``warmstart=(log_u, log_v)`` continues from POT-convention potentials.
+``log=True`` adds POT's log keys (balanced: ``niter``, ``err``, ``u``, ``v``, ``log_u``, ``log_v``
+with log u = log a + f / eps; unbalanced: ``err``, ``logu``, ``logv``, ``cost`` with POT's KL
+solver's log u = f / eps); ``warmstart=(log u, log v)`` continues from POT-convention potentials.
 
 Every ``method`` POT offers converges to the same regularized plan and is solved by the same
 log-domain iterations (never overflowing, unlike POT's plain ``"sinkhorn"`` at small ``reg``);
@@ -12,7 +13,8 @@ log-domain iterations (never overflowing, unlike POT's plain ``"sinkhorn"`` at s
 
 - ``stopThr`` bounds the L1 column-marginal error (POT: its L2 norm, which is never larger), tested
   every 10 iterations as POT does; ``log["err"]`` holds the final error only (POT: one per test).
-- Balanced problems need ``a.sum() == b.sum()`` (POT iterates on without converging).
+- Balanced problems need ``a.sum() == b.sum()`` (POT iterates on without converging), and every
+  weight must be > 0 (POT accepts zeros: drop those points instead).
 - ``verbose`` prints one summary line (the kernels do not stop to print each test).
 - No equivalent: POT's ``"greenkhorn"`` is solved by full Sinkhorn sweeps (same fixed point),
   ``reg_type`` other than ``"kl"``, unbalanced ``c=``, ``returnCost="total"``, a pair ``reg_m``
@@ -67,14 +69,25 @@ def _options(method: str, numItermax, stopThr, kwargs: dict) -> tuple[bool, int,
     return method == "sinkhorn_epsilon_scaling", numItermax, stopThr
 
 
-def _warm_start(warmstart, log_a: torch.Tensor, log_b: torch.Tensor, eps: float):
-    """POT's (log u, log v) -> flowfast's (f, g) = (eps (log u - log a), eps (log v - log b))."""
+def _warm_start(warmstart, log_a: torch.Tensor, log_b: torch.Tensor, eps: float, unbalanced: bool):
+    """POT's (log u, log v) -> flowfast's (f, g): balanced (eps (log u - log a), eps (log v - log b));
+    unbalanced (POT's KL solver keeps a, b out of u, v) (eps log u, eps log v). ``log_a`` / ``log_b``
+    are (n,) / (m,), or (k, m) for several histograms, where POT's log v is (m, k)."""
     if warmstart is None:
         return None
-    log_u, log_v = (w if isinstance(w, torch.Tensor) else torch.from_numpy(np.asarray(w, dtype=np.float64))
-                    for w in warmstart)
-    log_u, log_v = log_u.to(log_a), log_v.to(log_b)
-    return eps * (log_u - log_a), eps * (log_v - log_b)
+    if not isinstance(warmstart, (tuple, list)) or len(warmstart) != 2:
+        raise TypeError("warmstart must be a (log_u, log_v) pair, e.g. (log['log_u'], log['log_v'])")
+    out = []
+    for name, w, ref in (("log_u", warmstart[0], log_a), ("log_v", warmstart[1], log_b)):
+        t = w if isinstance(w, torch.Tensor) else torch.from_numpy(np.asarray(w, dtype=np.float64))
+        t = t.to(ref)
+        if t.dim() == 2 and ref.dim() == 2:
+            t = t.T
+        if tuple(t.shape) != tuple(ref.shape):
+            expected = tuple(ref.shape) if ref.dim() == 1 else tuple(ref.T.shape)
+            raise ValueError(f"warmstart's {name} must have shape {expected}, got {tuple(w.shape)}")
+        out.append(eps * t if unbalanced else eps * (t - ref))
+    return tuple(out)
 
 
 def _run(a, b, M, reg, reg_m, method, numItermax, stopThr, verbose, warn, warmstart, kwargs):
@@ -94,7 +107,9 @@ def _run(a, b, M, reg, reg_m, method, numItermax, stopThr, verbose, warn, warmst
         cost, wb = cost.expand(k, n, m), wb.T
     log_a = (wa if wa is not None else torch.full((n,), 1.0 / n, dtype=cost.dtype, device=cost.device)).log()
     log_b = (wb if wb is not None else torch.full((m,), 1.0 / m, dtype=cost.dtype, device=cost.device)).log()
-    init = _warm_start(warmstart, log_a, log_b, float(reg))
+    if batched:
+        log_a = log_a.expand(wb.shape[0], n)
+    init = _warm_start(warmstart, log_a, log_b, float(reg), reg_m is not None)
     result = _solve(cost, a=wa, b=wb, eps=reg, reg_m=reg_m, max_iter=max_iter, tol=tol, eps_scaling=scaling,
                     check_every=_CHECK_EVERY, init=init)
     error = float(result.marginal_error.max())
@@ -115,12 +130,22 @@ def _out(t: torch.Tensor, was_torch: bool):
 
 
 def _log(result, log_a, log_b, eps: float, was_torch: bool) -> dict:
+    """POT's balanced log; several histograms come back as POT shapes them, (n, k) and (m, k)."""
     log_u = log_a + result.f.to(log_a.dtype) / eps
     log_v = log_b + result.g.to(log_b.dtype) / eps
+    if log_v.dim() == 2:
+        log_u, log_v = log_u.T, log_v.T
     niter = result.n_iter.max() if result.n_iter.dim() else result.n_iter
     return {"niter": int(niter), "err": [float(result.marginal_error.max())],
             "log_u": _out(log_u, was_torch), "log_v": _out(log_v, was_torch),
             "u": _out(log_u.exp(), was_torch), "v": _out(log_v.exp(), was_torch)}
+
+
+def _unbalanced_log(result, eps: float, was_torch: bool) -> dict:
+    """POT's unbalanced log: its KL solver's log u = f / eps, log v = g / eps."""
+    logu, logv = result.f.double() / eps, result.g.double() / eps
+    return {"err": [float(result.marginal_error.max())], "logu": _out(logu, was_torch),
+            "logv": _out(logv, was_torch), "cost": _out(result.cost, was_torch)}
 
 
 def sinkhorn(a, b, M, reg, method="sinkhorn", numItermax=1000, stopThr=1e-9, verbose=False, log=False, warn=True,
@@ -161,7 +186,7 @@ def sinkhorn_unbalanced(a, b, M, reg, reg_m, method="sinkhorn", reg_type="kl", c
     result, log_a, log_b, was_torch = _run(a, b, M, reg, _unbalanced_weight(reg_m), method, numItermax, stopThr,
                                            verbose, False, warmstart, kwargs)
     plan = _out(result.plan(), was_torch)
-    return (plan, _log(result, log_a, log_b, float(reg), was_torch)) if log else plan
+    return (plan, _unbalanced_log(result, float(reg), was_torch)) if log else plan
 
 
 def sinkhorn_unbalanced2(a, b, M, reg, reg_m, method="sinkhorn", reg_type="kl", c=None, warmstart=None,
@@ -174,4 +199,4 @@ def sinkhorn_unbalanced2(a, b, M, reg, reg_m, method="sinkhorn", reg_type="kl", 
     result, log_a, log_b, was_torch = _run(a, b, M, reg, _unbalanced_weight(reg_m), method, numItermax, stopThr,
                                            verbose, False, warmstart, kwargs)
     loss = _out(result.cost, was_torch)
-    return (loss, _log(result, log_a, log_b, float(reg), was_torch)) if log else loss
+    return (loss, _unbalanced_log(result, float(reg), was_torch)) if log else loss

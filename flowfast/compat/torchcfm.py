@@ -42,7 +42,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from flowfast.couplings.assignment import linear_assignment
+from flowfast import ops
 from flowfast.couplings.sinkhorn import sinkhorn
 
 __all__ = [
@@ -93,7 +93,7 @@ def _exact_plan(cost: torch.Tensor) -> torch.Tensor:
     n, m = cost.shape
     if n == m:
         plan = torch.zeros_like(cost)
-        cols = linear_assignment(cost)
+        cols = ops.assignment.solve(cost[None])[0]  # strict: an overflowing cost is "NaN/Inf"
         plan[torch.arange(n, device=cost.device), cols] = _uniform_weight(n)
         return plan
     points = math.lcm(n, m)
@@ -103,7 +103,7 @@ def _exact_plan(cost: torch.Tensor) -> torch.Tensor:
     # optimal plan (the transport polytope of integer masses has integral vertices).
     row_of = torch.arange(n, device=cost.device).repeat_interleave(points // n)
     col_of = torch.arange(m, device=cost.device).repeat_interleave(points // m)
-    cols = linear_assignment(cost[row_of][:, col_of])
+    cols = ops.assignment.solve(cost[row_of][:, col_of][None])[0]
     plan = torch.zeros_like(cost)
     plan.index_put_((row_of, col_of[cols]), torch.full((points,), _uniform_weight(points), dtype=cost.dtype,
                                                        device=cost.device), accumulate=True)

@@ -93,6 +93,11 @@ def _solve_with_forbidden_edges(c3: torch.Tensor, maximize: bool, backend: str, 
         raise ValueError(f"cost contains {int(invalid.sum())} {refused} value(s); only {allowed} is allowed, "
                          "marking a forbidden edge")
     priced, forbidden = price_forbidden_edges(c)
+    price = float(priced.masked_fill(~forbidden, -torch.inf).amax())
+    if price > ops.assignment.MAX_ABS_COST:
+        raise ValueError(f"cost has forbidden edges and finite entries up to {float(c[~forbidden].abs().amax()):.3g}: "
+                         f"pricing the forbidden edges above every assignment needs {price:.3g}, beyond the "
+                         f"supported {ops.assignment.MAX_ABS_COST:.0e}; rescale the cost")
     cols = ops.assignment.solve(priced, False, backend)
     infeasible = forbidden.gather(2, cols[..., None]).squeeze(-1).any(1)
     if bool(infeasible.any()):

@@ -2,11 +2,12 @@
 
 What scipy accepts is accepted (array-likes, integer / bool / float16 entries, empty matrices,
 ``n > m``, ``+inf`` entries as forbidden edges) with scipy's results and errors; the solve itself
-is :func:`flowfast.linear_assignment`'s (finite costs, ``n <= m``).
+is :func:`flowfast.linear_assignment`'s.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -85,8 +86,10 @@ def linear_sum_assignment(cost: Any, maximize: bool = False) -> tuple[Any, Any]:
         rows = torch.nonzero(cols >= 0).flatten()
         cols = cols[rows]
     identity = torch.arange(k, device=t.device)
-    diagonal, found = t[identity, identity].double().sum(), t[rows, cols].double().sum()
-    # a forbidden edge on the diagonal makes its total +-inf, which never wins this tie
-    if bool(diagonal >= found) if maximize else bool(diagonal <= found):
+    # exact (fsum) comparison of the two totals: a rounded tie must not hand back a worse identity;
+    # a forbidden edge on the diagonal makes the difference +-inf, which never wins
+    diagonal, found = t[identity, identity].double().tolist(), t[rows, cols].double().tolist()
+    gain = math.fsum(diagonal + [-v for v in found])
+    if (gain >= 0) if maximize else (gain <= 0):
         rows, cols = identity, identity.clone()
     return (rows, cols) if was_torch else (rows.cpu().numpy(), cols.cpu().numpy())
