@@ -42,7 +42,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from flowfast import ops
+from flowfast import ops, paths
 from flowfast.couplings.sinkhorn import sinkhorn
 
 __all__ = [
@@ -452,15 +452,10 @@ class TargetConditionalFlowMatcher(ConditionalFlowMatcher):
     :math:`\sigma_t = 1 - (1 - \sigma) t`, :math:`u_t = (x_1 - (1 - \sigma) x_t) / \sigma_t`
     (0/0 at t = 1 with sigma = 0, as torchcfm; :class:`flowfast.paths.TargetCFM` stays finite)."""
 
-    def compute_mu_t(self, x0, x1, t):
-        return pad_t_like_x(t, x1) * x1
-
-    def compute_sigma_t(self, t):
-        return 1 - (1 - self.sigma) * t
-
-    def compute_conditional_flow(self, x0, x1, t, xt):
-        t = pad_t_like_x(t, x1)
-        return (x1 - (1 - self.sigma) * xt) / (1 - (1 - self.sigma) * t)
+    # the formulas themselves are flowfast.paths.TargetCFM's (torchcfm's, read off x_t)
+    compute_mu_t = paths.TargetCFM.compute_mu_t
+    compute_sigma_t = paths.TargetCFM.compute_sigma_t
+    compute_conditional_flow = paths.TargetCFM.compute_conditional_flow
 
 
 class SchrodingerBridgeConditionalFlowMatcher(_OTPaired):
@@ -496,10 +491,5 @@ class VariancePreservingConditionalFlowMatcher(ConditionalFlowMatcher):
     r"""torchcfm's trigonometric interpolant: :math:`\mu_t = \cos(\pi t/2) x_0 + \sin(\pi t/2) x_1`,
     :math:`u_t = \frac{\pi}{2}(\cos(\pi t/2) x_1 - \sin(\pi t/2) x_0)`."""
 
-    def compute_mu_t(self, x0, x1, t):
-        t = pad_t_like_x(t, x0)
-        return torch.cos(math.pi / 2 * t) * x0 + torch.sin(math.pi / 2 * t) * x1
-
-    def compute_conditional_flow(self, x0, x1, t, xt):
-        t = pad_t_like_x(t, x0)
-        return math.pi / 2 * (torch.cos(math.pi / 2 * t) * x1 - torch.sin(math.pi / 2 * t) * x0)
+    compute_mu_t = paths.VariancePreservingCFM.compute_mu_t  # the same formulas as flowfast's
+    compute_conditional_flow = paths.VariancePreservingCFM.compute_conditional_flow
