@@ -89,24 +89,11 @@ def checked_peaks(named: list, values: list) -> dict:
     return {name: peak for (name, _), peak in zip(named, peaks)}
 
 
-def finite_peaks(**tensors) -> dict:
-    """``{name: largest |entry|}`` of the given tensors with one host read in all; raises ValueError
-    naming the first argument holding NaN/Inf."""
-    named, peaks = stacked_peaks(tensors)
-    return checked_peaks(named, [] if peaks is None else peaks.tolist())
-
-
 def check_magnitude(name: str, t: torch.Tensor, limit: float) -> None:
     """Raise on NaN/Inf or |t| > limit with one reduction (one host read on CUDA), without a
     temporary of t's size."""
-    view, _ = distinct_view(t.detach())
-    if view.numel():
-        lo, hi = torch.stack(list(torch.aminmax(view))).double().tolist()
-        peak = max(-lo, hi) if math.isfinite(lo) and math.isfinite(hi) else float("nan")
-    else:
-        peak = 0.0
-    if not math.isfinite(peak):
-        check_finite(name, t)
+    named, bounds = stacked_peaks({name: t})
+    peak = checked_peaks(named, bounds.tolist()).get(name, 0.0) if named else 0.0
     if peak > limit:
         raise ValueError(f"{name} has entries up to {peak:.3g} in magnitude; at most {limit:.0e} is supported (rescale it)")
 

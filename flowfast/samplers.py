@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 import torch
 
-from flowfast._validate import finite_peaks
+from flowfast._validate import check_finite as check_finite_tensor
 
 __all__ = ["ODEResult", "odeint", "METHODS"]
 
@@ -178,7 +178,7 @@ def odeint(velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: t
     if method == "dopri5" and not (atol > 0 and rtol >= 0):
         raise ValueError("dopri5 needs atol > 0 and rtol >= 0")
     if check_finite:
-        finite_peaks(x0=x0)
+        check_finite_tensor("x0", x0)
     f = _Counted(velocity, x0.dtype)
     state = x0.to(accumulation_dtype(x0.dtype))
     times, states = [float(t0)], [x0]

@@ -262,9 +262,10 @@ def test_numpy_bools_are_bools():
 
 
 def test_peaks_of_mixed_dtypes_are_read_in_float64():
-    from flowfast._validate import finite_peaks
+    from flowfast._validate import checked_peaks, stacked_peaks
 
-    assert finite_peaks(a=torch.ones(2), b=torch.full((2,), 1e300, dtype=torch.float64)) == {"a": 1.0, "b": 1e300}
+    named, bounds = stacked_peaks({"a": torch.ones(2), "b": torch.full((2,), 1e300, dtype=torch.float64)})
+    assert checked_peaks(named, bounds.tolist()) == {"a": 1.0, "b": 1e300}
 
 
 def test_wasserstein2_of_an_overflowing_cost_is_not_called_a_forbidden_edge():
