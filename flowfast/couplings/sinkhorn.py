@@ -158,20 +158,27 @@ class SinkhornResult:
         return self._squeeze(fn(cost, x, y, log_a, log_b, g, self.eps, seed, offset))
 
 
+def _batched_vector(name: str, t, batch: int, size: int, ref: torch.Tensor, kind: str = "a torch.Tensor"):
+    """A per-problem vector argument checked: a finite float tensor on ref's device, ``(size,)``
+    (shared by the batch) or ``(batch, size)``; returned ``(batch, size)``."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be {kind}, got {type(t).__name__}")
+    check_float(name, t)
+    check_same_device(**{"cost/x": ref, name: t})
+    if t.dim() == 1:
+        t = t.unsqueeze(0).expand(batch, -1)
+    if tuple(t.shape) != (batch, size):
+        raise ValueError(f"{name} must have shape ({size},) or ({batch}, {size}), got {tuple(t.shape)}")
+    check_finite(name, t)
+    return t
+
+
 def _log_weights(name: str, w, batch: int, size: int, ref: torch.Tensor) -> torch.Tensor:
     if w is None:  # float64: the solve casts it to its dtype (float32 rounding of 1/n is 3e-8 relative)
         return torch.full((batch, size), -math.log(size), dtype=torch.float64, device=ref.device)
-    if not isinstance(w, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(w).__name__}")
-    check_float(name, w)
-    if w.dtype != ref.dtype:
+    if isinstance(w, torch.Tensor) and w.is_floating_point() and w.dtype != ref.dtype:
         raise TypeError(f"{name} has dtype {w.dtype} but the problem is {ref.dtype}")
-    check_same_device(**{"cost/x": ref, name: w})
-    if w.dim() == 1:
-        w = w.unsqueeze(0).expand(batch, -1)
-    if tuple(w.shape) != (batch, size):
-        raise ValueError(f"{name} must have shape ({size},) or ({batch}, {size}), got {tuple(w.shape)}")
-    check_finite(name, w)
+    w = _batched_vector(name, w, batch, size, ref, "a torch.Tensor or None")
     if not bool((w > 0).all()):
         raise ValueError(f"{name} must be strictly positive (drop zero-weight points instead)")
     return w.log().contiguous()
@@ -241,16 +248,7 @@ def _initial_potentials(init, problem, offset, run_device, run_dtype):
     B, n, m = problem.sizes
     out = []
     for name, t, size in (("init f", init[0], n), ("init g", init[1], m)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        check_float(name, t)
-        check_same_device(**{"cost/x": problem.ref, name: t})
-        if t.dim() == 1:
-            t = t.unsqueeze(0).expand(B, -1)
-        if tuple(t.shape) != (B, size):
-            raise ValueError(f"{name} must have shape ({size},) or ({B}, {size}), got {tuple(t.shape)}")
-        check_finite(name, t)
-        out.append(t.detach().double())
+        out.append(_batched_vector(name, t, B, size, problem.ref).detach().double())
     f, g = out
     if offset is not None:
         f = f - offset.double()[:, None]
