@@ -13,5 +13,8 @@ LINEAR, BRIDGE, TARGET, VP = (KINDS[k] for k in ("linear", "bridge", "target", "
 #: (= ff::kBridgeGuard).
 BRIDGE_GUARD = 1e-8
 
+#: kinds whose target velocity u_t depends on the noise that made x_t (not only on x0, x1, t)
+VELOCITY_USES_NOISE = frozenset({BRIDGE, TARGET})
+
 #: kinds whose sigma must be > 0 (the bridge collapses to a point without noise)
 NEEDS_POSITIVE_SIGMA = frozenset({BRIDGE})

@@ -8,23 +8,21 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from flowfast import _interop
+
 FLOAT_DTYPES = (torch.float32, torch.float64)
 INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 def to_tensor(name: str, x: Any) -> tuple[torch.Tensor, bool]:
-    """Accept a torch tensor or a numpy array; returns (tensor, was_numpy)."""
+    """A torch tensor, or a zero-copy torch view of another library's array (numpy, cupy, JAX,
+    DLPack: :mod:`flowfast._interop`); returns (tensor, was_foreign). Anything else is a TypeError
+    listing what is accepted."""
     if isinstance(x, torch.Tensor):
         return x, False
-    if isinstance(x, np.ndarray):
-        if x.dtype.kind not in "fiub":
-            raise TypeError(f"{name} must be a numeric array, got numpy dtype {x.dtype}")
-        if not x.dtype.isnative:
-            x = x.astype(x.dtype.newbyteorder("="))
-        if not x.flags.c_contiguous:
-            x = np.ascontiguousarray(x)
-        return torch.from_numpy(x), True
-    raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
+    if _interop.is_foreign(x):
+        return _interop.library_of(x).to_torch(name, x), True
+    raise _interop.unsupported(name, x)
 
 
 def check_float(name: str, t: torch.Tensor, allowed: tuple = FLOAT_DTYPES) -> None:

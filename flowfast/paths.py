@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from flowfast import _path_kinds, ops
+from flowfast._interop import accepts_arrays
 from flowfast._rng import draw_seed
 from flowfast._validate import checked_peaks, stacked_peaks
 from flowfast.couplings.cost import as_points, pairwise_cost
@@ -152,6 +153,7 @@ class IndependentCFM:
         return self.coupling(x0, x1, generator)
 
     # --- a training step ------------------------------------------------------------------------
+    @accepts_arrays("x0", "x1", "t")
     def sample_location_and_conditional_flow(self, x0: torch.Tensor, x1: torch.Tensor, t=None,
                                              return_noise: bool = False,
                                              generator: Optional[torch.Generator] = None,
@@ -159,7 +161,8 @@ class IndependentCFM:
         r"""Couple, draw ``t ~ U[0, 1]`` (unless given) and noise; returns ``(t, x_t, u_t[, eps])``.
 
         Shapes: x0, x1 ``(B, *shape)``; t ``(B,)``; x_t, u_t, eps like x0. ``check_finite``: as
-        in :meth:`loss`.
+        in :meth:`loss`. Torch tensors, or another library's arrays (numpy, cupy, JAX, DLPack:
+        the results come back in it; values only, no derivatives outside torch).
         """
         ops.interpolant.validate_batches(x0, x1)
         if wants_check(check_finite, x0):
@@ -169,9 +172,11 @@ class IndependentCFM:
         x0, x1 = self.couple(x0, x1, generator)
         return self._sample(x0, x1, t, return_noise, generator)
 
+    @accepts_arrays("x0", "x1", "t")
     def sample_paired(self, x0: torch.Tensor, x1: torch.Tensor, t=None, return_noise: bool = False,
                       generator: Optional[torch.Generator] = None, check_finite: Optional[bool] = None):
-        """:meth:`sample_location_and_conditional_flow` for a batch that is already coupled."""
+        """:meth:`sample_location_and_conditional_flow` for a batch that is already coupled (any
+        array library too)."""
         if wants_check(check_finite, x0):
             ops.interpolant.validate_batches(x0, x1)
             check_step_inputs(x0, x1, sigma=self.sigma)
@@ -228,6 +233,58 @@ class IndependentCFM:
         loss = self._fused_loss(model, x0, x1, t, weight, generator) if fused else None
         if loss is None:
             loss = self._eager_loss(model, x0, x1, t, weight, generator)
+        if checking:
+            check_loss_finite(loss, x0.dtype)
+        return loss
+
+    @accepts_arrays("v", "x0", "x1", "t", "noise", "weight")
+    def prediction_loss(self, v: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, t, noise=None,
+                        weight: Optional[torch.Tensor] = None, check_finite: Optional[bool] = None) -> torch.Tensor:
+        r"""The loss of a prediction from the caller's own model call,
+        :math:`\frac{1}{B D}\sum_b w_b \|v_b - u_t^b\|^2`, with u_t recomputed by the fused loss
+        kernel from ``(x0, x1, t, noise)`` (never stored); differentiable in ``v``.
+
+        For models that take more than ``(x_t, t)`` (labels, conditioning) or live outside torch::
+
+            t, xt, _, eps = path.sample_paired(x0, x1, return_noise=True)
+            loss = path.prediction_loss(model(xt, t, labels), x0, x1, t, eps)
+
+        Args:
+            v: ``(B, *shape)`` the prediction at x_t; x0's shape, dtype and device.
+            x0, x1: the coupled batch x_t was drawn from (no coupling happens here).
+            t: ``(B,)`` times in [0, 1] (or a scalar).
+            noise: the eps that made x_t; required where u_t depends on it (SB-CFM, TargetCFM),
+                unused by the straight and VP paths (None there).
+            weight: optional ``(B,)`` per-sample weights.
+            check_finite: the NaN policy of :meth:`loss`.
+
+        Torch tensors, or another library's arrays (numpy, cupy, JAX, DLPack): then the value comes
+        back as a 0-d array of that library, without derivatives.
+        """
+        ops.interpolant.validate_batches(x0, x1)
+        kind = _path_kinds.KINDS[self.kernel_path]
+        for name, given in (("v", v), ("noise", noise)):
+            if given is None:
+                continue
+            if not isinstance(given, torch.Tensor) or given.shape != x0.shape or given.dtype != x0.dtype \
+                    or given.device != x0.device:
+                raise ValueError(f"{name} must be shaped like x0 {tuple(x0.shape)} ({x0.dtype}, {x0.device}), got "
+                                 + (f"{tuple(given.shape)} ({given.dtype}, {given.device})"
+                                    if isinstance(given, torch.Tensor) else type(given).__name__))
+        if v is None:
+            raise TypeError("v (the prediction at x_t, shaped like x0) is required")
+        if noise is None and kind in _path_kinds.VELOCITY_USES_NOISE:
+            raise ValueError(f"{type(self).__name__}'s u_t depends on the noise that made x_t: pass it as noise= "
+                             "(sample_paired(..., return_noise=True) returns it)")
+        if weight is not None and (not isinstance(weight, torch.Tensor) or weight.shape != (x0.shape[0],)):
+            raise ValueError(f"weight must be a ({x0.shape[0]},) tensor")
+        checking = wants_check(check_finite, x0)
+        if checking:
+            check_step_inputs(x0, x1, weight, self.sigma)
+        if weight is not None:
+            weight = weight.to(device=x0.device, dtype=x0.dtype)
+        t = ops.interpolant.validate_t(t, x0)
+        loss = ops.interpolant.mean_loss(v, x0, x1, t, noise, weight, kind, self.sigma, 0, 0)
         if checking:
             check_loss_finite(loss, x0.dtype)
         return loss

@@ -37,6 +37,9 @@ for spec in ot:pot lap:lap matplotlib:matplotlib sklearn:scikit-learn; do
   mod=${spec%%:*}; pkg=${spec#*:}
   "$PY" -c "import $mod" 2>/dev/null || pip_install "$pkg" || echo "note: optional peer '$pkg' not installed"
 done
+# JAX (CPU) for the array-library tests (tests/test_array_interop.py: JAX arrays in and out of every
+# entry point) and benchmarks/bench_interop.py; optional, its tests skip without it.
+"$PY" -c "import jax" 2>/dev/null || pip_install "jax[cpu]==0.10.2" || echo "note: optional 'jax' not installed"
 # torchcfm is the OT-CFM anchor; its declared deps (torchdyn, ...) are not needed for its
 # optimal_transport module, and resolving them could pull another torch: install it alone.
 "$PY" -c "import torchcfm.optimal_transport" 2>/dev/null || pip_install --no-deps "torchcfm==1.0.7" \

@@ -277,7 +277,7 @@ def test_bad_tokens_raise_clear_errors(digit_scorer):
             fn(ok.float())
         with pytest.raises(TypeError, match="got dtype bool"):
             fn(ok.bool())
-        with pytest.raises(TypeError, match="must be a torch.Tensor or numpy.ndarray, got list"):
+        with pytest.raises(TypeError, match=r"must be a torch.Tensor, numpy.ndarray, .*; got list"):
             fn(ok.tolist())
         too_big = ok.clone()
         too_big[1, 2] = vocab

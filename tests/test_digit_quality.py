@@ -133,7 +133,7 @@ def test_inputs_clamped_or_rejected(scorer):
     with pytest.raises(TypeError, match="floating"):
         scorer.score(torch.zeros(2, 1, 8, 8, dtype=torch.int64))
     assert scorer.score(x.numpy())["confidence"] == pytest.approx(scorer.score(x)["confidence"])
-    with pytest.raises(TypeError, match="torch.Tensor or numpy"):
+    with pytest.raises(TypeError, match="torch.Tensor, numpy.ndarray, cupy.ndarray, jax.Array"):
         scorer.score(x.tolist())
     with pytest.raises(ValueError, match="at least 2"):
         DigitScorer(train=x[:1])

@@ -122,6 +122,46 @@ def _exact(x0, t):
     return x0 @ torch.linalg.matrix_exp(A * t).T
 
 
+@pytest.mark.parametrize("path", [paths.IndependentCFM(0.1), paths.SchrodingerBridgeCFM(0.7), paths.TargetCFM(0.05),
+                                  paths.VariancePreservingCFM(0.2)], ids=lambda p: type(p).__name__)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_prediction_loss_is_the_loss_of_the_sampled_target(path, dtype):
+    x0, x1, t, _ = _batch((64, 3), seed=4)
+    x0, x1, t = x0.to(dtype), x1.to(dtype), t.to(dtype)
+    t_, xt, ut, eps = path.sample_paired(x0, x1, t, return_noise=True, generator=torch.Generator().manual_seed(1))
+    v = (ut.double() + 0.3 * torch.randn(ut.shape, generator=torch.Generator().manual_seed(2),
+                                         dtype=torch.float64)).to(dtype).requires_grad_()
+    weight = torch.rand(64, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(dtype)
+    loss = path.prediction_loss(v, x0, x1, t_, eps, weight=weight)
+    # the kernel computes u_t in double from (x0, x1, t, eps); the eager u_t was rounded to dtype
+    target = path.conditional_flow_from_noise(x0.double(), x1.double(), t_.double(), xt.double(), eps.double())
+    diff = v.detach().double() - target
+    want = ((diff ** 2).mean(1) * weight.double()).mean()
+    tol = 1e-12 if dtype == torch.float64 else (1e-6 if dtype == torch.float32 else 1e-2)
+    assert loss.dtype == dtype
+    assert abs(float(loss.detach()) - float(want)) <= tol * float(want)
+    loss.backward()
+    grad = 2 * diff * weight.double()[:, None] / v.numel()
+    torch.testing.assert_close(v.grad.double(), grad, rtol=tol * 10, atol=tol * float(grad.abs().max()) * 10)
+
+
+def test_prediction_loss_rejects_what_it_cannot_use():
+    x0, x1, t, eps = _batch((8, 2))
+    with pytest.raises(ValueError, match="noise"):
+        paths.TargetCFM(0.1).prediction_loss(x0, x0, x1, t)  # u_t needs the noise that made x_t
+    with pytest.raises(ValueError, match="noise must be shaped like x0"):
+        paths.SchrodingerBridgeCFM(0.5).prediction_loss(x0, x0, x1, t, eps[:4])
+    with pytest.raises(TypeError, match="v "):
+        paths.IndependentCFM().prediction_loss(None, x0, x1, t)
+    with pytest.raises(ValueError, match="t must lie in"):
+        paths.IndependentCFM().prediction_loss(x0, x0, x1, t + 1)
+    v = x0.clone()
+    v[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        paths.IndependentCFM().prediction_loss(v, x0, x1, t)
+
+
+
 @pytest.mark.parametrize("method,order", [("euler", 1), ("midpoint", 2), ("rk4", 4)])
 def test_fixed_step_order_of_convergence(method, order):
     x0 = torch.tensor([[1.0, 0.0], [0.3, -2.0]], dtype=torch.float64)

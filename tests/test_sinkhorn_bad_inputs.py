@@ -197,28 +197,30 @@ def test_mismatched_cloud_dtypes_rejected():
 
 @pytest.mark.parametrize(
     "bad",
-    [[[0.1, 0.2], [0.3, 0.4]], np.ones((2, 2)), 3.0, "cost"],
-    ids=["list", "numpy", "float", "str"],
+    [[[0.1, 0.2], [0.3, 0.4]], 3.0, "cost"],
+    ids=["list", "float", "str"],
 )
-def test_cost_not_a_tensor(bad):
+def test_cost_not_a_tensor(bad):  # (a numpy cost is taken: tests/test_array_interop.py)
     with _raises(TypeError, "cost", "torch.Tensor"):
         flowfast.sinkhorn(bad, eps=0.1)
 
 
 @pytest.mark.parametrize("which", ["x", "y"])
-@pytest.mark.parametrize("bad", [[[0.1, 0.2]], np.ones((2, 2))], ids=["list", "numpy"])
-def test_cloud_not_a_tensor(which, bad):
+@pytest.mark.parametrize("bad, says", [([[0.1, 0.2]], "torch.Tensor"), (np.ones((2, 2)), "one library")],
+                         ids=["list", "numpy-next-to-torch"])
+def test_cloud_not_a_tensor(which, bad, says):
     x, y = _cloud(2, 2)
     kw = dict(x=x, y=y)
     kw[which] = bad
-    with _raises(TypeError, which, "torch.Tensor"):
+    with _raises(TypeError, which, says):
         flowfast.sinkhorn(**kw, eps=0.1)
 
 
 @pytest.mark.parametrize("which", ["a", "b"])
-@pytest.mark.parametrize("bad", [[0.5, 0.5], np.full(2, 0.5), 0.5], ids=["list", "numpy", "float"])
-def test_weights_not_a_tensor(which, bad):
-    with _raises(TypeError, which, "torch.Tensor"):
+@pytest.mark.parametrize("bad, says", [([0.5, 0.5], "torch.Tensor"), (np.full(2, 0.5), "one library"),
+                                       (0.5, "torch.Tensor")], ids=["list", "numpy-next-to-torch", "float"])
+def test_weights_not_a_tensor(which, bad, says):
+    with _raises(TypeError, which, says):
         flowfast.sinkhorn(_dense(2, 2), eps=0.1, **{which: bad})
 
 

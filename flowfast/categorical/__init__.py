@@ -8,12 +8,12 @@ trained by VFM cross-entropy on the diagonal plus CSD or ECLD off it (:mod:`obje
 Benchmark tasks with exact metrics: :mod:`tasks`.
 """
 
-from flowfast.categorical.flow_map import MIN_ONE_MINUS_S, CategoricalFlowMap
+from flowfast.categorical.flow_map import MIN_ONE_MINUS_S, CategoricalFlowMap, flow_map_step
 from flowfast.categorical.guidance import SMCSample, gradient_guided_sample, smc_sample
 from flowfast.categorical.objectives import METHODS, CategoricalObjective, with_labels
 from flowfast.categorical.path import check_token_batch, input_scale, interpolate, source_noise
 from flowfast.categorical.sampling import READOUTS, SAMPLE_METHODS, CategoricalSample, readout, sample
 
 __all__ = ["METHODS", "MIN_ONE_MINUS_S", "READOUTS", "SAMPLE_METHODS", "CategoricalFlowMap", "CategoricalObjective",
-           "CategoricalSample", "SMCSample", "check_token_batch", "gradient_guided_sample", "input_scale",
+           "CategoricalSample", "SMCSample", "check_token_batch", "flow_map_step", "gradient_guided_sample", "input_scale",
            "interpolate", "readout", "sample", "smc_sample", "source_noise", "with_labels"]

@@ -16,10 +16,15 @@ from typing import Optional
 import torch
 from torch import nn
 
+from flowfast._interop import accepts_arrays
 from flowfast.categorical.path import input_scale
 from flowfast.ops import simplex as simplex_ops
 
-__all__ = ["CategoricalFlowMap", "MIN_ONE_MINUS_S"]
+__all__ = ["CategoricalFlowMap", "MIN_ONE_MINUS_S", "flow_map_step"]
+
+#: The fused step ``x + gamma (softmax(logits) - x)`` on its own (``simplex`` kernels), for torch
+#: tensors or any array library's arrays (numpy, cupy, JAX, DLPack: results in that library).
+flow_map_step = accepts_arrays("logits", "x", "gamma")(simplex_ops.flow_map_step)
 
 #: the clamp of 1 - s in gamma (both official code bases' 0.05 for the graphs; the text code's
 #: 1e-8 overflows where a time sampler can return s = 1)

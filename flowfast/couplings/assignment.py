@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from flowfast import ops
+from flowfast._interop import accepts_arrays
 from flowfast._validate import (check_batch_pair, check_bool, check_choice, check_device_supported, check_finite,
                                 check_float, check_ndim, check_nonempty, to_tensor)
 from flowfast.couplings.cost import BATCH_DTYPES, as_points, pairwise_cost
@@ -14,6 +15,7 @@ from flowfast.couplings.cost import BATCH_DTYPES, as_points, pairwise_cost
 COSTS = ("sqeuclidean", "euclidean")
 
 
+@accepts_arrays("cost")
 def linear_assignment(cost: Any, maximize: bool = False, *, backend: str = "auto") -> Any:
     r"""Exact linear assignment: each row gets a distinct column, minimizing the total cost.
 
@@ -21,7 +23,8 @@ def linear_assignment(cost: Any, maximize: bool = False, *, backend: str = "auto
 
     Args:
         cost: ``(n, m)`` or batched ``(B, n, m)`` costs; float32 or float64; a torch tensor (CPU or
-            CUDA) or a numpy array; non-empty. ``+inf`` (``-inf`` when maximizing) marks a
+            CUDA) or any array library's (numpy, cupy, JAX, DLPack; the result comes back in
+            it, :mod:`flowfast._interop`); non-empty. ``+inf`` (``-inf`` when maximizing) marks a
             forbidden edge; NaN and the other infinity are refused. ``n > m`` is solved on the
             transpose: every column gets a distinct row and ``n - m`` rows get none.
         maximize: maximize the total instead.
@@ -31,7 +34,7 @@ def linear_assignment(cost: Any, maximize: bool = False, *, backend: str = "auto
 
     Returns:
         ``(n,)`` or ``(B, n)`` int64: the column assigned to each row, -1 for the rows left out
-        when ``n > m``, on the input's device (numpy in, numpy out). Optimal solutions need not be
+        when ``n > m``, on the input's device and in its array library. Optimal solutions need not be
         unique; any optimal one is returned.
 
     Raises:
@@ -43,7 +46,7 @@ def linear_assignment(cost: Any, maximize: bool = False, *, backend: str = "auto
     Forbidden edges are priced above any finite assignment (:func:`price_forbidden_edges`) and
     solved in float64: exact to about n * 1e-16 of n times the finite cost range.
     """
-    t, was_numpy = to_tensor("cost", cost)
+    t, _ = to_tensor("cost", cost)
     maximize = check_bool("maximize", maximize)
     check_choice("backend", backend, ops.BACKENDS)
     check_device_supported("cost", t)
@@ -64,7 +67,7 @@ def linear_assignment(cost: Any, maximize: bool = False, *, backend: str = "auto
         cols = torch.full((t3.shape[0], n), -1, dtype=torch.int64, device=out.device)
         out = cols.scatter_(1, out, torch.arange(m, device=out.device).expand_as(out))
     out = out if batched else out[0]
-    return out.numpy() if was_numpy else out
+    return out
 
 
 def price_forbidden_edges(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,6 +110,7 @@ def _solve_with_forbidden_edges(c3: torch.Tensor, maximize: bool, backend: str, 
     return cols
 
 
+@accepts_arrays("x0", "x1")
 def ot_pairing(x0: torch.Tensor, x1: torch.Tensor, cost: str = "sqeuclidean") -> tuple[torch.Tensor, torch.Tensor]:
     r"""Exact minibatch-OT pairing: a permutation, every sample used exactly once.
 
@@ -117,7 +121,8 @@ def ot_pairing(x0: torch.Tensor, x1: torch.Tensor, cost: str = "sqeuclidean") ->
 
     Args:
         x0: ``(n, *shape)`` source samples (noise, t=0), float32/float64.
-        x1: ``(n, *shape)`` data samples (t=1), same shape, dtype and device as x0.
+        x1: ``(n, *shape)`` data samples (t=1), same shape, dtype and device as x0. Torch
+            tensors or another array library's arrays (results in that library).
         cost: ``"sqeuclidean"`` (default, W2 coupling) or ``"euclidean"``.
 
     Returns:

@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 
 from flowfast import ops
+from flowfast._interop import accepts_arrays
 from flowfast._rng import generator_device
 from flowfast._validate import check_batch_pair, check_choice
 from flowfast.couplings.assignment import check_batches_finite, raise_nonfinite_cost, solve_pair_cost
@@ -85,6 +86,7 @@ def _sample_entropic(result, cost: Optional[torch.Tensor], n: int, replace: bool
     return torch.arange(n, device=device), ops.assignment.solve(scores[None], validate=False)[0]
 
 
+@accepts_arrays("x0", "x1")
 def pair_indices(x0: torch.Tensor, x1: torch.Tensor, method: str = "exact", reg: float = 0.05,
                  reg_m: float = 1.0, replace: bool = False, generator: Optional[torch.Generator] = None,
                  max_iter: int = 1000, tol: float = 1e-6, eps: Optional[float] = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,6 +114,7 @@ def pair_indices(x0: torch.Tensor, x1: torch.Tensor, method: str = "exact", reg:
     return _sample_entropic(result, cost, n, replace, generator, device)
 
 
+@accepts_arrays("x0", "x1")
 def pair(x0: torch.Tensor, x1: torch.Tensor, method: str = "exact", reg: float = 0.05, reg_m: float = 1.0,
          replace: bool = False, generator: Optional[torch.Generator] = None, max_iter: int = 1000,
          tol: float = 1e-6, eps: Optional[float] = None) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:

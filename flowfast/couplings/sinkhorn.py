@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from flowfast import ops
+from flowfast._interop import accepts_arrays
 from flowfast._rng import check_generator, draw_seed
 from flowfast._validate import check_bool, check_choice, check_finite, check_float, check_same_device
 
@@ -307,6 +308,7 @@ def solve_problem(problem, a, b, scale, opts: SolveOptions,
         _batched=problem.batched, _impl=impl, _generator=generator)
 
 
+@accepts_arrays("cost", "x", "y", "a", "b", sequences=("init",))
 def sinkhorn(cost: Optional[torch.Tensor] = None, *, x: Optional[torch.Tensor] = None,
              y: Optional[torch.Tensor] = None, a: Optional[torch.Tensor] = None,
              b: Optional[torch.Tensor] = None, eps: float, reg_m: Optional[float] = None,
@@ -342,7 +344,9 @@ def sinkhorn(cost: Optional[torch.Tensor] = None, *, x: Optional[torch.Tensor] =
             ``(log u, log v)``, which are ``log a + f / eps`` and ``log b + g / eps``.
 
     Returns:
-        :class:`SinkhornResult`.
+        :class:`SinkhornResult`; for another array library's inputs (numpy, cupy, JAX, DLPack) an
+        :class:`flowfast._interop.ArrayResult` over it whose arrays and method results are that
+        library's (``.torch``: the torch result).
 
     Host synchronizations on CUDA: one reduction for the NaN/Inf check and the cost scale (plus
     one per given weight vector), and a 4-byte convergence flag read every ``check_every``

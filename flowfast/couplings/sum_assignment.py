@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from flowfast._interop import accepts_arrays
 from flowfast._validate import check_bool
 from flowfast.couplings.assignment import linear_assignment
 
@@ -48,12 +49,13 @@ def _as_matrix(cost: Any) -> tuple[torch.Tensor, bool]:
     return t, was_torch
 
 
+@accepts_arrays("cost", numpy=False)  # numpy: scipy's own acceptance rules below
 def linear_sum_assignment(cost: Any, maximize: bool = False) -> tuple[Any, Any]:
     """Drop-in for ``scipy.optimize.linear_sum_assignment``, with scipy's semantics.
 
     Args:
-        cost: an ``(n, m)`` matrix: torch tensor (CPU or CUDA, any real dtype), numpy array or nested
-            lists, of integer, bool or float entries (float32/float64 tensors are solved in their
+        cost: an ``(n, m)`` matrix: torch tensor (CPU or CUDA, any real dtype), numpy array, nested
+            lists, or a cupy / JAX / DLPack array, of integer, bool or float entries (float32/float64 tensors are solved in their
             dtype; anything else in float64). Any ``n, m >= 0``: an empty matrix gives empty
             indices, ``n > m`` is solved on the transpose. Minimizing, ``+inf`` marks a forbidden
             edge and NaN / ``-inf`` are invalid; maximizing, ``-inf`` is forbidden and NaN /
@@ -62,9 +64,10 @@ def linear_sum_assignment(cost: Any, maximize: bool = False) -> tuple[Any, Any]:
 
     Returns:
         ``(row_ind, col_ind)``: int64 index arrays sorted by row (torch in, torch out on the same
-        device; anything else in, numpy out), so ``cost[row_ind, col_ind].sum()`` is the optimal
-        total. When the identity pairing (row i with column i) is optimal it is the one returned,
-        as scipy does on constant or diagonal-optimal matrices; other ties are broken arbitrarily.
+        device; cupy / JAX / DLPack arrays in, that library's out; anything else in, numpy out), so
+        ``cost[row_ind, col_ind].sum()`` is the optimal total. When the identity pairing (row i
+        with column i) is optimal it is the one returned, as scipy does on constant or
+        diagonal-optimal matrices; other ties are broken arbitrarily.
 
     Raises:
         ValueError: not 2-D, non-numerical entries, NaN or an invalid infinity, or no assignment

@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 
+from flowfast._interop import accepts_arrays
 from flowfast._rng import check_generator, draw_seed
 from flowfast.categorical._tokens import check_int
 from flowfast.ops import _switch
@@ -25,12 +26,14 @@ __all__ = ["hamming_distance", "pairflow_pairs", "uniform_source"]
 DEFAULT_BATCH = {"cpu": 1024, "cuda": 32768}
 
 
+@accepts_arrays("data")
 def pairflow_pairs(data, vocab_size: int, steps: int = 20, tau: float = 1.0, batch_size: Optional[int] = None,
                    generator: Optional[torch.Generator] = None, backend: str = "auto") -> torch.Tensor:
     """Source tokens x0 paired with each training sequence x1 (PairFlow's inversion).
 
     Args:
-        data: (N, D) integer tokens in [0, vocab_size): the whole training set. Every sequence is
+        data: (N, D) integer tokens in [0, vocab_size): the whole training set (a torch tensor or
+            another library's array: numpy, cupy, JAX, DLPack; the pairs come back in it). Every sequence is
             inverted against all of them (itself included), so N is the posterior's support.
         vocab_size: V, the model's vocabulary (never inferred from the data: ids that never occur
             still belong to the uniform source).

@@ -1,7 +1,7 @@
 """Fuzz cases of the public API, as plain JSON-able specs, and their checks against the peers.
 
 A spec names an op and how to build its inputs (shape, dtype, scale, offset, ties, NaN/Inf
-positions, layout); :func:`run_case` builds them deterministically from the spec's seed, calls
+positions, layout, and the caller's array library: torch, numpy, negative-stride numpy, JAX); :func:`run_case` builds them deterministically from the spec's seed, calls
 flowfast, and classifies the outcome:
 
     correct   agrees with the peer (scipy / float64 recomputation)
@@ -45,6 +45,34 @@ def _tensor(spec: dict, shape: tuple) -> torch.Tensor:
     return t
 
 
+def _in_library(spec: dict, t: torch.Tensor):
+    """``t`` as the spec's caller array library (the entry points' array layer, flowfast._interop):
+    torch as it is, numpy (its strides kept), numpy as a negative-stride view of the same values,
+    or JAX (float64 stays torch: JAX without x64 has none). bfloat16 has no numpy dtype."""
+    library = spec.get("library", "torch")
+    if library.startswith("numpy") and t.dtype != torch.bfloat16:
+        array = t.numpy()
+        if library == "numpy_reversed" and array.ndim:
+            array = np.ascontiguousarray(array[::-1])[::-1]  # same values, negative leading stride
+        return array
+    if library == "jax" and t.dtype != torch.float64:
+        try:
+            import jax
+        except ImportError:
+            return t
+        return jax.dlpack.from_dlpack(t.contiguous())
+    return t
+
+
+def _torch(value) -> torch.Tensor:
+    """A result of any array library as a torch tensor (a copy)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    return torch.from_dlpack(value).clone()  # JAX (bfloat16 included)
+
+
 def _finite(*ts) -> bool:
     return all(bool(torch.isfinite(t.detach().double()).all()) for t in ts)
 
@@ -71,10 +99,11 @@ def _check_assignment(spec: dict) -> str:
         want = None  # scipy refuses: NaN, -inf, or infeasible
     try:
         if spec["op"] == "linear_sum_assignment":
-            rows, cols = flowfast.linear_sum_assignment(C.numpy() if spec.get("numpy") else C)
+            given = C.numpy() if spec.get("numpy") and C.dtype != torch.bfloat16 else _in_library(spec, C)
+            rows, cols = flowfast.linear_sum_assignment(given)
             rows, cols = np.asarray(rows), np.asarray(cols)
         else:
-            cols = flowfast.linear_assignment(C).numpy()
+            cols = np.asarray(flowfast.linear_assignment(_in_library(spec, C)))
             rows = np.nonzero(cols >= 0)[0]
             cols = cols[rows]
     except CLEAR_ERRORS:
@@ -98,11 +127,12 @@ def _check_sinkhorn(spec: dict) -> str:
     C = _tensor(spec, (spec["n"], spec["m"]))
     eps = spec["eps_rel"] * max(float(C.double().abs().max()) if C.numel() and _inputs_finite(C) else 1.0, 1e-300)
     try:
-        res = flowfast.sinkhorn(C, eps=eps, max_iter=spec["max_iter"], reg_m=spec.get("reg_m"))
+        res = flowfast.sinkhorn(_in_library(spec, C), eps=eps, max_iter=spec["max_iter"], reg_m=spec.get("reg_m"))
     except CLEAR_ERRORS:
         return "error"
     if not _inputs_finite(C):
         return "wrong"
+    res = getattr(res, "torch", res)  # another library's result: its torch object (the arrays are views of it)
     if not _finite(res.f, res.g, res.marginal_error, res.cost, res.value):
         return "nonfinite"
     if spec.get("reg_m") is not None:
@@ -133,11 +163,14 @@ def _check_pairing(spec: dict) -> str:
     x1 = _tensor({**spec, "seed": spec["seed"] + 1, "special": None}, (n, d))
     try:
         if spec["op"] == "ot_pairing":
-            _, x1p = flowfast.ot_pairing(x0, x1)
+            _, x1p = flowfast.ot_pairing(_in_library(spec, x0), _in_library(spec, x1))
         else:
-            x0p, x1p, (i, j) = pair(x0, x1, method="sinkhorn", reg=0.05, generator=torch.Generator().manual_seed(0))
+            x0p, x1p, (i, j) = pair(_in_library(spec, x0), _in_library(spec, x1), method="sinkhorn", reg=0.05,
+                                    generator=torch.Generator().manual_seed(0))
     except CLEAR_ERRORS:
         return "error"
+    x1p = _torch(x1p)
+    j = _torch(j) if spec["op"] == "pair_sinkhorn" else None
     if not _inputs_finite(x0, x1):
         return "wrong"
     if not _finite(x1p):

@@ -9,6 +9,8 @@ SPECIALS = st.sampled_from([None, None, None, "nan", "inf", "-inf"])
 SCALES = st.sampled_from([1e-30, 1e-8, 1e-3, 1.0, 1.0, 1.0, 1e3, 1e8, 1e30])
 OFFSETS = st.sampled_from([0.0, 0.0, -0.5, 1.0, 1e3, 1e6])
 LAYOUTS = st.sampled_from(["contiguous", "contiguous", "transposed", "sliced"])
+# the caller's array library (flowfast._interop): torch, numpy, numpy with negative strides, JAX
+LIBRARIES = st.sampled_from(["torch", "torch", "numpy", "numpy_reversed", "jax"])
 
 
 def _common(dtypes, specials=SPECIALS):
@@ -20,14 +22,15 @@ ALL_FLOATS = ["float32", "float64", "float32", "float64", "float16", "bfloat16"]
 
 assignment = st.fixed_dictionaries({"op": st.sampled_from(["linear_sum_assignment", "linear_assignment"]),
                                     "n": st.integers(0, 12), "m": st.integers(0, 12), "numpy": st.booleans(),
+                                    "library": LIBRARIES,
                                     **_common(ALL_FLOATS)})
 sinkhorn = st.fixed_dictionaries({"op": st.just("sinkhorn"), "n": st.integers(1, 24), "m": st.integers(1, 24),
                                   "eps_rel": st.sampled_from([1e-5, 1e-3, 0.05, 1.0]),
                                   "max_iter": st.sampled_from([1, 3, 50, 1000]),
-                                  "reg_m": st.sampled_from([None, None, 0.1, 10.0]),
+                                  "reg_m": st.sampled_from([None, None, 0.1, 10.0]), "library": LIBRARIES,
                                   **_common(["float32", "float64"])})
 pairing = st.fixed_dictionaries({"op": st.sampled_from(["ot_pairing", "pair_sinkhorn"]), "n": st.integers(1, 24),
-                                 "d": st.integers(1, 5), **_common(ALL_FLOATS)})
+                                 "d": st.integers(1, 5), "library": LIBRARIES, **_common(ALL_FLOATS)})
 odeint = st.fixed_dictionaries({"op": st.just("odeint"), "n": st.integers(1, 6), "d": st.integers(1, 3),
                                 "method": st.sampled_from(["euler", "midpoint", "rk4", "dopri5"]),
                                 "steps": st.sampled_from([1, 10, 100]), "rate": st.sampled_from([0.1, 1.0, 5.0]),
