@@ -47,14 +47,13 @@ def kernel_scope():
 
 def describe(t: torch.Tensor) -> tuple:
     """(data_ptr, dtype_code, device_type, device_index, shape, strides) for flowfast._C."""
-    return (
-        t.data_ptr(),
-        _DTYPE_CODES[t.dtype],
-        device_code(t.device),
-        t.device.index or 0,
-        tuple(t.shape),
-        tuple(t.stride()),
-    )
+    if t.is_cuda:  # (properties, not t.device: this runs several times per kernel call)
+        where, index = 1, t.get_device()
+    elif t.is_cpu:
+        where, index = 0, 0
+    else:
+        where, index = device_code(t.device), 0  # raises: flowfast kernels run on CPU or CUDA
+    return (t.data_ptr(), _DTYPE_CODES[t.dtype], where, index, tuple(t.shape), t.stride())
 
 
 def stream_handle(device: torch.device) -> int:

@@ -25,7 +25,7 @@ import ctypes
 import dataclasses
 import functools
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -80,21 +80,28 @@ def _capsule_has_negative_stride(capsule) -> bool:
 # --- one library's way in and out ---------------------------------------------------------------
 class Library:
     """Where the caller's arrays come from: how to view one as a torch tensor, how to hand a torch
-    tensor back, and the stream scope a call runs in."""
+    tensor back, and the stream scope a call runs in (None: no stream to set, e.g. on the CPU)."""
 
     def __init__(self, name: str, device: str, to_torch: Callable, from_torch: Callable,
-                 scope: Callable[[], Any] = contextlib.nullcontext) -> None:
+                 scope: Optional[Callable[[], Any]] = None) -> None:
         self.name, self.device = name, device
         self._to_torch, self._from_torch, self.scope = to_torch, from_torch, scope
 
     def to_torch(self, name: str, value: Any) -> torch.Tensor:
         return self._to_torch(name, value)
 
+    def run(self, fn: Callable, *args, **kwargs):
+        """``fn(*args, **kwargs)`` inside this library's stream scope."""
+        if self.scope is None:
+            return fn(*args, **kwargs)
+        with self.scope():
+            return fn(*args, **kwargs)
+
     def export(self, result: Any) -> Any:
         """``result`` with every tensor in it (tuples, named tuples, lists, dicts, result objects)
         as an array of this library."""
         if isinstance(result, torch.Tensor):
-            return self._from_torch(result.detach())
+            return self._from_torch(result.detach() if result.requires_grad else result)
         if isinstance(result, tuple):
             items = [self.export(item) for item in result]
             return type(result)(*items) if hasattr(result, "_fields") else tuple(items)
@@ -108,19 +115,22 @@ class Library:
 
 
 def _numpy_to_torch(name: str, x: np.ndarray) -> torch.Tensor:
-    if x.dtype.kind not in "fiucb":
-        raise TypeError(f"{name} must be a numeric array, got numpy dtype {x.dtype}")
-    if not x.dtype.isnative:
-        x = x.astype(x.dtype.newbyteorder("="))
-    if any(stride < 0 or stride % x.itemsize for stride in x.strides):
+    dtype = x.dtype
+    if dtype.kind not in "fiucb":
+        raise TypeError(f"{name} must be a numeric array, got numpy dtype {dtype}")
+    if not dtype.isnative:
+        x = x.astype(dtype.newbyteorder("="))
+    flags = x.flags
+    if not flags.c_contiguous and any(stride < 0 or stride % x.itemsize for stride in x.strides):
         x = np.ascontiguousarray(x)  # torch views neither negative nor sub-element strides
-    if not x.flags.writeable:
+        flags = x.flags
+    if not flags.writeable:
         return torch.from_dlpack(x)  # from_numpy would warn; flowfast never writes to an input
     return torch.from_numpy(x)
 
 
 def _numpy_from_torch(t: torch.Tensor) -> np.ndarray:
-    return (t if t.device.type == "cpu" else t.cpu()).numpy()
+    return (t.cpu() if t.is_cuda else t).numpy()
 
 
 def _dlpack_to_torch(name: str, x: Any, library: str) -> torch.Tensor:
@@ -287,7 +297,8 @@ def accepts_arrays(*names: str, sequences: tuple = (), numpy: bool = True) -> Ca
         @functools.wraps(fn)
         def call(*args, **kwargs):
             for slot, sequence in zip(slots, is_sequence):
-                if _is_foreign_argument(_value(slot, args, kwargs), sequence, numpy):
+                value = _value(slot, args, kwargs)
+                if value is not None and _is_foreign_argument(value, sequence, numpy):
                     return _call_with_arrays(fn, slots, is_sequence, args, kwargs)
             return fn(*args, **kwargs)
 
@@ -301,14 +312,19 @@ def _library_for_call(slots, is_sequence, args, kwargs) -> Library:
     seen: dict = {}  # (library, device) -> (argument, Library or None for torch)
     for slot, sequence in zip(slots, is_sequence):
         value = _value(slot, args, kwargs)
-        items = list(enumerate(value)) if sequence and isinstance(value, (tuple, list)) else [(None, value)]
+        if value is None:
+            continue
+        items = enumerate(value) if sequence and isinstance(value, (tuple, list)) else ((None, value),)
         for index, item in items:
-            label = slot[0] if index is None else f"{slot[0]}[{index}]"
             if isinstance(item, torch.Tensor):
-                seen.setdefault(("torch", str(item.device)), (label, None))
+                key, library = ("torch", str(item.device)), None
             elif is_foreign(item):
                 library = library_of(item)
-                seen.setdefault((library.name, library.device), (label, library))
+                key = (library.name, library.device)
+            else:
+                continue
+            if key not in seen:
+                seen[key] = (slot[0] if index is None else f"{slot[0]}[{index}]", library)
     if len(seen) > 1:
         parts = [f"{label} is {name} on {device}" for (name, device), (label, _) in seen.items()]
         raise TypeError("pass the arrays of one call from one library and device: " + ", ".join(parts))
@@ -324,14 +340,18 @@ def _convert(library: Library, name: str, value, sequence: bool):
 
 def _call_with_arrays(fn, slots, is_sequence, args, kwargs):
     library = _library_for_call(slots, is_sequence, args, kwargs)
-    with library.scope():  # cupy: its current stream, before DLPack hands the arrays over
-        args, kwargs = list(args), dict(kwargs)
-        for (name, position), sequence in zip(slots, is_sequence):
-            if position is not None and position < len(args):
-                args[position] = _convert(library, name, args[position], sequence)
-            elif name in kwargs:
-                kwargs[name] = _convert(library, name, kwargs[name], sequence)
-        return library.export(fn(*args, **kwargs))
+    # cupy: its current stream is set before DLPack hands the arrays over
+    return library.run(_convert_and_call, library, fn, slots, is_sequence, args, kwargs)
+
+
+def _convert_and_call(library: Library, fn, slots, is_sequence, args, kwargs):
+    args = list(args)
+    for (name, position), sequence in zip(slots, is_sequence):
+        if position is not None and position < len(args):
+            args[position] = _convert(library, name, args[position], sequence)
+        elif name in kwargs:
+            kwargs[name] = _convert(library, name, kwargs[name], sequence)  # (kwargs: this call's own dict)
+    return library.export(fn(*args, **kwargs))
 
 
 class ArrayResult:
@@ -354,12 +374,14 @@ class ArrayResult:
     def _method(self, method: Callable) -> Callable:
         library = self._library
 
+        def convert_and_call(*args, **kwargs):
+            args = [library.to_torch(f"argument {i}", a) if is_foreign(a) else a for i, a in enumerate(args)]
+            kwargs = {k: library.to_torch(k, a) if is_foreign(a) else a for k, a in kwargs.items()}
+            return library.export(method(*args, **kwargs))
+
         @functools.wraps(method)
         def call(*args, **kwargs):
-            with library.scope():
-                args = [library.to_torch(f"argument {i}", a) if is_foreign(a) else a for i, a in enumerate(args)]
-                kwargs = {k: library.to_torch(k, a) if is_foreign(a) else a for k, a in kwargs.items()}
-                return library.export(method(*args, **kwargs))
+            return library.run(convert_and_call, *args, **kwargs)
 
         return call
 

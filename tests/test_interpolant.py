@@ -198,3 +198,39 @@ def test_eager_path_equals_custom_ops():
         torch.testing.assert_close(mean, lb.sum() / v.numel(), rtol=1e-15, atol=0)
         (gm,) = torch.autograd.grad(3 * mean, vm)
         torch.testing.assert_close(gm, 3 * gb / v.numel(), rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name,kind", KINDS)
+@pytest.mark.parametrize("given_noise", [True, False])
+def test_training_mean_loss_gradient_from_the_forward_pass(device, dtype, name, kind, given_noise):
+    """Only v requires grad (a training step): the forward kernel writes dL/dv in the same pass
+    (TrainingMeanLoss); value and gradient equal the two-kernel path's (EagerMeanLoss), and a second
+    derivative is refused instead of silently zero."""
+    x0, x1, t, eps, v, w = _inputs((37, 5), dtype, device, seed=3)
+    noise = eps if given_noise else None
+    args = (x0, x1, t, noise, w, kind, 0.3, 5, 7)
+    fast_v, slow_v = v.clone().requires_grad_(True), v.clone().requires_grad_(True)
+    fast = ops.interpolant.mean_loss(fast_v, *args)
+    assert type(fast.grad_fn).__name__.startswith("TrainingMeanLoss")
+    slow = ops.interpolant.EagerMeanLoss.apply(slow_v, *args)
+    exact = dict(rtol=0, atol=0) if dtype == torch.float64 else {}
+    torch.testing.assert_close(fast, slow, **exact)
+    (2.5 * fast).backward()
+    (2.5 * slow).backward()
+    one_rounding = {torch.float64: 1e-15, torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
+    torch.testing.assert_close(fast_v.grad, slow_v.grad, rtol=2 * one_rounding,
+                               atol=2 * one_rounding * float(slow_v.grad.abs().max()))
+    again = v.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(ops.interpolant.mean_loss(again, *args), again, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|twice|does not require grad"):
+        grad.sum().backward()
+
+
+def test_mean_loss_without_gradients_takes_no_autograd_node():
+    x0, x1, t, _, v, w = _inputs((6, 2), torch.float32, "cpu")
+    with torch.no_grad():
+        loss = ops.interpolant.mean_loss(v.requires_grad_(True), x0, x1, t, None, w, 0, 0.1, 1, 2)
+    assert loss.grad_fn is None
+    torch.testing.assert_close(loss, ops.interpolant.loss_impl(v.detach(), x0, x1, t, None, w, 0, 0.1, 1, 2).sum() / 12)

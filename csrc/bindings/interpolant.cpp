@@ -33,12 +33,15 @@ void bind_interpolant(py::module_& m) {
           call_released(&interpolant_sample, p);
         });
   m.def("interpolant_loss_forward", [](const py::tuple& inputs, const py::tuple& v, const py::object& weight,
-                                       const py::tuple& per_sample, uintptr_t stream) {
+                                       const py::tuple& per_sample, const py::object& grad_v, double grad_scale,
+                                       uintptr_t stream) {
     InterpolantLossParams p;
     p.in = to_inputs(inputs);
     p.v = to_view(v);
     p.weight = to_view_or_empty(weight);
     p.per_sample = to_view(per_sample);
+    p.grad_v = to_view_or_empty(grad_v);
+    p.grad_scale = grad_scale;
     p.stream = to_ptr(stream);
     call_released(&interpolant_loss_forward, p);
   });

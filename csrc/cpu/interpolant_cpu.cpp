@@ -101,14 +101,17 @@ void loss_forward(const InterpolantLossParams& p) {
   const T* v = static_cast<const T*>(p.v.data);
   const T* weight = static_cast<const T*>(p.weight.data);
   T* per_sample = static_cast<T*>(p.per_sample.data);
+  T* grad_v = static_cast<T*>(p.grad_v.data);  // optional: the mean loss's gradient, same pass
   std::vector<double> row_sum(static_cast<size_t>(in.B), 0.0);
   for_each_block(
       in, [](const PathCoeffs& c) { return c.dc != 0.0; },
       [&](int64_t b, const PathCoeffs& c, int64_t k0, int64_t n, const auto* e) {
+        const double scale = 2.0 * p.grad_scale * (weight ? static_cast<double>(weight[b]) : 1.0);
         double block = 0.0;
         for (int64_t i = 0; i < n; ++i) {
           const double diff = static_cast<double>(v[k0 + i]) - in.target(c, k0 + i, noise_at(e, i));
           block += diff * diff;
+          if (grad_v) grad_v[k0 + i] = static_cast<T>(scale * diff);
         }
         row_sum[static_cast<size_t>(b)] += block;
       });

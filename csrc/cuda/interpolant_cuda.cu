@@ -1,6 +1,6 @@
 // CUDA twin of csrc/cpu/interpolant_cpu.cpp: fused CFM path sampling (grid-stride, one thread per
 // pair of elements, which share one Box-Muller draw), loss forward (one block per sample row, block
-// reduction; deterministic) and loss backward (grid-stride over pairs). Per-element math from flowfast/interpolant_math.h; the noise is read or
+// reduction; deterministic; optionally the mean loss's gradient in the same pass) and loss backward (grid-stride over pairs). Per-element math from flowfast/interpolant_math.h; the noise is read or
 // drawn by Philox with counter = b * D + d, exactly as on the CPU. float32/float64/float16/
 // bfloat16 storage (__half, __nv_bfloat16); computes and accumulates in double.
 // Assumes contiguous (B, D) rows and (B,) vectors.
@@ -77,12 +77,15 @@ __global__ void sample_kernel(InterpolantRows<T> in, T* xt, T* noise_out) {
   }
 }
 
+// grad_v (optional): 2 grad_scale weight[b] (v - u_t), written by the row's own block.
 template <typename T>
-__global__ void loss_forward_kernel(InterpolantRows<T> in, const T* v, const T* weight, T* per_sample) {
+__global__ void loss_forward_kernel(InterpolantRows<T> in, const T* v, const T* weight, T* per_sample, T* grad_v,
+                                    double grad_scale) {
   __shared__ double partial[kThreads / cuda::kWarp];
   const int64_t b = blockIdx.x;
   const PathCoeffs c = in.coeffs(b);
   const int64_t row_start = b * in.D, row_end = row_start + in.D, total = in.B * in.D;
+  const double scale = 2.0 * grad_scale * (weight ? static_cast<double>(weight[b]) : 1.0);
   double acc = 0.0;
   // The row's pairs; the first and last may be shared with the neighbouring rows.
   for (int64_t p = (row_start >> 1) + threadIdx.x; 2 * p < row_end; p += kThreads) {
@@ -92,10 +95,12 @@ __global__ void loss_forward_kernel(InterpolantRows<T> in, const T* v, const T* 
     if (k >= row_start) {
       const double diff = static_cast<double>(v[k]) - in.target(c, k, e0);
       acc += diff * diff;
+      if (grad_v) grad_v[k] = to_storage<T>(scale * diff);
     }
     if (k + 1 < row_end) {
       const double diff = static_cast<double>(v[k + 1]) - in.target(c, k + 1, e1);
       acc += diff * diff;
+      if (grad_v) grad_v[k + 1] = to_storage<T>(scale * diff);
     }
   }
   for (int offset = cuda::kWarp / 2; offset > 0; offset >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, offset);
@@ -152,7 +157,8 @@ void interpolant_loss_forward_cuda(const InterpolantLossParams& p) {
   FF_DISPATCH_FLOATING_AND_HALF(p.in.x0.dtype, T, __half, __nv_bfloat16, "interpolant", [&] {
     const auto in = InterpolantRows<T>::from(p.in);
     FF_LAUNCH(static_cast<unsigned>(in.B), kThreads, 0, cuda::as_stream(p.stream), loss_forward_kernel<T>)(
-        in, static_cast<const T*>(p.v.data), static_cast<const T*>(p.weight.data), static_cast<T*>(p.per_sample.data));
+        in, static_cast<const T*>(p.v.data), static_cast<const T*>(p.weight.data), static_cast<T*>(p.per_sample.data),
+        static_cast<T*>(p.grad_v.data), p.grad_scale);
     FF_CUDA_CHECK(cudaGetLastError());
   });
 }

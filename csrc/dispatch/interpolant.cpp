@@ -54,6 +54,8 @@ void interpolant_loss_forward(const InterpolantLossParams& p) {
   check_rows(p.v, ref, "interpolant: v", 2, false);
   check_rows(p.weight, ref, "interpolant: weight", 1, true);
   check_rows(p.per_sample, ref, "interpolant: per-sample loss", 1, false);
+  check_rows(p.grad_v, ref, "interpolant: grad_v", 2, true);
+  FF_CHECK(std::isfinite(p.grad_scale), "interpolant: grad_scale must be finite");
   if (ref.shape[0] == 0) return;
   FF_ROUTE(ref.device, "interpolant", interpolant_loss_forward, p);
 }

@@ -137,12 +137,29 @@ def _(grad, v, x0, x1, t, noise, weight, kind, sigma, seed, offset):
 @_kernel_call
 def loss_impl(v: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor, noise: Optional[torch.Tensor],
               weight: Optional[torch.Tensor], kind: int, sigma: float, seed: int, offset: int) -> torch.Tensor:
+    return _loss_forward(v, x0, x1, t, noise, weight, kind, sigma, seed, offset, None)[0]
+
+
+@_kernel_call
+def mean_loss_and_grad_impl(v: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor,
+                            noise: Optional[torch.Tensor], weight: Optional[torch.Tensor], kind: int, sigma: float,
+                            seed: int, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean loss ``sum_b per_sample[b] / v.numel()`` and its gradient w.r.t. v, from one pass
+    of the forward kernel."""
+    per_sample, grad_v = _loss_forward(v, x0, x1, t, noise, weight, kind, sigma, seed, offset, 1.0 / v.numel())
+    return per_sample.sum() / v.numel(), _like(grad_v, v)
+
+
+def _loss_forward(v, x0, x1, t, noise, weight, kind, sigma, seed, offset, grad_scale):
+    """(per-sample loss (B,), the gradient of grad_scale * its sum as (B, D) rows, or None)."""
     r0, r1, tc, e, rv, w = _prepare(x0, x1, t, noise, v, weight)
     per_sample = r0.new_empty(r0.shape[0])
+    grad_v = None if grad_scale is None else torch.empty_like(rv)
     _C.interpolant_loss_forward(_inputs(r0, r1, tc, e, kind, sigma, seed, offset), _arrays.describe(rv),
                                 None if w is None else _arrays.describe(w), _arrays.describe(per_sample),
-                                _arrays.stream_handle(r0.device))
-    return per_sample
+                                None if grad_v is None else _arrays.describe(grad_v),
+                                0.0 if grad_scale is None else float(grad_scale), _arrays.stream_handle(r0.device))
+    return per_sample, grad_v
 
 
 @torch.library.custom_op("flowfast::interpolant_loss", mutates_args=())
@@ -431,6 +448,35 @@ EagerLoss = _EagerOp(_LossRules)
 EagerMeanLoss = _EagerOp(_MeanLossRules)
 
 
+class TrainingMeanLoss(torch.autograd.Function):
+    """The mean loss of a training step, where only the prediction v needs a gradient: the forward
+    kernel writes dL/dv in the same pass and the backward scales it (no second kernel, one autograd
+    node). Memory: one (B, D) buffer held until the backward, like the u_t that eager code keeps.
+    Reverse mode, first order only (:func:`mean_loss` takes :data:`EagerMeanLoss` for the rest)."""
+
+    @staticmethod
+    def forward(ctx, v, x0, x1, t, noise, weight, kind, sigma, seed, offset):
+        loss, grad_v = mean_loss_and_grad_impl(v, x0, x1, t, noise, weight, kind, sigma, seed, offset)
+        ctx.save_for_backward(grad_v)
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (grad_v,) = ctx.saved_tensors
+        return grad_v * grad, None, None, None, None, None, None, None, None, None
+
+
+def _only_v_needs_grad(v, x0, x1, t, noise, weight) -> bool:
+    """A plain training step: reverse mode, grad on, v the only input that requires grad, and no
+    torch.func transform or forward-mode level active."""
+    if not (v.requires_grad and torch.is_grad_enabled()):
+        return False
+    if torch._C._are_functorch_transforms_active() or torch.autograd.forward_ad._current_level >= 0:
+        return False
+    return not any(a is not None and a.requires_grad for a in (x0, x1, t, noise, weight))
+
+
 def _needs_derivatives(*tensors) -> bool:
     """Whether an autograd node is needed: an input requires grad (with grad mode on), forward-mode
     AD is active (a dual level is open) or a torch.func transform is."""
@@ -462,4 +508,8 @@ def mean_loss(v, x0, x1, t, noise, weight, kind, sigma, seed, offset):
     plus torch reductions while compiling, :class:`EagerMeanLoss` otherwise."""
     if torch.compiler.is_compiling():
         return interpolant_loss(v, x0, x1, t, noise, weight, kind, sigma, seed, offset).sum() / v.numel()
+    if _only_v_needs_grad(v, x0, x1, t, noise, weight):
+        return TrainingMeanLoss.apply(v, x0, x1, t, noise, weight, kind, sigma, seed, offset)
+    if not _needs_derivatives(v, x0, x1, t, noise, weight):
+        return loss_impl(v, x0, x1, t, noise, weight, kind, sigma, seed, offset).sum() / v.numel()
     return EagerMeanLoss.apply(v, x0, x1, t, noise, weight, kind, sigma, seed, offset)

@@ -55,7 +55,8 @@ def test_same_as_cpu_kernels(emulated, dtype, shape, name, kind):
             xt, noise = ops.interpolant.interpolant_sample(*args, True)
             per = ops.interpolant.interpolant_loss(v, *args[:4], w, *args[4:])
             grad_v = ops.interpolant.interpolant_loss_backward(upstream, v, *args[:4], w, *args[4:])
-        results.append((xt, noise, per, grad_v))
+            mean, mean_grad = ops.interpolant.mean_loss_and_grad_impl(v, *args[:4], w, *args[4:])
+        results.append((xt, noise, per, grad_v, mean.reshape(1), mean_grad))
     eps16 = {torch.float16: 1e-3, torch.bfloat16: 8e-3}.get(dtype)
     tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else (
         dict(rtol=1e-13, atol=1e-13) if dtype == torch.float64 else dict(rtol=2 * eps16, atol=2 * eps16))
