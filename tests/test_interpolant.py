@@ -228,6 +228,25 @@ def test_training_mean_loss_gradient_from_the_forward_pass(device, dtype, name, 
         grad.sum().backward()
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_training_mean_loss_16bit_gradient_survives_a_loss_scale(dtype):
+    """fp16 training scales the loss (GradScaler) so that small gradients do not underflow: the
+    stored dL/dv must not be pre-divided by numel in 16 bits, or a large batch's gradient rounds to
+    zero before the scale arrives. The gradient stays within a few roundings of the exact one."""
+    gen = torch.Generator().manual_seed(11)
+    shape = (4096, 64)  # numel 2^18: 2 (v - u) / numel is below fp16's smallest subnormal for |v - u| < 1.5
+    x0, x1 = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+    t = torch.rand(shape[0], generator=gen)
+    v = (x1 - x0 + 1e-2 * torch.randn(shape, generator=gen)).to(dtype)
+    x0, x1, t = x0.to(dtype), x1.to(dtype), t.to(dtype)
+    scale = 2.0 ** 14
+    fast_v = v.clone().requires_grad_(True)
+    (scale * ops.interpolant.mean_loss(fast_v, x0, x1, t, None, None, 0, 0.0, 0, 0)).backward()
+    exact = scale * 2 * (v.double() - (x1.double() - x0.double())) / v.numel()
+    err = (fast_v.grad.double() - exact).norm() / exact.norm()
+    assert err <= 4 * float(torch.finfo(dtype).eps), err
+
+
 def test_mean_loss_without_gradients_takes_no_autograd_node():
     x0, x1, t, _, v, w = _inputs((6, 2), torch.float32, "cpu")
     with torch.no_grad():

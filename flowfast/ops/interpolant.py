@@ -146,8 +146,16 @@ def mean_loss_and_grad_impl(v: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor,
                             seed: int, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The mean loss ``sum_b per_sample[b] / v.numel()`` and its gradient w.r.t. v, from one pass
     of the forward kernel."""
-    per_sample, grad_v = _loss_forward(v, x0, x1, t, noise, weight, kind, sigma, seed, offset, 1.0 / v.numel())
+    per_sample, grad_v = _loss_forward(v, x0, x1, t, noise, weight, kind, sigma, seed, offset,
+                                       _stored_grad_scale(v))
     return per_sample.sum() / v.numel(), _like(grad_v, v)
+
+
+def _stored_grad_scale(v: torch.Tensor) -> float:
+    """The factor the forward kernel folds into the dL/dv it stores: 1 / numel where v's dtype
+    holds the scaled rows, 1 for 16-bit dtypes, whose 2 w (v - u_t) / numel underflows (a loss
+    scaler's factor arrives only in the backward, which then divides, as eager autograd does)."""
+    return 1.0 if v.element_size() < 4 else 1.0 / v.numel()
 
 
 def _loss_forward(v, x0, x1, t, noise, weight, kind, sigma, seed, offset, grad_scale):
@@ -458,12 +466,15 @@ class TrainingMeanLoss(torch.autograd.Function):
     def forward(ctx, v, x0, x1, t, noise, weight, kind, sigma, seed, offset):
         loss, grad_v = mean_loss_and_grad_impl(v, x0, x1, t, noise, weight, kind, sigma, seed, offset)
         ctx.save_for_backward(grad_v)
+        ctx.unscaled_numel = v.numel() if _stored_grad_scale(v) == 1.0 else None
         return loss
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         (grad_v,) = ctx.saved_tensors
+        if ctx.unscaled_numel is not None:
+            grad = grad / ctx.unscaled_numel
         return grad_v * grad, None, None, None, None, None, None, None, None, None
 
 
