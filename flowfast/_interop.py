@@ -25,6 +25,7 @@ import ctypes
 import dataclasses
 import functools
 import sys
+import warnings
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -90,6 +91,15 @@ class Library:
     def to_torch(self, name: str, value: Any) -> torch.Tensor:
         return self._to_torch(name, value)
 
+    def __reduce__(self):
+        if self is _NUMPY:
+            return "_NUMPY"  # pickled by reference to the module's one numpy Library
+        raise TypeError(f"results handed back as {self.name} arrays cannot be pickled; pickle the torch "
+                        "result (.torch) or convert the arrays first")
+
+    def __deepcopy__(self, memo):
+        return self  # stateless apart from the library it names
+
     def run(self, fn: Callable, *args, **kwargs):
         """``fn(*args, **kwargs)`` inside this library's stream scope."""
         if self.scope is None:
@@ -120,13 +130,18 @@ def _numpy_to_torch(name: str, x: np.ndarray) -> torch.Tensor:
         raise TypeError(f"{name} must be a numeric array, got numpy dtype {dtype}")
     if not dtype.isnative:
         x = x.astype(dtype.newbyteorder("="))
-    flags = x.flags
-    if not flags.c_contiguous and any(stride < 0 or stride % x.itemsize for stride in x.strides):
-        x = np.ascontiguousarray(x)  # torch views neither negative nor sub-element strides
-        flags = x.flags
-    if not flags.writeable:
+    if any(stride < 0 or stride % x.itemsize for stride in x.strides):
+        # torch views neither negative nor sub-element strides; numpy calls an array C-contiguous
+        # whatever its size-1 axes' strides are, so the copy is forced rather than ascontiguousarray
+        x = x.copy(order="C")
+    if x.flags.writeable:
+        return torch.from_numpy(x)
+    try:
         return torch.from_dlpack(x)  # from_numpy would warn; flowfast never writes to an input
-    return torch.from_numpy(x)
+    except (BufferError, RuntimeError, TypeError):  # numpy < 1.22 / torch builds without read-only DLPack
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(x)
 
 
 def _numpy_from_torch(t: torch.Tensor) -> np.ndarray:
@@ -179,7 +194,8 @@ def _cupy_library(x: Any) -> Library:
         stack = contextlib.ExitStack()
         device = torch.device("cuda", index)
         stack.enter_context(torch.cuda.device(device))
-        handle = cupy.cuda.get_current_stream().ptr
+        with cupy.cuda.Device(index):  # cupy's current stream is per device: the arrays' device, not the current one
+            handle = cupy.cuda.get_current_stream().ptr
         stream = torch.cuda.ExternalStream(handle, device=device) if handle else torch.cuda.default_stream(device)
         stack.enter_context(torch.cuda.stream(stream))
         return stack
@@ -236,13 +252,20 @@ def _cuda_interface_library(x: Any) -> Library:
         info = value.__cuda_array_interface__
         if any(stride < 0 for stride in info.get("strides") or ()):
             raise ValueError(f"{name} has negative strides, which torch cannot view; pass a contiguous copy")
-        return torch.as_tensor(value, device="cuda")
+        try:
+            # no device argument: torch places the view on the pointer's own device (device="cuda"
+            # would copy it to the current one)
+            return torch.as_tensor(value)
+        except (RuntimeError, TypeError, ValueError) as error:
+            raise TypeError(f"{name}: this {kind} array cannot be read through __cuda_array_interface__ "
+                            f"({error}); expected {ACCEPTED}") from None
 
+    device = str(to_torch("array", x).device)  # the key that tells two devices' arrays apart
     numba = sys.modules.get("numba.cuda") if kind.startswith("numba") else None
     if numba is None:
         namespace = _array_namespace(x)
-        return Library(kind, "cuda", to_torch, _namespace_from_torch(namespace, kind))
-    return Library(kind, "cuda", to_torch, lambda t: numba.as_cuda_array(t))
+        return Library(kind, device, to_torch, _namespace_from_torch(namespace, kind))
+    return Library(kind, device, to_torch, lambda t: numba.as_cuda_array(t))
 
 
 _NUMPY = Library("numpy", "cpu", _numpy_to_torch, _numpy_from_torch)
@@ -366,6 +389,10 @@ class ArrayResult:
         object.__setattr__(self, "_library", library)
 
     def __getattr__(self, name: str):
+        if name in ArrayResult.__slots__ or (name.startswith("__") and name.endswith("__")):
+            # an unset slot (copy / unpickle build the object before __init__) or a protocol look-up:
+            # never forwarded, which would recurse through self.torch
+            raise AttributeError(name)
         value = getattr(self.torch, name)
         if callable(value) and not isinstance(value, torch.Tensor):
             return self._method(value)
@@ -393,6 +420,10 @@ class ArrayResult:
 
     def __repr__(self) -> str:
         return f"ArrayResult({self._library.name}, {self.torch!r})"
+
+    def __reduce__(self):
+        # copy.copy / copy.deepcopy / pickle: rebuilt from the torch result and the library
+        return ArrayResult, (self.torch, self._library)
 
 
 def unsupported(name: str, value: Any) -> TypeError:

@@ -250,17 +250,20 @@ def test_numpy_outputs_share_memory_with_inputs_where_torch_does():
 
 # --- layouts torch cannot view, read-only memory, and producers that only speak DLPack ------------------
 @settings(max_examples=25, deadline=None)
-@given(st.sampled_from(["reversed_rows", "reversed_cols", "transposed", "every_other", "fortran", "swapped_bytes"]),
+@given(st.sampled_from(["reversed_rows", "reversed_cols", "transposed", "every_other", "fortran", "swapped_bytes",
+                        "reversed_size_one_axis"]),
        st.integers(3, 12), st.integers(0, 10_000))
 def test_numpy_strided_layouts_match_a_contiguous_copy(layout, n, seed):
     base = np.random.default_rng(seed).random((2 * n, 2 * n))
     view = {"reversed_rows": base[::-1, :n], "reversed_cols": base[:n, ::-1], "transposed": base[:n, :n].T,
             "every_other": base[::2, ::2], "fortran": np.asfortranarray(base[:n, :n]),
-            "swapped_bytes": base[:n, :n].astype(base.dtype.newbyteorder())}[layout]
-    want = flowfast.linear_assignment(torch.from_numpy(np.ascontiguousarray(view, dtype=np.float64)))
+            "swapped_bytes": base[:n, :n].astype(base.dtype.newbyteorder()),
+            # numpy flags this C-contiguous (a size-1 axis's stride is ignored), torch refuses the stride
+            "reversed_size_one_axis": base[::-1][:1, :n]}[layout]
+    want = flowfast.linear_assignment(torch.from_numpy(np.array(view, dtype=np.float64, order="C")))
     np.testing.assert_array_equal(flowfast.linear_assignment(view), want.numpy())
     got = flowfast.sinkhorn(view, eps=0.1).f
-    np.testing.assert_allclose(got, flowfast.sinkhorn(torch.from_numpy(np.ascontiguousarray(view, np.float64)),
+    np.testing.assert_allclose(got, flowfast.sinkhorn(torch.from_numpy(np.array(view, dtype=np.float64, order="C")),
                                                       eps=0.1).f.numpy(), rtol=1e-12, atol=1e-12)
 
 
@@ -272,6 +275,47 @@ def test_read_only_numpy_is_read_without_a_warning(kernel_pointers):
         cols = flowfast.linear_assignment(cost)
     assert pointer(cost) in kernel_pointers
     np.testing.assert_array_equal(cols, flowfast.linear_assignment(torch.from_numpy(cost.copy())).numpy())
+
+
+def test_read_only_numpy_without_read_only_dlpack_falls_back_quietly(monkeypatch):
+    """numpy / torch builds whose DLPack refuses read-only arrays: torch.from_numpy instead, its
+    non-writable warning kept out of the caller's sight."""
+    cost = rng().random((8, 8))
+    cost.flags.writeable = False
+
+    def refuse(value):
+        raise BufferError("Cannot export readonly array since signalling readonly is unsupported by DLPack.")
+
+    monkeypatch.setattr(torch, "from_dlpack", refuse)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cols = flowfast.linear_assignment(cost)
+    np.testing.assert_array_equal(cols, flowfast.linear_assignment(torch.from_numpy(cost.copy())).numpy())
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_array_results_copy_pickle_and_take_int32_rows(library):
+    import copy
+    import pickle
+
+    cost = rng().random((12, 12)).astype(np.float32)
+    res = flowfast.sinkhorn(to_library(library, cost), eps=0.1)
+    for clone in (copy.copy(res), copy.deepcopy(res)):
+        assert isinstance(clone, ArrayResult)
+        np.testing.assert_array_equal(host(clone.f), host(res.f))
+    if library == "numpy":
+        back = pickle.loads(pickle.dumps(res))
+        assert isinstance(back.f, np.ndarray)
+        np.testing.assert_array_equal(back.f, res.f)
+    else:
+        with pytest.raises(TypeError, match="cannot be pickled"):
+            pickle.dumps(res)
+    rows = to_library(library, np.array([0, 3, 3, 11], dtype=np.int32))
+    got = res.sample(torch.Generator().manual_seed(2), rows=rows)
+    want = res.torch.sample(torch.Generator().manual_seed(2), rows=torch.tensor([0, 3, 3, 11]))
+    np.testing.assert_array_equal(host(got), want.numpy().astype(host(got).dtype))
+    with pytest.raises(AttributeError):
+        res.no_such_attribute
 
 
 PRODUCER = textwrap.dedent('''

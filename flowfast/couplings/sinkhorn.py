@@ -136,7 +136,7 @@ class SinkhornResult:
 
         Args:
             generator: draws the Philox (seed, offset); the same generator state gives the same samples.
-            rows: optional ``(k,)`` int64 row indices (repeats allowed) to sample for, instead of
+            rows: optional ``(k,)`` int64 (or int32) row indices (repeats allowed) to sample for, instead of
                 every row; applied to every problem of a batch.
 
         Returns:
@@ -146,8 +146,8 @@ class SinkhornResult:
         seed, offset = draw_seed(generator)
         cost, x, y, log_a, log_b, _, g = self._inputs
         if rows is not None:
-            if not isinstance(rows, torch.Tensor) or rows.dtype != torch.int64 or rows.dim() != 1:
-                raise TypeError("rows must be a 1-D int64 tensor of row indices")
+            if not isinstance(rows, torch.Tensor) or rows.dtype not in (torch.int64, torch.int32) or rows.dim() != 1:
+                raise TypeError("rows must be a 1-D int64 or int32 tensor of row indices")  # int32: JAX's default
             n = log_a.shape[1]
             if rows.numel() == 0 or bool((rows < 0).any()) or bool((rows >= n).any()):
                 raise ValueError(f"rows must be non-empty indices in [0, {n})")
