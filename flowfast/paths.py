@@ -219,14 +219,7 @@ class IndependentCFM:
                 check their batch in any case (their cost read is needed anyway).
         """
         ops.interpolant.validate_batches(x0, x1)
-        if weight is not None:
-            if not isinstance(weight, torch.Tensor) or weight.shape != (x0.shape[0],):
-                raise ValueError(f"weight must be a ({x0.shape[0]},) tensor")
-        checking = wants_check(check_finite, x0)
-        if checking:  # the caller's weight, before a cast to x0's dtype could turn it into inf
-            check_step_inputs(x0, x1, weight, self.sigma)
-        if weight is not None:
-            weight = weight.to(device=x0.device, dtype=x0.dtype)
+        checking, weight = self._checked_step(x0, x1, weight, check_finite)
         given_t = None if t is None else ops.interpolant.validate_t(t, x0)  # before the coupling's own errors
         x0, x1 = self.couple(x0, x1, generator)
         t = torch.rand(x0.shape[0], dtype=x0.dtype, device=x0.device, generator=generator) if t is None else given_t
@@ -276,6 +269,16 @@ class IndependentCFM:
         if noise is None and kind in _path_kinds.VELOCITY_USES_NOISE:
             raise ValueError(f"{type(self).__name__}'s u_t depends on the noise that made x_t: pass it as noise= "
                              "(sample_paired(..., return_noise=True) returns it)")
+        checking, weight = self._checked_step(x0, x1, weight, check_finite)
+        t = ops.interpolant.validate_t(t, x0)
+        loss = ops.interpolant.mean_loss(v, x0, x1, t, noise, weight, kind, self.sigma, 0, 0)
+        if checking:
+            check_loss_finite(loss, x0.dtype)
+        return loss
+
+    def _checked_step(self, x0, x1, weight, check_finite) -> tuple[bool, Optional[torch.Tensor]]:
+        """A loss's shared checks: (whether the NaN policy is on, the weight cast to x0's dtype).
+        The caller's weight is checked before the cast, which could turn it into inf."""
         if weight is not None and (not isinstance(weight, torch.Tensor) or weight.shape != (x0.shape[0],)):
             raise ValueError(f"weight must be a ({x0.shape[0]},) tensor")
         checking = wants_check(check_finite, x0)
@@ -283,11 +286,7 @@ class IndependentCFM:
             check_step_inputs(x0, x1, weight, self.sigma)
         if weight is not None:
             weight = weight.to(device=x0.device, dtype=x0.dtype)
-        t = ops.interpolant.validate_t(t, x0)
-        loss = ops.interpolant.mean_loss(v, x0, x1, t, noise, weight, kind, self.sigma, 0, 0)
-        if checking:
-            check_loss_finite(loss, x0.dtype)
-        return loss
+        return checking, weight
 
     def _fused_loss(self, model, x0, x1, t, weight, generator) -> Optional[torch.Tensor]:
         """The kernels' loss (None for a dtype they do not take)."""
