@@ -53,7 +53,7 @@ def describe(t: torch.Tensor) -> tuple:
         where, index = 0, 0
     else:
         where, index = device_code(t.device), 0  # raises: flowfast kernels run on CPU or CUDA
-    return (t.data_ptr(), _DTYPE_CODES[t.dtype], where, index, tuple(t.shape), t.stride())
+    return (t.data_ptr(), _DTYPE_CODES[t.dtype], where, index, t.shape, t.stride())  # torch.Size: a tuple
 
 
 def stream_handle(device: torch.device) -> int:

@@ -35,7 +35,7 @@ import torch
 from flowfast import _path_kinds, ops
 from flowfast._interop import accepts_arrays
 from flowfast._rng import draw_seed
-from flowfast._validate import checked_peaks, stacked_peaks
+from flowfast._validate import peaks
 from flowfast.couplings.cost import as_points, pairwise_cost
 from flowfast.couplings.coupling import Coupling, ExactOTCoupling, SinkhornCoupling, as_coupling
 from flowfast.couplings.sinkhorn import MIN_RELATIVE_EPS
@@ -73,12 +73,13 @@ def wants_check(check_finite: Optional[bool], x: torch.Tensor) -> bool:
 def check_loss_finite(loss: torch.Tensor, dtype: torch.dtype) -> None:
     """After a checked step (inputs finite and in range): a non-finite loss is the model's NaN/Inf
     or an overflow of the dtype; a FloatingPointError, as the Trainer raises for a diverged run."""
-    if bool(torch.isfinite(loss.detach())):
+    value = loss.item()  # (one read, as bool(isfinite) would be, without the isfinite op)
+    if math.isfinite(value):
         return
     name = str(dtype).replace("torch.", "")
     hint = (" (float16 per-sample sums of squared errors pass 65504 on large errors or near the ends of "
             "an SB-CFM bridge: bfloat16 or float32 avoid it)" if dtype == torch.float16 else "")
-    raise FloatingPointError(f"the loss is non-finite ({float(loss.detach())}) although x0, x1, t and weight are finite and "
+    raise FloatingPointError(f"the loss is non-finite ({value}) although x0, x1, t and weight are finite and "
                              f"in range: model(x_t, t) returned NaN/Inf, or the squared error overflowed {name}{hint}")
 
 
@@ -91,11 +92,10 @@ def check_step_inputs(x0: torch.Tensor, x1: torch.Tensor, weight: Optional[torch
     The bound: every path's target velocity is at most |x0| + |x1| + (noise terms, 8 (1 + sigma))
     in size; a model of the same scale leaves |v - u| within twice that, and its square, times the
     largest weight, must stay inside the dtype."""
-    named, stacked = stacked_peaks(dict(x0=x0, x1=x1, weight=weight))
-    peaks = checked_peaks(named, stacked.tolist())
-    reach = peaks.get("x0", 0.0) + peaks.get("x1", 0.0) + 8.0 * (1.0 + sigma)
+    largest_entry = peaks(dict(x0=x0, x1=x1, weight=weight))
+    reach = largest_entry.get("x0", 0.0) + largest_entry.get("x1", 0.0) + 8.0 * (1.0 + sigma)
     largest = torch.finfo(x0.dtype).max
-    heaviest = max(1.0, peaks.get("weight", 0.0))
+    heaviest = max(1.0, largest_entry.get("weight", 0.0))
     if reach <= math.sqrt(largest / (4.0 * heaviest)):  # 4 reach^2 heaviest <= largest, without overflowing
         return
     dtype = str(x0.dtype).replace("torch.", "")

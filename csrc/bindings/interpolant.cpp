@@ -34,7 +34,7 @@ void bind_interpolant(py::module_& m) {
         });
   m.def("interpolant_loss_forward", [](const py::tuple& inputs, const py::tuple& v, const py::object& weight,
                                        const py::tuple& per_sample, const py::object& grad_v, double grad_scale,
-                                       uintptr_t stream) {
+                                       const py::object& mean, uintptr_t stream) {
     InterpolantLossParams p;
     p.in = to_inputs(inputs);
     p.v = to_view(v);
@@ -42,6 +42,7 @@ void bind_interpolant(py::module_& m) {
     p.per_sample = to_view(per_sample);
     p.grad_v = to_view_or_empty(grad_v);
     p.grad_scale = grad_scale;
+    p.mean = to_view_or_empty(mean);
     p.stream = to_ptr(stream);
     call_released(&interpolant_loss_forward, p);
   });

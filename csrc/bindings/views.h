@@ -20,22 +20,36 @@ namespace ff::bind {
 
 namespace py = pybind11;
 
+/// One integer field of a descriptor (CPython's API directly: this runs for every array of every
+/// kernel call, where pybind11's casters and a std::vector per shape cost microseconds).
+inline long long descriptor_int(PyObject* field) {
+  const long long value = PyLong_AsLongLong(field);
+  if (value == -1 && PyErr_Occurred()) throw py::error_already_set();
+  return value;
+}
+
+/// The shape or strides field: a tuple (torch.Size is one) of at most kMaxDims integers.
+inline int32_t descriptor_dims(PyObject* field, int64_t* out) {
+  FF_CHECK(PyTuple_Check(field), "internal: array descriptor shape/strides must be tuples");
+  const Py_ssize_t n = PyTuple_GET_SIZE(field);
+  FF_CHECK(n <= static_cast<Py_ssize_t>(kMaxDims), "internal: array descriptor has too many dims");
+  for (Py_ssize_t i = 0; i < n; ++i) out[i] = descriptor_int(PyTuple_GET_ITEM(field, i));
+  return static_cast<int32_t>(n);
+}
+
 inline TensorView to_view(const py::tuple& t) {
-  FF_CHECK(t.size() == 6, "internal: array descriptor must have 6 fields");
+  PyObject* fields = t.ptr();
+  FF_CHECK(PyTuple_GET_SIZE(fields) == 6, "internal: array descriptor must have 6 fields");
   TensorView v;
-  v.data = reinterpret_cast<void*>(t[0].cast<uintptr_t>());
-  v.dtype = static_cast<DType>(t[1].cast<int32_t>());
-  v.device = static_cast<DeviceType>(t[2].cast<int32_t>());
-  v.device_index = t[3].cast<int32_t>();
-  const auto shape = t[4].cast<std::vector<int64_t>>();
-  const auto strides = t[5].cast<std::vector<int64_t>>();
-  FF_CHECK(shape.size() == strides.size() && shape.size() <= static_cast<size_t>(kMaxDims),
-           "internal: array descriptor has inconsistent or too many dims");
-  v.ndim = static_cast<int32_t>(shape.size());
-  for (int i = 0; i < v.ndim; ++i) {
-    v.shape[i] = shape[i];
-    v.strides[i] = strides[i];
-  }
+  const unsigned long long data = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(fields, 0));
+  if (data == static_cast<unsigned long long>(-1) && PyErr_Occurred()) throw py::error_already_set();
+  v.data = reinterpret_cast<void*>(static_cast<uintptr_t>(data));
+  v.dtype = static_cast<DType>(descriptor_int(PyTuple_GET_ITEM(fields, 1)));
+  v.device = static_cast<DeviceType>(descriptor_int(PyTuple_GET_ITEM(fields, 2)));
+  v.device_index = static_cast<int32_t>(descriptor_int(PyTuple_GET_ITEM(fields, 3)));
+  v.ndim = descriptor_dims(PyTuple_GET_ITEM(fields, 4), v.shape);
+  FF_CHECK(descriptor_dims(PyTuple_GET_ITEM(fields, 5), v.strides) == v.ndim,
+           "internal: array descriptor has inconsistent dims");
   return v;
 }
 

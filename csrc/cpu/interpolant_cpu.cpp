@@ -115,8 +115,12 @@ void loss_forward(const InterpolantLossParams& p) {
         }
         row_sum[static_cast<size_t>(b)] += block;
       });
-  for (int64_t b = 0; b < in.B; ++b)
+  double total = 0.0;
+  for (int64_t b = 0; b < in.B; ++b) {
     per_sample[b] = static_cast<T>((weight ? static_cast<double>(weight[b]) : 1.0) * row_sum[static_cast<size_t>(b)]);
+    total += static_cast<double>(per_sample[b]);
+  }
+  if (p.mean.data) *static_cast<T*>(p.mean.data) = static_cast<T>(total / static_cast<double>(in.B * in.D));
 }
 
 template <typename T>

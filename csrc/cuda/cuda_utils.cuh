@@ -42,6 +42,20 @@ class DeviceGuard {
 
 inline cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
 
+// The sum of `value` over a block of kThreads threads (a multiple of kWarp), valid in thread 0;
+// `partial` is shared memory of kThreads / kWarp doubles, used once per call. A fixed tree, so the
+// sum is the same on every run.
+template <int kThreads>
+__device__ inline double block_sum(double value, double* partial) {
+  for (int offset = kWarp / 2; offset > 0; offset >>= 1) value += __shfl_xor_sync(0xffffffffu, value, offset);
+  if (threadIdx.x % kWarp == 0) partial[threadIdx.x / kWarp] = value;
+  __syncthreads();
+  double sum = 0.0;
+  if (threadIdx.x == 0)
+    for (int w = 0; w < kThreads / kWarp; ++w) sum += partial[w];
+  return sum;
+}
+
 inline int64_t align_up(int64_t bytes, int64_t alignment = 256) {
   return (bytes + alignment - 1) / alignment * alignment;
 }

@@ -103,14 +103,19 @@ __global__ void loss_forward_kernel(InterpolantRows<T> in, const T* v, const T* 
       if (grad_v) grad_v[k + 1] = to_storage<T>(scale * diff);
     }
   }
-  for (int offset = cuda::kWarp / 2; offset > 0; offset >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, offset);
-  if (threadIdx.x % cuda::kWarp == 0) partial[threadIdx.x / cuda::kWarp] = acc;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double sum = 0.0;
-    for (int w = 0; w < kThreads / cuda::kWarp; ++w) sum += partial[w];
-    per_sample[b] = to_storage<T>((weight ? static_cast<double>(weight[b]) : 1.0) * sum);
-  }
+  const double sum = cuda::block_sum<kThreads>(acc, partial);
+  if (threadIdx.x == 0) per_sample[b] = to_storage<T>((weight ? static_cast<double>(weight[b]) : 1.0) * sum);
+}
+
+// mean = sum_b per_sample[b] / numel, one block, after loss_forward_kernel on the same stream: the
+// stored (rounded) per-sample values summed in double, as the CPU kernel sums them.
+template <typename T>
+__global__ void mean_kernel(const T* per_sample, int64_t B, double numel, T* mean) {
+  __shared__ double partial[kThreads / cuda::kWarp];
+  double acc = 0.0;
+  for (int64_t b = threadIdx.x; b < B; b += kThreads) acc += static_cast<double>(per_sample[b]);
+  const double sum = cuda::block_sum<kThreads>(acc, partial);
+  if (threadIdx.x == 0) *mean = to_storage<T>(sum / numel);
 }
 
 template <typename T>
@@ -160,6 +165,11 @@ void interpolant_loss_forward_cuda(const InterpolantLossParams& p) {
         in, static_cast<const T*>(p.v.data), static_cast<const T*>(p.weight.data), static_cast<T*>(p.per_sample.data),
         static_cast<T*>(p.grad_v.data), p.grad_scale);
     FF_CUDA_CHECK(cudaGetLastError());
+    if (p.mean.data) {
+      FF_LAUNCH(1, kThreads, 0, cuda::as_stream(p.stream), mean_kernel<T>)(
+          static_cast<const T*>(p.per_sample.data), in.B, static_cast<double>(in.B * in.D), static_cast<T*>(p.mean.data));
+      FF_CUDA_CHECK(cudaGetLastError());
+    }
   });
 }
 

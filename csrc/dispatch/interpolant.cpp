@@ -56,6 +56,12 @@ void interpolant_loss_forward(const InterpolantLossParams& p) {
   check_rows(p.per_sample, ref, "interpolant: per-sample loss", 1, false);
   check_rows(p.grad_v, ref, "interpolant: grad_v", 2, true);
   FF_CHECK(std::isfinite(p.grad_scale), "interpolant: grad_scale must be finite");
+  if (p.mean.data) {
+    FF_CHECK(p.mean.numel() == 1 && p.mean.dtype == ref.dtype && p.mean.device == ref.device &&
+                 p.mean.device_index == ref.device_index,
+             "interpolant: mean must be one element of x0's dtype and device");
+    FF_CHECK(ref.numel() > 0, "interpolant: the mean loss of an empty batch is undefined");
+  }
   if (ref.shape[0] == 0) return;
   FF_ROUTE(ref.device, "interpolant", interpolant_loss_forward, p);
 }

@@ -141,14 +141,22 @@ def loss_impl(v: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tens
 
 
 @_kernel_call
+def mean_loss_impl(v: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor,
+                   noise: Optional[torch.Tensor], weight: Optional[torch.Tensor], kind: int, sigma: float,
+                   seed: int, offset: int) -> torch.Tensor:
+    """The mean loss ``sum_b per_sample[b] / v.numel()``, reduced by the kernel (no gradient)."""
+    return _loss_forward(v, x0, x1, t, noise, weight, kind, sigma, seed, offset, None, mean=True)[2]
+
+
+@_kernel_call
 def mean_loss_and_grad_impl(v: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor,
                             noise: Optional[torch.Tensor], weight: Optional[torch.Tensor], kind: int, sigma: float,
                             seed: int, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The mean loss ``sum_b per_sample[b] / v.numel()`` and its gradient w.r.t. v, from one pass
     of the forward kernel."""
-    per_sample, grad_v = _loss_forward(v, x0, x1, t, noise, weight, kind, sigma, seed, offset,
-                                       _stored_grad_scale(v))
-    return per_sample.sum() / v.numel(), _like(grad_v, v)
+    _, grad_v, mean = _loss_forward(v, x0, x1, t, noise, weight, kind, sigma, seed, offset, _stored_grad_scale(v),
+                                    mean=True)
+    return mean, _like(grad_v, v)
 
 
 def _stored_grad_scale(v: torch.Tensor) -> float:
@@ -158,16 +166,21 @@ def _stored_grad_scale(v: torch.Tensor) -> float:
     return 1.0 if v.element_size() < 4 else 1.0 / v.numel()
 
 
-def _loss_forward(v, x0, x1, t, noise, weight, kind, sigma, seed, offset, grad_scale):
-    """(per-sample loss (B,), the gradient of grad_scale * its sum as (B, D) rows, or None)."""
+def _loss_forward(v, x0, x1, t, noise, weight, kind, sigma, seed, offset, grad_scale, mean=False):
+    """(per-sample loss (B,), the gradient of grad_scale * its sum as (B, D) rows or None, the
+    mean loss as a 0-d tensor or None). An empty batch's mean is 0 / 0 = nan, as torch's."""
     r0, r1, tc, e, rv, w = _prepare(x0, x1, t, noise, v, weight)
     per_sample = r0.new_empty(r0.shape[0])
     grad_v = None if grad_scale is None else torch.empty_like(rv)
+    total = r0.new_empty(()) if mean and r0.numel() else None
     _C.interpolant_loss_forward(_inputs(r0, r1, tc, e, kind, sigma, seed, offset), _arrays.describe(rv),
                                 None if w is None else _arrays.describe(w), _arrays.describe(per_sample),
                                 None if grad_v is None else _arrays.describe(grad_v),
-                                0.0 if grad_scale is None else float(grad_scale), _arrays.stream_handle(r0.device))
-    return per_sample, grad_v
+                                0.0 if grad_scale is None else float(grad_scale),
+                                None if total is None else _arrays.describe(total), _arrays.stream_handle(r0.device))
+    if mean and total is None:
+        total = per_sample.sum() / r0.numel()
+    return per_sample, grad_v, total
 
 
 @torch.library.custom_op("flowfast::interpolant_loss", mutates_args=())
@@ -522,5 +535,5 @@ def mean_loss(v, x0, x1, t, noise, weight, kind, sigma, seed, offset):
     if _only_v_needs_grad(v, x0, x1, t, noise, weight):
         return TrainingMeanLoss.apply(v, x0, x1, t, noise, weight, kind, sigma, seed, offset)
     if not _needs_derivatives(v, x0, x1, t, noise, weight):
-        return loss_impl(v, x0, x1, t, noise, weight, kind, sigma, seed, offset).sum() / v.numel()
+        return mean_loss_impl(v, x0, x1, t, noise, weight, kind, sigma, seed, offset)
     return EagerMeanLoss.apply(v, x0, x1, t, noise, weight, kind, sigma, seed, offset)

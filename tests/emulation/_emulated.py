@@ -31,7 +31,7 @@ _ITEMSIZE = {0: 4, 1: 8, 2: 8, 3: 4, 4: 2, 5: 2}
 _OUTPUTS = {
     "linear_assignment": (1,),
     "interpolant_sample": (1, 2),
-    "interpolant_loss_forward": (3, 4),
+    "interpolant_loss_forward": (3, 4, 6),
     "interpolant_loss_backward": (4,),
     "sinkhorn_solve": (3, 4),
     "sinkhorn_plan": (4, 5, 6, 7, 8, 9),

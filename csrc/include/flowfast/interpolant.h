@@ -66,12 +66,15 @@ struct InterpolantSampleParams {
 /// per_sample[b] = weight[b] * sum_d (v - u_t)^2 (forward); grad_v = 2 * grad[b] * weight[b] *
 /// (v - u_t) (backward). u_t is recomputed from (x0, x1, t, noise), never stored. The forward can
 /// also write, in the same pass, the gradient of grad_scale * sum_b per_sample[b] (a mean loss:
-/// grad_scale = 1 / (B D)), so a training step's backward needs no second kernel.
+/// grad_scale = 1 / (B D)), so a training step's backward needs no second kernel, and the mean
+/// loss sum_b per_sample[b] / (B D) itself (the stored per-sample values summed in double, rounded
+/// once), so a training step needs no torch reduction either.
 struct InterpolantLossParams {
   InterpolantInputs in;
   TensorView v;           // (B, D) model output
   TensorView weight;      // (B,) or empty (= 1)
   TensorView per_sample;  // forward output (B,)
+  TensorView mean;        // forward output, optional: one element, sum_b per_sample[b] / (B D)
   TensorView grad;        // backward input (B,): d loss / d per_sample
   TensorView grad_v;      // backward output (B, D); forward: optional, 2 grad_scale weight[b] (v - u_t)
   double grad_scale = 0.0;  // forward with grad_v: d total / d per_sample[b], the same for every b
