@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -60,35 +60,38 @@ def check_finite(name: str, t: torch.Tensor) -> None:
         raise ValueError(f"{name} contains {n_bad} NaN/Inf value(s); all entries must be finite")
 
 
-def peaks(tensors: dict) -> dict:
-    """``{name: largest |entry|}`` of the non-empty tensors of ``tensors`` (None skipped): one
-    aminmax pass each (NaN-propagating; on CPU far faster than an inf-norm or abs().amax()) and
-    one host read in all (a stack on CUDA; CPU values are read directly, which is cheaper than
-    the stack). ValueError naming the first tensor holding NaN/Inf. Broadcast (stride-0) dims are
-    read once (:func:`distinct_view`); no temporary of a tensor's size."""
+def stacked_peaks(tensors: dict) -> tuple[list, Optional[torch.Tensor]]:
+    """``(named, bounds)``: the non-empty ``(name, tensor)`` pairs of ``tensors`` (None skipped) and
+    a tensor of their ``(min, max)`` pairs (NaN where one holds NaN), one reduction each on
+    the device, nothing read yet. Broadcast (stride-0) dims are read once (:func:`distinct_view`); no
+    temporary of a tensor's size."""
     named = [(name, t) for name, t in tensors.items() if t is not None and t.numel()]
     if not named:
-        return {}
-    bounds = [torch.aminmax(distinct_view(t.detach())[0]) for _, t in named]
-    if all(t.is_cpu for _, t in named):
-        values = [float(b) for pair in bounds for b in pair]
-    else:
-        device = named[0][1].device
-        dtype = named[0][1].dtype if all(t.dtype == named[0][1].dtype for _, t in named) else torch.float64
-        values = torch.stack([b if b.dtype == dtype and b.device == device else b.to(device=device, dtype=dtype)
-                              for pair in bounds for b in pair]).tolist()
-    result = {}
-    for (name, t), lo, hi in zip(named, values[::2], values[1::2]):
-        if not (math.isfinite(lo) and math.isfinite(hi)):
+        return [], None
+    device = named[0][1].device
+    # aminmax: one pass, NaN-propagating, and on CPU far faster than an inf-norm or abs().amax()
+    dtype = named[0][1].dtype if all(t.dtype == named[0][1].dtype for _, t in named) else torch.float64
+    bounds = [b if b.dtype == dtype and b.device == device else b.to(device=device, dtype=dtype)
+              for _, t in named for b in torch.aminmax(distinct_view(t.detach())[0])]
+    return named, torch.stack(bounds)
+
+
+def checked_peaks(named: list, values: list) -> dict:
+    """``{name: largest |entry|}`` from :func:`stacked_peaks` once read (its ``(min, max)`` pairs);
+    ValueError naming the first tensor holding NaN/Inf."""
+    peaks = [max(-lo, hi) if math.isfinite(lo) and math.isfinite(hi) else math.nan
+             for lo, hi in zip(values[::2], values[1::2])]
+    for (name, t), peak in zip(named, peaks):
+        if not math.isfinite(peak):
             check_finite(name, t)
-        result[name] = max(-lo, hi)
-    return result
+    return {name: peak for (name, _), peak in zip(named, peaks)}
 
 
 def check_magnitude(name: str, t: torch.Tensor, limit: float) -> None:
     """Raise on NaN/Inf or |t| > limit with one reduction (one host read on CUDA), without a
     temporary of t's size."""
-    peak = peaks({name: t}).get(name, 0.0)
+    named, bounds = stacked_peaks({name: t})
+    peak = checked_peaks(named, bounds.tolist()).get(name, 0.0) if named else 0.0
     if peak > limit:
         raise ValueError(f"{name} has entries up to {peak:.3g} in magnitude; at most {limit:.0e} is supported (rescale it)")
 

@@ -35,7 +35,7 @@ import torch
 from flowfast import _path_kinds, ops
 from flowfast._interop import accepts_arrays
 from flowfast._rng import draw_seed
-from flowfast._validate import peaks
+from flowfast._validate import checked_peaks, stacked_peaks
 from flowfast.couplings.cost import as_points, pairwise_cost
 from flowfast.couplings.coupling import Coupling, ExactOTCoupling, SinkhornCoupling, as_coupling
 from flowfast.couplings.sinkhorn import MIN_RELATIVE_EPS
@@ -92,10 +92,11 @@ def check_step_inputs(x0: torch.Tensor, x1: torch.Tensor, weight: Optional[torch
     The bound: every path's target velocity is at most |x0| + |x1| + (noise terms, 8 (1 + sigma))
     in size; a model of the same scale leaves |v - u| within twice that, and its square, times the
     largest weight, must stay inside the dtype."""
-    largest_entry = peaks(dict(x0=x0, x1=x1, weight=weight))
-    reach = largest_entry.get("x0", 0.0) + largest_entry.get("x1", 0.0) + 8.0 * (1.0 + sigma)
+    named, stacked = stacked_peaks(dict(x0=x0, x1=x1, weight=weight))
+    peaks = checked_peaks(named, stacked.tolist())
+    reach = peaks.get("x0", 0.0) + peaks.get("x1", 0.0) + 8.0 * (1.0 + sigma)
     largest = torch.finfo(x0.dtype).max
-    heaviest = max(1.0, largest_entry.get("weight", 0.0))
+    heaviest = max(1.0, peaks.get("weight", 0.0))
     if reach <= math.sqrt(largest / (4.0 * heaviest)):  # 4 reach^2 heaviest <= largest, without overflowing
         return
     dtype = str(x0.dtype).replace("torch.", "")
