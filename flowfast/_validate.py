@@ -45,8 +45,8 @@ def distinct_view(t: torch.Tensor) -> tuple[torch.Tensor, int]:
     """``(view, repeats)``: ``t`` without the repeats of its broadcast (stride-0) dims, as a view
     (no copy), and how many times each of its entries appears in ``t``. Checks run on the view, so
     an expanded (n, m) input of n distinct values is validated without materializing n * m."""
-    if all(stride != 0 or size <= 1 for stride, size in zip(t.stride(), t.shape)):
-        return t, 1
+    if t.is_contiguous() or all(stride != 0 or size <= 1 for stride, size in zip(t.stride(), t.shape)):
+        return t, 1  # (contiguous: no broadcast dims, known without the Python loop)
     index = tuple(slice(0, 1) if stride == 0 and size > 1 else slice(None) for stride, size in zip(t.stride(), t.shape))
     view = t[index]
     return view, t.numel() // max(view.numel(), 1)
