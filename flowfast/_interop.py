@@ -260,7 +260,10 @@ def _cuda_interface_library(x: Any) -> Library:
             raise TypeError(f"{name}: this {kind} array cannot be read through __cuda_array_interface__ "
                             f"({error}); expected {ACCEPTED}") from None
 
-    device = str(to_torch("array", x).device)  # the key that tells two devices' arrays apart
+    try:
+        device = str(torch.as_tensor(x).device)  # the key that tells two devices' arrays apart
+    except (RuntimeError, TypeError, ValueError):
+        device = "cuda"  # unreadable here: the conversion's own error follows, naming the argument
     numba = sys.modules.get("numba.cuda") if kind.startswith("numba") else None
     if numba is None:
         namespace = _array_namespace(x)

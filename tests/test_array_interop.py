@@ -318,6 +318,26 @@ def test_array_results_copy_pickle_and_take_int32_rows(library):
         res.no_such_attribute
 
 
+def test_cuda_array_interface_without_cuda_names_the_argument():
+    """A CUDA-array-interface producer that torch cannot read here (no CUDA): a TypeError naming
+    the argument, never a crash."""
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+
+    class Namespace:
+        from_dlpack = staticmethod(np.from_dlpack)
+
+    class DeviceArray:
+        __cuda_array_interface__ = {"shape": (4, 4), "typestr": "<f4", "data": (4096, False), "version": 2,
+                                    "strides": None}
+
+        def __array_namespace__(self, api_version=None):
+            return Namespace
+
+    with pytest.raises(TypeError, match="cost: this .*DeviceArray array cannot be read through __cuda_array_interface__"):
+        flowfast.linear_assignment(DeviceArray())
+
+
 PRODUCER = textwrap.dedent('''
     import numpy as np, torch, flowfast
 
