@@ -154,16 +154,16 @@ def mean_loss_and_grad_impl(v: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor,
                             seed: int, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The mean loss ``sum_b per_sample[b] / v.numel()`` and its gradient w.r.t. v, from one pass
     of the forward kernel."""
-    _, grad_v, mean = _loss_forward(v, x0, x1, t, noise, weight, kind, sigma, seed, offset, _stored_grad_scale(v),
-                                    mean=True)
+    grad_scale = 1.0 if _grad_stored_unscaled(v) else 1.0 / v.numel()
+    _, grad_v, mean = _loss_forward(v, x0, x1, t, noise, weight, kind, sigma, seed, offset, grad_scale, mean=True)
     return mean, _like(grad_v, v)
 
 
-def _stored_grad_scale(v: torch.Tensor) -> float:
-    """The factor the forward kernel folds into the dL/dv it stores: 1 / numel where v's dtype
-    holds the scaled rows, 1 for 16-bit dtypes, whose 2 w (v - u_t) / numel underflows (a loss
-    scaler's factor arrives only in the backward, which then divides, as eager autograd does)."""
-    return 1.0 if v.element_size() < 4 else 1.0 / v.numel()
+def _grad_stored_unscaled(v: torch.Tensor) -> bool:
+    """Whether the forward kernel stores dL/dv without the 1 / numel of the mean: for 16-bit
+    dtypes, whose 2 w (v - u_t) / numel underflows (a loss scaler's factor arrives only in the
+    backward, which then divides, as eager autograd does)."""
+    return v.element_size() < 4
 
 
 def _loss_forward(v, x0, x1, t, noise, weight, kind, sigma, seed, offset, grad_scale, mean=False):
@@ -479,7 +479,7 @@ class TrainingMeanLoss(torch.autograd.Function):
     def forward(ctx, v, x0, x1, t, noise, weight, kind, sigma, seed, offset):
         loss, grad_v = mean_loss_and_grad_impl(v, x0, x1, t, noise, weight, kind, sigma, seed, offset)
         ctx.save_for_backward(grad_v)
-        ctx.unscaled_numel = v.numel() if _stored_grad_scale(v) == 1.0 else None
+        ctx.unscaled_numel = v.numel() if _grad_stored_unscaled(v) else None
         return loss
 
     @staticmethod
