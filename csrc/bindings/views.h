@@ -14,6 +14,10 @@
 #include <thread>
 #include <vector>
 
+#if defined(FLOWFAST_WITH_OPENMP)
+#include <omp.h>
+#endif
+
 #include "flowfast/common.h"
 
 namespace ff::bind {
@@ -76,7 +80,17 @@ void call_released(void (*dispatch)(const Params&), const Params& p) {
 template <typename Params>
 void call_interruptible(void (*dispatch)(const Params&), const Params& p) {
   set_interrupt_requested(false);
+#if defined(FLOWFAST_WITH_OPENMP)
+  // A new thread starts from OpenMP's defaults: give it the caller's thread count (what
+  // torch.set_num_threads and omp_set_num_threads set), as a call on the caller's thread gets.
+  const int threads = omp_get_max_threads();
+  std::packaged_task<void()> task([&] {
+    omp_set_num_threads(threads);
+    dispatch(p);
+  });
+#else
   std::packaged_task<void()> task([&] { dispatch(p); });
+#endif
   std::future<void> done = task.get_future();
   std::thread worker(std::move(task));
   bool interrupted = false;

@@ -1,8 +1,8 @@
 // Vectorized exps for the CPU kernels: double exp-sums (log-sum-exp is the inner loop of Sinkhorn)
 // and float row softmax pieces (the simplex family). AVX2+FMA is chosen at run time; the scalar
-// fallback uses std::exp. Only arguments <= 0 occur (scores minus their max), so the double exp
-// handles x in [-708, 0] to ~1e-16 relative and flushes anything below -708 (where exp < 4e-308)
-// to 0; the float exp is described at exp8_nonpositive.
+// fallback uses std::exp. The double exp is good to ~1e-16 relative on [-708, 708]; exp8_of_pd
+// takes doubles to float accuracy (Sinkhorn on float32 data); the float exp is described at
+// exp8_nonpositive.
 #pragma once
 
 #include <algorithm>
@@ -20,12 +20,10 @@ namespace ff {
 namespace cpu {
 
 #if defined(FF_SIMD_EXP_AVX2)
-// exp(x) for x <= 0: x = n ln2 + r with |r| <= ln2/2, e^r by its degree-12 Taylor polynomial
-// (truncation error < 2e-16 relative), 2^n assembled in the exponent bits.
-__attribute__((target("avx2,fma"))) inline __m256d exp4_nonpositive(__m256d x) {
-  const __m256d lowest = _mm256_set1_pd(-708.0);
-  const __m256d underflow = _mm256_cmp_pd(x, lowest, _CMP_LT_OQ);
-  x = _mm256_max_pd(x, lowest);
+// exp(x), arguments clamped to [-708, 708]: x = n ln2 + r with |r| <= ln2/2, e^r by its
+// degree-12 Taylor polynomial (truncation error < 2e-16 relative), 2^n in the exponent bits.
+__attribute__((target("avx2,fma"))) inline __m256d exp4_clamped(__m256d x) {
+  x = _mm256_min_pd(_mm256_max_pd(x, _mm256_set1_pd(-708.0)), _mm256_set1_pd(708.0));
   const __m256d n = _mm256_round_pd(_mm256_mul_pd(x, _mm256_set1_pd(1.4426950408889634)),
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m256d r = _mm256_fmadd_pd(n, _mm256_set1_pd(-6.93147180369123816490e-01), x);
@@ -49,8 +47,37 @@ __attribute__((target("avx2,fma"))) inline __m256d exp4_nonpositive(__m256d x) {
   const __m256i n_bits = _mm256_castpd_si256(_mm256_add_pd(n, _mm256_set1_pd(6755399441055744.0)));
   const __m256i exponent =
       _mm256_slli_epi64(_mm256_sub_epi64(n_bits, _mm256_set1_epi64x(0x4337FFFFFFFFFC01LL)), 52);
-  const __m256d result = _mm256_mul_pd(p, _mm256_castsi256_pd(exponent));
-  return _mm256_andnot_pd(underflow, result);
+  return _mm256_mul_pd(p, _mm256_castsi256_pd(exponent));
+}
+
+// exp(x) of 8 doubles (lo: lanes 0-3, hi: 4-7) to float accuracy, for float32 data: the range
+// reduction x log2(e) = n + t, |t| <= 1/2, runs in double, so the error does not grow with |x|
+// (rounding x to float first would cost |x| * 6e-8 relative); 2^t by a degree-6 Chebyshev fit
+// (2.5e-9 relative) in float lanes, at most 1.1e-7 relative in all. x is clamped to [-87, 87]
+// (results from 1.6e-38 to 6e37: float's normal range).
+__attribute__((target("avx2,fma"))) inline __m256 exp8_of_pd(__m256d lo, __m256d hi) {
+  const __m256d low = _mm256_set1_pd(-87.0), high = _mm256_set1_pd(87.0), log2e = _mm256_set1_pd(1.4426950408889634);
+  const __m256d y_lo = _mm256_mul_pd(_mm256_min_pd(_mm256_max_pd(lo, low), high), log2e);
+  const __m256d y_hi = _mm256_mul_pd(_mm256_min_pd(_mm256_max_pd(hi, low), high), log2e);
+  const __m256d n_lo = _mm256_round_pd(y_lo, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256d n_hi = _mm256_round_pd(y_hi, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 t = _mm256_set_m128(_mm256_cvtpd_ps(_mm256_sub_pd(y_hi, n_hi)), _mm256_cvtpd_ps(_mm256_sub_pd(y_lo, n_lo)));
+  const __m256i n = _mm256_set_m128i(_mm256_cvtpd_epi32(n_hi), _mm256_cvtpd_epi32(n_lo));
+  __m256 p = _mm256_set1_ps(1.5461444854736328e-4f);
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.3400427997112274e-3f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(9.618056938052177e-3f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(5.550327152013779e-2f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.24022650718688965f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.6931471824645996f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.0f));
+  const __m256i exponent = _mm256_slli_epi32(_mm256_add_epi32(n, _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(exponent));
+}
+
+// exp(x) for x <= 0 to ~1e-16 relative; below -708 (where exp < 4e-308) flushed to 0.
+__attribute__((target("avx2,fma"))) inline __m256d exp4_nonpositive(__m256d x) {
+  const __m256d underflow = _mm256_cmp_pd(x, _mm256_set1_pd(-708.0), _CMP_LT_OQ);
+  return _mm256_andnot_pd(underflow, exp4_clamped(x));
 }
 
 __attribute__((target("avx2,fma"))) inline double horizontal_sum(__m256d v) {

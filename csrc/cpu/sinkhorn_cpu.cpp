@@ -1,13 +1,19 @@
 // CPU twin of csrc/cuda/sinkhorn_cuda.cu: log-domain Sinkhorn, plan reductions and Gumbel-max
 // sampling, for a dense cost or the on-the-fly squared-Euclidean cost. Problems of a batch are
 // solved one after the other, each update parallel (OpenMP) over rows or column blocks.
-// Everything is computed in double, whatever the input dtype.
+// Everything is computed in double, whatever the input dtype; a dense cost's half-steps and plan
+// reductions run the fused SIMD loops of csrc/cpu/sinkhorn_lse.h (one pass over the matrix each).
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
 #include <vector>
 
+#if defined(FLOWFAST_WITH_OPENMP)
+#include <omp.h>
+#endif
+
 #include "cpu/simd_exp.h"
+#include "cpu/sinkhorn_lse.h"
 #include "flowfast/random.h"
 #include "flowfast/sinkhorn.h"
 #include "flowfast/sinkhorn_math.h"
@@ -16,6 +22,9 @@ namespace ff {
 namespace {
 
 constexpr int64_t kColumnBlock = 256;  // columns whose accumulators one thread streams rows into
+// The dense g-side's blocks: each row's slice is whole cache lines, each thread gets several
+// blocks from m = 128 on, and the width does not depend on the thread count (nor do the results).
+constexpr int64_t kDenseColumnBlock = 64;
 
 // Cost access for one problem of the batch. kDense: a strided (n, m) matrix; otherwise rows of x
 // and y (unit stride in the feature dim) and C_ij = ||x_i - y_j||^2 computed on the fly.
@@ -119,31 +128,61 @@ void lse_over_columns(const CostView<T, kDense>& C, int64_t rows, int64_t cols, 
   }
 }
 
-// Dense g-side: lse_out_j = LSE_i((f_i - C_ij)/eps + log_a_i), streaming rows through column
-// blocks twice (column maxima, then shifted exp-sums) so the matrix is read row-major.
+inline double start_shift(double guess) { return std::isfinite(guess) ? guess : 0.0; }
+
+// Dense f-side: lse_i = LSE_j((h_j - C_ij)/eps + log_w_j), one pass per row shifted by the entry
+// value of lse_i (a guess: the previous iteration's), a second pass where the row's max is not
+// within kShiftWindow of it.
+template <typename T>
+void dense_row_lse(const CostView<T, true>& C, int64_t n, int64_t m, const double* h, const double* log_w,
+                   double eps, double* lse) {
+  const double inv_eps = 1.0 / eps;
+#if defined(FLOWFAST_WITH_OPENMP)
+#pragma omp parallel for schedule(dynamic, 16) if (n * m > 16384)
+#endif
+  for (int64_t i = 0; i < n; ++i) {
+    const T* row = C.cost + i * C.cost_row;
+    double shift = start_shift(lse[i]);
+    cpu::ShiftedSum s = cpu::row_shifted_sum(row, h, log_w, m, inv_eps, shift);
+    if (!(std::fabs(s.top) <= cpu::kShiftWindow)) {
+      shift += s.top;
+      s = cpu::row_shifted_sum(row, h, log_w, m, inv_eps, shift);
+    }
+    lse[i] = shift + std::log(s.sum);
+  }
+}
+
+// Dense g-side: lse_j = LSE_i((f_i - C_ij)/eps + log_a_i), streaming the rows through column
+// blocks (the matrix is read row-major), shifted like dense_row_lse: one pass per block unless a
+// column's max strays from its guess.
 template <typename T>
 void dense_column_lse(const CostView<T, true>& C, int64_t n, int64_t m, const double* f, const double* log_a,
-                      double eps, double* lse_out) {
+                      double eps, double* lse) {
+  const double inv_eps = 1.0 / eps;
 #if defined(FLOWFAST_WITH_OPENMP)
 #pragma omp parallel for schedule(dynamic, 1) if (n * m > 16384)
 #endif
-  for (int64_t j0 = 0; j0 < m; j0 += kColumnBlock) {
-    const int64_t width = std::min(m, j0 + kColumnBlock) - j0;
-    double top[kColumnBlock], sum[kColumnBlock], score[kColumnBlock];
-    for (int64_t k = 0; k < width; ++k) {
-      top[k] = -INFINITY;
-      sum[k] = 0.0;
+  for (int64_t j0 = 0; j0 < m; j0 += kDenseColumnBlock) {
+    const int64_t width = std::min(m, j0 + kDenseColumnBlock) - j0;
+    double shift[kDenseColumnBlock], top[kDenseColumnBlock], sum[kDenseColumnBlock];
+    for (int64_t k = 0; k < width; ++k) shift[k] = start_shift(lse[j0 + k]);
+    // The second pass shifts by the max itself; a third only where rounding of scores past ~1e16
+    // (beyond what double resolves anyway) left a column's max off by more than the window.
+    for (int pass = 0, again = 1; again && pass < 3; ++pass) {
+      std::fill(top, top + width, -INFINITY);
+      std::fill(sum, sum + width, 0.0);
+      for (int64_t i = 0; i < n; ++i) {
+        cpu::column_shifted_accumulate(C.cost + i * C.cost_row + j0, f[i], log_a[i], width, inv_eps, shift, top, sum);
+      }
+      again = 0;
+      for (int64_t k = 0; k < width; ++k) {
+        if (!(std::fabs(top[k]) <= cpu::kShiftWindow) && std::isfinite(top[k])) {
+          shift[k] += top[k];
+          again = 1;
+        }
+      }
     }
-    for (int64_t i = 0; i < n; ++i) {
-      const double fi = f[i], lai = log_a[i];
-      for (int64_t k = 0; k < width; ++k) top[k] = std::max(top[k], (fi - C(i, j0 + k)) / eps + lai);
-    }
-    for (int64_t i = 0; i < n; ++i) {
-      const double fi = f[i], lai = log_a[i];
-      for (int64_t k = 0; k < width; ++k) score[k] = (fi - C(i, j0 + k)) / eps + lai;
-      cpu::accumulate_exp(sum, score, top, width);
-    }
-    for (int64_t k = 0; k < width; ++k) lse_out[j0 + k] = top[k] + std::log(sum[k]);
+    for (int64_t k = 0; k < width; ++k) lse[j0 + k] = shift[k] + std::log(sum[k]);
   }
 }
 
@@ -161,7 +200,11 @@ void column_lse(const CostView<T, kDense>& C, int64_t n, int64_t m, const double
 template <typename T, bool kDense>
 void row_lse(const CostView<T, kDense>& C, int64_t n, int64_t m, const double* g, const double* log_b, double eps,
              double* lse_out) {
-  lse_over_columns<T, kDense, false>(C, n, m, g, log_b, eps, lse_out);
+  if constexpr (kDense) {
+    dense_row_lse<T>(C, n, m, g, log_b, eps, lse_out);
+  } else {
+    lse_over_columns<T, false, false>(C, n, m, g, log_b, eps, lse_out);
+  }
 }
 
 double l1_mass_error(const std::vector<double>& potential, const std::vector<double>& log_w,
@@ -184,6 +227,14 @@ void solve_one(const SinkhornParams& p, int64_t b) {
   load_row<T>(pr.log_a, b, log_a);
   load_row<T>(pr.log_b, b, log_b);
   const bool balanced = !(p.reg_m > 0.0);
+  // The dense half-steps shift their exp-sums by the entry value of lse: the LSE that would give
+  // back the current potential (at a fixed point, the result itself).
+  auto guess = [&](const std::vector<double>& potential, double eps, std::vector<double>& lse) {
+    if constexpr (kDense) {
+      const double scale = -1.0 / (eps * unbalanced_factor(eps, p.reg_m));
+      for (size_t k = 0; k < lse.size(); ++k) lse[k] = potential[k] * scale;
+    }
+  };
 
   int64_t iter = 0;
   while (iter < p.max_iter) {
@@ -193,6 +244,7 @@ void solve_one(const SinkhornParams& p, int64_t b) {
     const bool check = eps == p.eps && ((iter + 1) % p.check_every == 0);
     double change = 0.0;
 
+    guess(g, eps, lse_cols);
     column_lse(C, n, m, f.data(), log_a.data(), eps, lse_cols.data());
     // Before g moves, lse_cols gives the column marginals of the current plan: a free test.
     const double err_before = (check && balanced) ? l1_mass_error(g, log_b, lse_cols, eps) : 0.0;
@@ -201,6 +253,7 @@ void solve_one(const SinkhornParams& p, int64_t b) {
       change = std::max(change, std::fabs(gj - g[j]));
       g[j] = gj;
     }
+    guess(f, eps, lse_rows);
     row_lse(C, n, m, g.data(), log_b.data(), eps, lse_rows.data());
     for (int64_t i = 0; i < n; ++i) {
       const double fi = potential_from_lse(lse_rows[i], eps, lam);
@@ -212,9 +265,11 @@ void solve_one(const SinkhornParams& p, int64_t b) {
   }
 
   // Report the error of what is returned: columns (and rows, if unbalanced) of the final plan.
+  guess(g, p.eps, lse_cols);
   column_lse(C, n, m, f.data(), log_a.data(), p.eps, lse_cols.data());
   double err = l1_mass_error(g, log_b, lse_cols, p.eps);
   if (!balanced) {
+    guess(f, p.eps, lse_rows);
     row_lse(C, n, m, g.data(), log_b.data(), p.eps, lse_rows.data());
     err += l1_mass_error(f, log_a, lse_rows, p.eps);
   }
@@ -224,11 +279,75 @@ void solve_one(const SinkhornParams& p, int64_t b) {
   static_cast<T*>(p.marginal_error.data)[b * p.marginal_error.strides[0]] = static_cast<T>(err);
 }
 
-template <typename T, bool kDense>
-void plan_one(const SinkhornPlanParams& p, int64_t b) {
+// Dense plan reductions in one pass over the matrix: rows in parallel, each row by the fused SIMD
+// loop; column masses summed per thread, then over the threads in a fixed order.
+template <typename T>
+void plan_one_dense(const SinkhornPlanParams& p, int64_t b) {
+  const SinkhornProblem& pr = p.problem;
+  const int64_t n = pr.rows(), m = pr.cols();
+  const auto C = bind<T, true>(pr, b);
+  std::vector<double> f, g, log_a, log_b;
+  load_row<T>(p.f, b, f);
+  load_row<T>(p.g, b, g);
+  load_row<T>(pr.log_a, b, log_a);
+  load_row<T>(pr.log_b, b, log_b);
+  const double inv_eps = 1.0 / p.eps;
+  const bool parallel = n * m > 16384;
+#if defined(FLOWFAST_WITH_OPENMP)
+  const int threads = parallel ? omp_get_max_threads() : 1;
+#else
+  const int threads = 1;
+#endif
+  std::vector<double> col_partials(p.col_mass.data ? static_cast<size_t>(threads) * m : 0, 0.0);
+  std::vector<double> row_costs(n);
+#if defined(FLOWFAST_WITH_OPENMP)
+#pragma omp parallel num_threads(threads) if (parallel)
+#endif
+  {
+#if defined(FLOWFAST_WITH_OPENMP)
+    const int thread = omp_get_thread_num();
+#else
+    const int thread = 0;
+#endif
+    double* cols = p.col_mass.data ? col_partials.data() + static_cast<size_t>(thread) * m : nullptr;
+    std::vector<double> entries(p.plan.data ? m : 0);
+#if defined(FLOWFAST_WITH_OPENMP)
+#pragma omp for schedule(static)
+#endif
+    for (int64_t i = 0; i < n; ++i) {
+      const cpu::PlanRow row = cpu::plan_row(C.cost + i * C.cost_row, f[i], log_a[i], g.data(), log_b.data(), m,
+                                             inv_eps, cols, p.plan.data ? entries.data() : nullptr);
+      row_costs[i] = row.cost;
+      if (p.row_mass.data) {
+        static_cast<T*>(p.row_mass.data)[b * p.row_mass.strides[0] + i * p.row_mass.strides[1]] =
+            static_cast<T>(row.mass);
+      }
+      if (p.plan.data) {
+        T* out = static_cast<T*>(p.plan.data) + b * p.plan.strides[0] + i * p.plan.strides[1];
+        for (int64_t j = 0; j < m; ++j) out[j * p.plan.strides[2]] = static_cast<T>(entries[j]);
+      }
+    }
+  }
+  if (p.transport_cost.data) {
+    double total = 0.0;
+    for (int64_t i = 0; i < n; ++i) total += row_costs[i];
+    static_cast<T*>(p.transport_cost.data)[b * p.transport_cost.strides[0]] = static_cast<T>(total);
+  }
+  if (p.col_mass.data) {
+    for (int64_t j = 0; j < m; ++j) {
+      double mass = 0.0;
+      for (int t = 0; t < threads; ++t) mass += col_partials[static_cast<size_t>(t) * m + j];
+      static_cast<T*>(p.col_mass.data)[b * p.col_mass.strides[0] + j * p.col_mass.strides[1]] = static_cast<T>(mass);
+    }
+  }
+}
+
+// Point clouds: rows in parallel for the row-side outputs, column blocks for the column side.
+template <typename T>
+void plan_one_clouds(const SinkhornPlanParams& p, int64_t b) {
   const SinkhornProblem& pr = p.problem;
   const int64_t n = pr.rows(), m = pr.cols(), d = pr.dim();
-  const auto C = bind<T, kDense>(pr, b);
+  const auto C = bind<T, false>(pr, b);
   std::vector<double> f, g, log_a, log_b;
   load_row<T>(p.f, b, f);
   load_row<T>(p.g, b, g);
@@ -300,6 +419,15 @@ void plan_one(const SinkhornPlanParams& p, int64_t b) {
         }
       }
     }
+  }
+}
+
+template <typename T, bool kDense>
+void plan_one(const SinkhornPlanParams& p, int64_t b) {
+  if constexpr (kDense) {
+    plan_one_dense<T>(p, b);
+  } else {
+    plan_one_clouds<T>(p, b);
   }
 }
 
