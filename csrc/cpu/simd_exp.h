@@ -96,15 +96,6 @@ __attribute__((target("avx2,fma"))) inline double exp_sum_avx2(const double* s, 
   return total;
 }
 
-__attribute__((target("avx2,fma"))) inline void accumulate_exp_avx2(double* sum, const double* s, const double* shift,
-                                                                   int64_t m) {
-  int64_t j = 0;
-  for (; j + 4 <= m; j += 4) {
-    const __m256d e = exp4_nonpositive(_mm256_sub_pd(_mm256_loadu_pd(s + j), _mm256_loadu_pd(shift + j)));
-    _mm256_storeu_pd(sum + j, _mm256_add_pd(_mm256_loadu_pd(sum + j), e));
-  }
-  for (; j < m; ++j) sum[j] += std::exp(s[j] - shift[j]);
-}
 #endif
 
 #if defined(FF_SIMD_EXP_AVX2)
@@ -208,14 +199,6 @@ inline double exp_sum(const double* s, int64_t m, double shift) {
   double total = 0.0;
   for (int64_t j = 0; j < m; ++j) total += std::exp(s[j] - shift);
   return total;
-}
-
-/// sum_j += exp(s_j - shift_j) elementwise, shift_j >= s_j.
-inline void accumulate_exp(double* sum, const double* s, const double* shift, int64_t m) {
-#if defined(FF_SIMD_EXP_AVX2)
-  if (has_avx2_fma()) return accumulate_exp_avx2(sum, s, shift, m);
-#endif
-  for (int64_t j = 0; j < m; ++j) sum[j] += std::exp(s[j] - shift[j]);
 }
 
 /// log sum_j exp(s_j), two passes (max, then the shifted exp-sum).

@@ -83,35 +83,31 @@ void store_row(const TensorView& t, int64_t b, const std::vector<double>& in) {
   for (int64_t k = 0; k < t.shape[1]; ++k) p[k * t.strides[1]] = static_cast<T>(in[k]);
 }
 
-// Fills out[0..count) with the costs of row i against every column: C(i, .) of the problem,
-// or C(., i) when kTransposed (point clouds only: the roles of x and y swap).
-template <typename T, bool kDense, bool kTransposed>
-void fill_costs(const CostView<T, kDense>& C, int64_t i, int64_t count, double* out) {
-  if constexpr (kDense) {
-    static_assert(!kTransposed, "dense columns stream rows instead (column_lse)");
-    const T* row = C.cost + i * C.cost_row;
-    for (int64_t j = 0; j < count; ++j) out[j] = static_cast<double>(row[j * C.cost_col]);
-  } else {
-    const T* p = kTransposed ? C.y + i * C.y_row : C.x + i * C.x_row;
-    const T* q = kTransposed ? C.x : C.y;
-    const int64_t q_row = kTransposed ? C.x_row : C.y_row;
-    for (int64_t j = 0; j < count; ++j) {
-      const T* qj = q + j * q_row;
-      double acc = 0.0;
-      for (int64_t k = 0; k < C.d; ++k) {
-        const double diff = static_cast<double>(p[k]) - static_cast<double>(qj[k]);
-        acc += diff * diff;
-      }
-      out[j] = acc;
+// Point clouds: fills out[0..count) with the costs of row i against every column, C(i, .), or
+// C(., i) when kTransposed (the roles of x and y swap).
+template <typename T, bool kTransposed>
+void fill_cloud_costs(const CostView<T, false>& C, int64_t i, int64_t count, double* out) {
+  const T* p = kTransposed ? C.y + i * C.y_row : C.x + i * C.x_row;
+  const T* q = kTransposed ? C.x : C.y;
+  const int64_t q_row = kTransposed ? C.x_row : C.y_row;
+  for (int64_t j = 0; j < count; ++j) {
+    const T* qj = q + j * q_row;
+    double acc = 0.0;
+    for (int64_t k = 0; k < C.d; ++k) {
+      const double diff = static_cast<double>(p[k]) - static_cast<double>(qj[k]);
+      acc += diff * diff;
     }
+    out[j] = acc;
   }
 }
 
-// lse_out_i = LSE_j((h_j - C_ij)/eps + log_w_j) for the `rows` rows of the (possibly transposed)
-// problem against its `cols` columns: one cost row at a time, SIMD exp-sum, rows in parallel.
-template <typename T, bool kDense, bool kTransposed>
-void lse_over_columns(const CostView<T, kDense>& C, int64_t rows, int64_t cols, const double* h, const double* log_w,
-                      double eps, double* lse_out) {
+// Point clouds: lse_out_i = LSE_j((h_j - C_ij)/eps + log_w_j) for the `rows` rows of the
+// (possibly transposed) problem against its `cols` columns: one cost row at a time, SIMD exp-sum,
+// rows in parallel.
+template <typename T, bool kTransposed>
+void cloud_lse(const CostView<T, false>& C, int64_t rows, int64_t cols, const double* h, const double* log_w,
+               double eps, double* lse_out) {
+  const double inv_eps = 1.0 / eps;
 #if defined(FLOWFAST_WITH_OPENMP)
 #pragma omp parallel if (rows * cols > 16384)
 #endif
@@ -121,8 +117,8 @@ void lse_over_columns(const CostView<T, kDense>& C, int64_t rows, int64_t cols, 
 #pragma omp for schedule(dynamic, 8)
 #endif
     for (int64_t i = 0; i < rows; ++i) {
-      fill_costs<T, kDense, kTransposed>(C, i, cols, score.data());
-      for (int64_t j = 0; j < cols; ++j) score[j] = (h[j] - score[j]) / eps + log_w[j];
+      fill_cloud_costs<T, kTransposed>(C, i, cols, score.data());
+      for (int64_t j = 0; j < cols; ++j) score[j] = (h[j] - score[j]) * inv_eps + log_w[j];
       lse_out[i] = cpu::log_sum_exp(score.data(), cols);
     }
   }
@@ -193,7 +189,7 @@ void column_lse(const CostView<T, kDense>& C, int64_t n, int64_t m, const double
   if constexpr (kDense) {
     dense_column_lse<T>(C, n, m, f, log_a, eps, lse_out);
   } else {
-    lse_over_columns<T, false, true>(C, m, n, f, log_a, eps, lse_out);
+    cloud_lse<T, true>(C, m, n, f, log_a, eps, lse_out);
   }
 }
 
@@ -203,7 +199,7 @@ void row_lse(const CostView<T, kDense>& C, int64_t n, int64_t m, const double* g
   if constexpr (kDense) {
     dense_row_lse<T>(C, n, m, g, log_b, eps, lse_out);
   } else {
-    lse_over_columns<T, false, false>(C, n, m, g, log_b, eps, lse_out);
+    cloud_lse<T, false>(C, n, m, g, log_b, eps, lse_out);
   }
 }
 
