@@ -51,7 +51,10 @@ def test_fused_dense_solve_matches_float64_reference(n, m, dtype, reg_m):
     eps = 0.05
     f, g, n_iter, err = _solve(cost, log_a, log_b, eps, 30, eps_start=1.0, reg_m=reg_m)
     f_ref, g_ref, n_ref, err_ref = _reference(cost, log_a, log_b, eps, 30, eps_start=1.0, reg_m=reg_m)
-    assert int(n_iter) == int(n_ref)  # 30, or fewer where the marginal error reaches exactly 0
+    if int(n_ref) == 30:
+        assert int(n_iter) == 30
+    else:  # the reference's marginal error reached exactly 0: the kernel's is at its rounding
+        assert float(err) < (1e-6 if dtype == torch.float32 else 1e-14)
     atol = 1e-12 if dtype == torch.float64 else 2e-6 * eps  # float32: exps to ~1e-7 relative
     np.testing.assert_allclose(f.double().numpy(), f_ref.numpy(), rtol=0, atol=atol + 1e-7 * float(f_ref.abs().max()))
     np.testing.assert_allclose(g.double().numpy(), g_ref.numpy(), rtol=0, atol=atol + 1e-7 * float(g_ref.abs().max()))

@@ -5,6 +5,7 @@
 // reductions run the fused SIMD loops of csrc/cpu/sinkhorn_lse.h (one pass over the matrix each).
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -13,6 +14,7 @@
 #endif
 
 #include "cpu/simd_exp.h"
+#include "cpu/sinkhorn_kernel_space.h"
 #include "cpu/sinkhorn_lse.h"
 #include "flowfast/random.h"
 #include "flowfast/sinkhorn.h"
@@ -223,13 +225,31 @@ void solve_one(const SinkhornParams& p, int64_t b) {
   load_row<T>(pr.log_a, b, log_a);
   load_row<T>(pr.log_b, b, log_b);
   const bool balanced = !(p.reg_m > 0.0);
-  // The dense half-steps shift their exp-sums by the entry value of lse: the LSE that would give
-  // back the current potential (at a fixed point, the result itself).
+  // Dense costs up to 2^24 entries: kernel-space half-steps (matrix-vector products), each falling
+  // back to the log-domain pass where K cannot serve it.
+  std::unique_ptr<cpu::KernelSpaceSinkhorn<T>> kernel_space;
+  if constexpr (kDense) {
+    if (n * m <= cpu::KernelSpaceSinkhorn<T>::kMaxEntries) {
+      kernel_space.reset(new cpu::KernelSpaceSinkhorn<T>(C.cost, C.cost_row, n, m, log_a.data(), log_b.data()));
+    }
+  }
+  // The log-domain dense passes shift their exp-sums by the entry value of lse: the LSE that
+  // would give back the current potential (at a fixed point, the result itself).
   auto guess = [&](const std::vector<double>& potential, double eps, std::vector<double>& lse) {
     if constexpr (kDense) {
       const double scale = -1.0 / (eps * unbalanced_factor(eps, p.reg_m));
       for (size_t k = 0; k < lse.size(); ++k) lse[k] = potential[k] * scale;
     }
+  };
+  auto columns = [&](double eps) {
+    if (kernel_space && kernel_space->columns(f.data(), g.data(), eps, lse_cols.data())) return;
+    guess(g, eps, lse_cols);
+    column_lse(C, n, m, f.data(), log_a.data(), eps, lse_cols.data());
+  };
+  auto rows = [&](double eps) {
+    if (kernel_space && kernel_space->rows(g.data(), f.data(), eps, lse_rows.data())) return;
+    guess(f, eps, lse_rows);
+    row_lse(C, n, m, g.data(), log_b.data(), eps, lse_rows.data());
   };
 
   int64_t iter = 0;
@@ -240,8 +260,7 @@ void solve_one(const SinkhornParams& p, int64_t b) {
     const bool check = eps == p.eps && ((iter + 1) % p.check_every == 0);
     double change = 0.0;
 
-    guess(g, eps, lse_cols);
-    column_lse(C, n, m, f.data(), log_a.data(), eps, lse_cols.data());
+    columns(eps);
     // Before g moves, lse_cols gives the column marginals of the current plan: a free test.
     const double err_before = (check && balanced) ? l1_mass_error(g, log_b, lse_cols, eps) : 0.0;
     for (int64_t j = 0; j < m; ++j) {
@@ -249,8 +268,7 @@ void solve_one(const SinkhornParams& p, int64_t b) {
       change = std::max(change, std::fabs(gj - g[j]));
       g[j] = gj;
     }
-    guess(f, eps, lse_rows);
-    row_lse(C, n, m, g.data(), log_b.data(), eps, lse_rows.data());
+    rows(eps);
     for (int64_t i = 0; i < n; ++i) {
       const double fi = potential_from_lse(lse_rows[i], eps, lam);
       change = std::max(change, std::fabs(fi - f[i]));
@@ -261,12 +279,10 @@ void solve_one(const SinkhornParams& p, int64_t b) {
   }
 
   // Report the error of what is returned: columns (and rows, if unbalanced) of the final plan.
-  guess(g, p.eps, lse_cols);
-  column_lse(C, n, m, f.data(), log_a.data(), p.eps, lse_cols.data());
+  columns(p.eps);
   double err = l1_mass_error(g, log_b, lse_cols, p.eps);
   if (!balanced) {
-    guess(f, p.eps, lse_rows);
-    row_lse(C, n, m, g.data(), log_b.data(), p.eps, lse_rows.data());
+    rows(p.eps);
     err += l1_mass_error(f, log_a, lse_rows, p.eps);
   }
   store_row<T>(p.f, b, f);

@@ -165,6 +165,34 @@ __attribute__((target("avx2,fma"))) PlanRow plan_row_avx2(const T* c, double f, 
   for (; j < m; ++j) plan_entry(c[j], f, log_a, g[j], log_b[j], inv_eps, col_mass, entries, j, out);
   return out;
 }
+
+template <typename T>
+__attribute__((target("avx2,fma"))) double dot_avx2(const T* k, const double* v, int64_t m) {
+  __m256d acc_lo = _mm256_setzero_pd(), acc_hi = _mm256_setzero_pd();
+  int64_t j = 0;
+  for (; j + 8 <= m; j += 8) {
+    __m256d lo, hi;
+    load8(k + j, lo, hi);
+    acc_lo = _mm256_fmadd_pd(lo, _mm256_loadu_pd(v + j), acc_lo);
+    acc_hi = _mm256_fmadd_pd(hi, _mm256_loadu_pd(v + j + 4), acc_hi);
+  }
+  double total = horizontal_sum(_mm256_add_pd(acc_lo, acc_hi));
+  for (; j < m; ++j) total += static_cast<double>(k[j]) * v[j];
+  return total;
+}
+
+template <typename T>
+__attribute__((target("avx2,fma"))) void axpy_avx2(const T* k, double u, double* acc, int64_t m) {
+  const __m256d vu = _mm256_set1_pd(u);
+  int64_t j = 0;
+  for (; j + 8 <= m; j += 8) {
+    __m256d lo, hi;
+    load8(k + j, lo, hi);
+    _mm256_storeu_pd(acc + j, _mm256_fmadd_pd(lo, vu, _mm256_loadu_pd(acc + j)));
+    _mm256_storeu_pd(acc + j + 4, _mm256_fmadd_pd(hi, vu, _mm256_loadu_pd(acc + j + 4)));
+  }
+  for (; j < m; ++j) acc[j] += static_cast<double>(k[j]) * u;
+}
 #endif
 
 /// Row half-step: x_j = (h_j - c_j) / eps + log_w_j - shift over one cost row c[0..m).
@@ -209,6 +237,26 @@ PlanRow plan_row(const T* c, double f, double log_a, const double* g, const doub
   PlanRow out;
   for (int64_t j = 0; j < m; ++j) plan_entry(c[j], f, log_a, g[j], log_b[j], inv_eps, col_mass, entries, j, out);
   return out;
+}
+
+/// sum_j k_j v_j (a kernel row against a scaling), accumulated in double.
+template <typename T>
+double dot(const T* k, const double* v, int64_t m) {
+#if defined(FF_SIMD_EXP_AVX2)
+  if (has_avx2_fma()) return dot_avx2<T>(k, v, m);
+#endif
+  double total = 0.0;
+  for (int64_t j = 0; j < m; ++j) total += static_cast<double>(k[j]) * v[j];
+  return total;
+}
+
+/// acc_j += u k_j.
+template <typename T>
+void axpy(const T* k, double u, double* acc, int64_t m) {
+#if defined(FF_SIMD_EXP_AVX2)
+  if (has_avx2_fma()) return axpy_avx2<T>(k, u, acc, m);
+#endif
+  for (int64_t j = 0; j < m; ++j) acc[j] += static_cast<double>(k[j]) * u;
 }
 
 }  // namespace cpu
