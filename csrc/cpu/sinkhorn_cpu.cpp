@@ -14,6 +14,7 @@
 #endif
 
 #include "cpu/simd_exp.h"
+#include "cpu/simd_gumbel.h"
 #include "cpu/sinkhorn_kernel_space.h"
 #include "cpu/sinkhorn_lse.h"
 #include "flowfast/random.h"
@@ -453,20 +454,26 @@ void sample_one(const SinkhornSampleParams& p, int64_t b) {
   load_row<T>(pr.log_b, b, log_b);
   int64_t* out = static_cast<int64_t*>(p.cols.data) + b * p.cols.strides[0];
 #if defined(FLOWFAST_WITH_OPENMP)
-#pragma omp parallel for schedule(dynamic, 1) if (n * m > 16384)
+#pragma omp parallel if (n * m > 16384)
 #endif
-  for (int64_t i = 0; i < n; ++i) {
-    double best = -INFINITY;
-    int64_t best_j = 0;
-    const uint64_t row_counter = static_cast<uint64_t>(b * n + i) * static_cast<uint64_t>(m);
-    for (int64_t j = 0; j < m; ++j) {
-      const double score = (g[j] - C(i, j)) / p.eps + log_b[j] + gumbel(p.seed, p.offset, row_counter + j);
-      if (score > best) {
-        best = score;
-        best_j = j;
+  {
+    std::vector<double> noise(m);
+#if defined(FLOWFAST_WITH_OPENMP)
+#pragma omp for schedule(dynamic, 1)
+#endif
+    for (int64_t i = 0; i < n; ++i) {
+      cpu::gumbel_row(p.seed, p.offset, static_cast<uint64_t>(b * n + i) * static_cast<uint64_t>(m), m, noise.data());
+      double best = -INFINITY;
+      int64_t best_j = 0;
+      for (int64_t j = 0; j < m; ++j) {
+        const double score = (g[j] - C(i, j)) / p.eps + log_b[j] + noise[j];
+        if (score > best) {
+          best = score;
+          best_j = j;
+        }
       }
+      out[i * p.cols.strides[1]] = best_j;
     }
-    out[i * p.cols.strides[1]] = best_j;
   }
 }
 
