@@ -27,7 +27,7 @@ void for_each_row(int64_t rows, int64_t V, int64_t per_row, Body&& body) {
   {
     std::vector<A> buffer(static_cast<size_t>(per_row * V));
 #if defined(FLOWFAST_WITH_OPENMP)
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 8)  // not static: a busy core would hold up the loop's end
 #endif
     for (int64_t r = 0; r < rows; ++r) body(r, buffer.data());
   }
