@@ -463,16 +463,21 @@ void sample_one(const SinkhornSampleParams& p, int64_t b) {
 #endif
     for (int64_t i = 0; i < n; ++i) {
       cpu::gumbel_row(p.seed, p.offset, static_cast<uint64_t>(b * n + i) * static_cast<uint64_t>(m), m, noise.data());
-      double best = -INFINITY;
-      int64_t best_j = 0;
-      for (int64_t j = 0; j < m; ++j) {
-        const double score = (g[j] - C(i, j)) / p.eps + log_b[j] + noise[j];
-        if (score > best) {
-          best = score;
-          best_j = j;
+      if constexpr (kDense) {
+        out[i * p.cols.strides[1]] =
+            cpu::gumbel_argmax(C.cost + i * C.cost_row, g.data(), log_b.data(), noise.data(), m, p.eps);
+      } else {
+        double best = -INFINITY;
+        int64_t best_j = 0;
+        for (int64_t j = 0; j < m; ++j) {
+          const double score = (g[j] - C(i, j)) / p.eps + log_b[j] + noise[j];
+          if (score > best) {
+            best = score;
+            best_j = j;
+          }
         }
+        out[i * p.cols.strides[1]] = best_j;
       }
-      out[i * p.cols.strides[1]] = best_j;
     }
   }
 }

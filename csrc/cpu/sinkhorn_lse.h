@@ -193,6 +193,51 @@ __attribute__((target("avx2,fma"))) void axpy_avx2(const T* k, double u, double*
   }
   for (; j < m; ++j) acc[j] += static_cast<double>(k[j]) * u;
 }
+
+template <typename T>
+__attribute__((target("avx2,fma"))) int64_t gumbel_argmax_avx2(const T* c, const double* g, const double* log_b,
+                                                              const double* noise, int64_t m, double eps) {
+  const __m256d veps = _mm256_set1_pd(eps), four = _mm256_set1_pd(4.0);
+  __m256d best = _mm256_set1_pd(-INFINITY), best_index = _mm256_setzero_pd();
+  __m256d index = _mm256_set_pd(3.0, 2.0, 1.0, 0.0);
+  int64_t j = 0;
+  for (; j + 4 <= m; j += 4) {
+    // The scalar formula, operation for operation (a division, not a multiply): the same scores.
+    __m256d c4;
+    if constexpr (sizeof(T) >= 8) {
+      c4 = _mm256_loadu_pd(reinterpret_cast<const double*>(c) + j);
+    } else {
+      c4 = _mm256_cvtps_pd(_mm_loadu_ps(reinterpret_cast<const float*>(c) + j));
+    }
+    const __m256d score = _mm256_add_pd(
+        _mm256_add_pd(_mm256_div_pd(_mm256_sub_pd(_mm256_loadu_pd(g + j), c4), veps), _mm256_loadu_pd(log_b + j)),
+        _mm256_loadu_pd(noise + j));
+    const __m256d better = _mm256_cmp_pd(score, best, _CMP_GT_OQ);  // strict: each lane keeps its first max
+    best = _mm256_blendv_pd(best, score, better);
+    best_index = _mm256_blendv_pd(best_index, index, better);
+    index = _mm256_add_pd(index, four);
+  }
+  alignas(32) double lane_best[4], lane_index[4];
+  _mm256_store_pd(lane_best, best);
+  _mm256_store_pd(lane_index, best_index);
+  double top = -INFINITY;
+  int64_t top_j = 0;
+  for (int lane = 0; lane < 4; ++lane) {  // the first max over the lanes: ties go to the smaller index
+    const int64_t lane_j = static_cast<int64_t>(lane_index[lane]);
+    if (lane_best[lane] > top || (lane_best[lane] == top && lane_j < top_j)) {
+      top = lane_best[lane];
+      top_j = lane_j;
+    }
+  }
+  for (; j < m; ++j) {
+    const double score = (g[j] - static_cast<double>(c[j])) / eps + log_b[j] + noise[j];
+    if (score > top) {
+      top = score;
+      top_j = j;
+    }
+  }
+  return top_j;
+}
 #endif
 
 /// Row half-step: x_j = (h_j - c_j) / eps + log_w_j - shift over one cost row c[0..m).
@@ -257,6 +302,25 @@ void axpy(const T* k, double u, double* acc, int64_t m) {
   if (has_avx2_fma()) return axpy_avx2<T>(k, u, acc, m);
 #endif
   for (int64_t j = 0; j < m; ++j) acc[j] += static_cast<double>(k[j]) * u;
+}
+
+/// argmax_j of (g_j - c_j) / eps + log_b_j + noise_j over one dense cost row (the first on ties):
+/// one Gumbel-max draw of a plan row.
+template <typename T>
+int64_t gumbel_argmax(const T* c, const double* g, const double* log_b, const double* noise, int64_t m, double eps) {
+#if defined(FF_SIMD_EXP_AVX2)
+  if (has_avx2_fma()) return gumbel_argmax_avx2<T>(c, g, log_b, noise, m, eps);
+#endif
+  double top = -INFINITY;
+  int64_t top_j = 0;
+  for (int64_t j = 0; j < m; ++j) {
+    const double score = (g[j] - static_cast<double>(c[j])) / eps + log_b[j] + noise[j];
+    if (score > top) {
+      top = score;
+      top_j = j;
+    }
+  }
+  return top_j;
 }
 
 }  // namespace cpu
