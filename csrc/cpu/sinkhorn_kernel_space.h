@@ -38,18 +38,24 @@ class KernelSpaceSinkhorn {
     if (!prepare(f, g, eps, f, n_, F_)) return false;
     for (int64_t i = 0; i < n_; ++i) scale_[i] = std::exp((f[i] - F_[i]) / eps);
     const double* u = scale_.data();
-    bool ok = true;
+    // K^T u row-major (K streamed in order, the accumulators of one row band in cache): a fixed
+    // number of row bands, whatever the thread count, each summed into its own partials, the
+    // partials then summed in band order, so the result does not depend on the threads.
+    const int64_t bands = std::min<int64_t>(kBands, n_);
+    partials_.assign(static_cast<size_t>(bands) * m_, 0.0);
 #if defined(FLOWFAST_WITH_OPENMP)
-#pragma omp parallel for schedule(dynamic, 1) reduction(&& : ok) if (n_ * m_ > 16384)
+#pragma omp parallel for schedule(dynamic, 1) if (n_ * m_ > 16384)
 #endif
-    for (int64_t j0 = 0; j0 < m_; j0 += kBlock) {
-      const int64_t width = std::min(m_, j0 + kBlock) - j0;
-      double acc[kBlock] = {};
-      for (int64_t i = 0; i < n_; ++i) axpy(row(i) + j0, u[i], acc, width);
-      for (int64_t k = 0; k < width; ++k) {
-        ok = ok && usable(acc[k]);
-        lse[j0 + k] = std::log(acc[k]) - G_[j0 + k] / eps - log_b_[j0 + k];
-      }
+    for (int64_t band = 0; band < bands; ++band) {
+      double* acc = partials_.data() + band * m_;
+      for (int64_t i = band * n_ / bands; i < (band + 1) * n_ / bands; ++i) axpy(row(i), u[i], acc, m_);
+    }
+    bool ok = true;
+    for (int64_t j = 0; j < m_; ++j) {
+      double total = 0.0;
+      for (int64_t band = 0; band < bands; ++band) total += partials_[band * m_ + j];
+      ok = ok && usable(total);
+      lse[j] = std::log(total) - G_[j] / eps - log_b_[j];
     }
     return settle(ok);
   }
@@ -72,7 +78,7 @@ class KernelSpaceSinkhorn {
   }
 
  private:
-  static constexpr int64_t kBlock = 64;       // column block of the g-side (as the log-domain pass)
+  static constexpr int64_t kBands = 8;  // row bands of the g-side's partial sums
   static constexpr double kAbsorbAt = 30.0;   // |potential - base| / eps that triggers absorption
   static constexpr double kSmallest = 1e-290;  // a sum below this lost its row or column
   // K entries at or past this were clamped by the exp (float32 data: e^87 = 6e37; float64: e^708).
@@ -140,7 +146,7 @@ class KernelSpaceSinkhorn {
   const double* log_a_;
   const double* log_b_;
   std::unique_ptr<T[]> kernel_;
-  std::vector<double> F_, G_, scale_;
+  std::vector<double> F_, G_, scale_, partials_;
   double eps_ = 0.0;
   bool built_ = false;
   int cooldown_ = 0;
