@@ -158,3 +158,25 @@ def test_batched_gumbel_draws_sample_the_reference_columns(seed, offset, m):
     got = ops.sinkhorn.sinkhorn_sample(cost, None, None, log_a, log_b, g, 0.05, seed, offset)
     want = ref.sample(cost, None, None, log_a, log_b, g, 0.05, seed, offset)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n,m,d", [(5, 3, 1), (40, 70, 7), (33, 130, 64)])
+def test_point_cloud_solve_matches_float64_reference(dtype, n, m, d):
+    """The point-cloud passes (costs by differences into doubles, features-major copies, shifted
+    exp-sums) against the float64 reference on the dense cost of the same points."""
+    gen = torch.Generator().manual_seed(n + m + d)
+    x = (torch.randn(1, n, d, generator=gen, dtype=torch.float64) / d**0.5).to(dtype)
+    y = (torch.randn(1, m, d, generator=gen, dtype=torch.float64) / d**0.5 + 0.3).to(dtype)
+    log_a = torch.log_softmax(torch.randn(1, n, generator=gen, dtype=torch.float64), -1).to(dtype)
+    log_b = torch.log_softmax(torch.randn(1, m, generator=gen, dtype=torch.float64), -1).to(dtype)
+    eps, f0, g0 = 0.05, torch.zeros(1, n, dtype=dtype), torch.zeros(1, m, dtype=dtype)
+    f, g, n_iter, _ = ops.sinkhorn.sinkhorn_solve(None, x, y, log_a, log_b, f0, g0, eps, 2.0, 0.5, 0.0, 40, 1, 0.0)
+    cost = ((x.double()[:, :, None, :] - y.double()[:, None, :, :]) ** 2).sum(-1)
+    f_ref, g_ref, n_ref, _ = ref.solve(cost, None, None, log_a.double(), log_b.double(), f0.double(), g0.double(),
+                                       eps, 2.0, 0.5, 0.0, 40, 1, 0.0)
+    # float32: the exps' 1e-7 plus the potentials' own rounding to float32 (6e-8 of their size)
+    size = max(float(f_ref.abs().max()), float(g_ref.abs().max()))
+    atol = 1e-11 * max(1.0, size) if dtype == torch.float64 else 2e-6 * eps + 1.2e-7 * size
+    np.testing.assert_allclose(f.double().numpy(), f_ref.numpy(), rtol=0, atol=atol)
+    np.testing.assert_allclose(g.double().numpy(), g_ref.numpy(), rtol=0, atol=atol)

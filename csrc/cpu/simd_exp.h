@@ -1,4 +1,4 @@
-// Vectorized exps for the CPU kernels: double exp-sums (log-sum-exp is the inner loop of Sinkhorn)
+// Vectorized exps for the CPU kernels: double exps (the Sinkhorn loops of csrc/cpu/sinkhorn_lse.h)
 // and float row softmax pieces (the simplex family). AVX2+FMA is chosen at run time; the scalar
 // fallback uses std::exp. The double exp is good to ~1e-16 relative on [-708, 708]; exp8_of_pd
 // takes doubles to float accuracy (Sinkhorn on float32 data); the float exp is described at
@@ -74,11 +74,6 @@ __attribute__((target("avx2,fma"))) inline __m256 exp8_of_pd(__m256d lo, __m256d
   return _mm256_mul_ps(p, _mm256_castsi256_ps(exponent));
 }
 
-// exp(x) for x <= 0 to ~1e-16 relative; below -708 (where exp < 4e-308) flushed to 0.
-__attribute__((target("avx2,fma"))) inline __m256d exp4_nonpositive(__m256d x) {
-  const __m256d underflow = _mm256_cmp_pd(x, _mm256_set1_pd(-708.0), _CMP_LT_OQ);
-  return _mm256_andnot_pd(underflow, exp4_clamped(x));
-}
 
 __attribute__((target("avx2,fma"))) inline double horizontal_sum(__m256d v) {
   alignas(32) double lanes[4];
@@ -86,15 +81,6 @@ __attribute__((target("avx2,fma"))) inline double horizontal_sum(__m256d v) {
   return (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
 }
 
-__attribute__((target("avx2,fma"))) inline double exp_sum_avx2(const double* s, int64_t m, double shift) {
-  const __m256d vshift = _mm256_set1_pd(shift);
-  __m256d acc = _mm256_setzero_pd();
-  int64_t j = 0;
-  for (; j + 4 <= m; j += 4) acc = _mm256_add_pd(acc, exp4_nonpositive(_mm256_sub_pd(_mm256_loadu_pd(s + j), vshift)));
-  double total = horizontal_sum(acc);
-  for (; j < m; ++j) total += std::exp(s[j] - shift);
-  return total;
-}
 
 #endif
 
@@ -191,23 +177,7 @@ inline float exp_shifted(const float* s, int64_t m, float shift, float* e) {
   return total;
 }
 
-/// sum_j exp(s_j - shift), shift >= max_j s_j.
-inline double exp_sum(const double* s, int64_t m, double shift) {
-#if defined(FF_SIMD_EXP_AVX2)
-  if (has_avx2_fma()) return exp_sum_avx2(s, m, shift);
-#endif
-  double total = 0.0;
-  for (int64_t j = 0; j < m; ++j) total += std::exp(s[j] - shift);
-  return total;
-}
 
-/// log sum_j exp(s_j), two passes (max, then the shifted exp-sum).
-inline double log_sum_exp(const double* s, int64_t m) {
-  double top = -std::numeric_limits<double>::infinity();
-  for (int64_t j = 0; j < m; ++j) top = std::max(top, s[j]);
-  if (top == -std::numeric_limits<double>::infinity()) return top;
-  return top + std::log(exp_sum(s, m, top));
-}
 
 }  // namespace cpu
 }  // namespace ff

@@ -86,48 +86,48 @@ void store_row(const TensorView& t, int64_t b, const std::vector<double>& in) {
   for (int64_t k = 0; k < t.shape[1]; ++k) p[k * t.strides[1]] = static_cast<T>(in[k]);
 }
 
-// Point clouds: fills out[0..count) with the costs of row i against every column, C(i, .), or
-// C(., i) when kTransposed (the roles of x and y swap).
-template <typename T, bool kTransposed>
-void fill_cloud_costs(const CostView<T, false>& C, int64_t i, int64_t count, double* out) {
-  const T* p = kTransposed ? C.y + i * C.y_row : C.x + i * C.x_row;
-  const T* q = kTransposed ? C.x : C.y;
-  const int64_t q_row = kTransposed ? C.x_row : C.y_row;
-  for (int64_t j = 0; j < count; ++j) {
-    const T* qj = q + j * q_row;
-    double acc = 0.0;
-    for (int64_t k = 0; k < C.d; ++k) {
-      const double diff = static_cast<double>(p[k]) - static_cast<double>(qj[k]);
-      acc += diff * diff;
-    }
-    out[j] = acc;
-  }
-}
+inline double start_shift(double guess) { return std::isfinite(guess) ? guess : 0.0; }
 
-// Point clouds: lse_out_i = LSE_j((h_j - C_ij)/eps + log_w_j) for the `rows` rows of the
-// (possibly transposed) problem against its `cols` columns: one cost row at a time, SIMD exp-sum,
-// rows in parallel.
+// Point clouds: lse_i = LSE_j((h_j - C_ij)/eps + log_w_j) for the `rows` rows of the (possibly
+// transposed: the roles of x and y swap) problem against its `cols` columns. The columns' points
+// are copied features-major in double once per call, so a cost row is d vector FMAs per four
+// columns (by differences); its exp-sum is shifted by the entry value of lse_i like the dense
+// passes (dense_row_lse), with a second pass where the row's max strays from it.
 template <typename T, bool kTransposed>
 void cloud_lse(const CostView<T, false>& C, int64_t rows, int64_t cols, const double* h, const double* log_w,
-               double eps, double* lse_out) {
+               double eps, double* lse) {
   const double inv_eps = 1.0 / eps;
+  const int64_t d = C.d;
+  const T* p_base = kTransposed ? C.y : C.x;
+  const int64_t p_row = kTransposed ? C.y_row : C.x_row;
+  const T* q = kTransposed ? C.x : C.y;
+  const int64_t q_row = kTransposed ? C.x_row : C.y_row;
+  std::vector<double> q_soa(static_cast<size_t>(d) * cols);
+  for (int64_t j = 0; j < cols; ++j) {
+    for (int64_t k = 0; k < d; ++k) q_soa[k * cols + j] = static_cast<double>(q[j * q_row + k]);
+  }
 #if defined(FLOWFAST_WITH_OPENMP)
 #pragma omp parallel if (rows * cols > 16384)
 #endif
   {
-    std::vector<double> score(cols);
+    std::vector<double> costs(cols), point(d);
 #if defined(FLOWFAST_WITH_OPENMP)
 #pragma omp for schedule(dynamic, 8)
 #endif
     for (int64_t i = 0; i < rows; ++i) {
-      fill_cloud_costs<T, kTransposed>(C, i, cols, score.data());
-      for (int64_t j = 0; j < cols; ++j) score[j] = (h[j] - score[j]) * inv_eps + log_w[j];
-      lse_out[i] = cpu::log_sum_exp(score.data(), cols);
+      for (int64_t k = 0; k < d; ++k) point[k] = static_cast<double>(p_base[i * p_row + k]);
+      cpu::sq_dist_row(point.data(), q_soa.data(), cols, d, costs.data());
+      double shift = start_shift(lse[i]);
+      cpu::ShiftedSum s = cpu::row_shifted_sum<double, T>(costs.data(), h, log_w, cols, inv_eps, shift);
+      if (!(std::fabs(s.top) <= cpu::kShiftWindow)) {
+        shift += s.top;
+        s = cpu::row_shifted_sum<double, T>(costs.data(), h, log_w, cols, inv_eps, shift);
+      }
+      lse[i] = shift + std::log(s.sum);
     }
   }
 }
 
-inline double start_shift(double guess) { return std::isfinite(guess) ? guess : 0.0; }
 
 // Dense f-side: lse_i = LSE_j((h_j - C_ij)/eps + log_w_j), one pass per row shifted by the entry
 // value of lse_i (a guess: the previous iteration's), a second pass where the row's max is not
@@ -234,13 +234,11 @@ void solve_one(const SinkhornParams& p, int64_t b) {
       kernel_space.reset(new cpu::KernelSpaceSinkhorn<T>(C.cost, C.cost_row, n, m, log_a.data(), log_b.data()));
     }
   }
-  // The log-domain dense passes shift their exp-sums by the entry value of lse: the LSE that
-  // would give back the current potential (at a fixed point, the result itself).
+  // The log-domain passes shift their exp-sums by the entry value of lse: the LSE that would give
+  // back the current potential (at a fixed point, the result itself).
   auto guess = [&](const std::vector<double>& potential, double eps, std::vector<double>& lse) {
-    if constexpr (kDense) {
-      const double scale = -1.0 / (eps * unbalanced_factor(eps, p.reg_m));
-      for (size_t k = 0; k < lse.size(); ++k) lse[k] = potential[k] * scale;
-    }
+    const double scale = -1.0 / (eps * unbalanced_factor(eps, p.reg_m));
+    for (size_t k = 0; k < lse.size(); ++k) lse[k] = potential[k] * scale;
   };
   auto columns = [&](double eps) {
     if (kernel_space && kernel_space->columns(f.data(), g.data(), eps, lse_cols.data())) return;

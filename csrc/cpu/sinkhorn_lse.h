@@ -76,7 +76,7 @@ __attribute__((target("avx2,fma"))) inline double horizontal_max(__m256d v) {
   return std::max(std::max(lanes[0], lanes[1]), std::max(lanes[2], lanes[3]));
 }
 
-template <typename T>
+template <typename T, typename ExpT>
 __attribute__((target("avx2,fma"))) ShiftedSum row_shifted_sum_avx2(const T* c, const double* h, const double* log_w,
                                                                    int64_t m, double inv_eps, double shift) {
   const __m256d vinv = _mm256_set1_pd(inv_eps), vshift = _mm256_set1_pd(shift);
@@ -92,7 +92,7 @@ __attribute__((target("avx2,fma"))) ShiftedSum row_shifted_sum_avx2(const T* c, 
         _mm256_fmadd_pd(_mm256_sub_pd(_mm256_loadu_pd(h + j + 4), hi), vinv, _mm256_loadu_pd(log_w + j + 4)), vshift);
     top_lo = _mm256_max_pd(top_lo, lo);
     top_hi = _mm256_max_pd(top_hi, hi);
-    exp8<T>(lo, hi);
+    exp8<ExpT>(lo, hi);
     acc_lo = _mm256_add_pd(acc_lo, lo);
     acc_hi = _mm256_add_pd(acc_hi, hi);
   }
@@ -238,14 +238,36 @@ __attribute__((target("avx2,fma"))) int64_t gumbel_argmax_avx2(const T* c, const
   }
   return top_j;
 }
+
+__attribute__((target("avx2,fma"))) inline void sq_dist_row_avx2(const double* p, const double* q_soa, int64_t count,
+                                                                int64_t d, double* out) {
+  int64_t j = 0;
+  for (; j + 4 <= count; j += 4) {
+    __m256d acc = _mm256_setzero_pd();
+    for (int64_t k = 0; k < d; ++k) {
+      const __m256d diff = _mm256_sub_pd(_mm256_set1_pd(p[k]), _mm256_loadu_pd(q_soa + k * count + j));
+      acc = _mm256_fmadd_pd(diff, diff, acc);
+    }
+    _mm256_storeu_pd(out + j, acc);
+  }
+  for (; j < count; ++j) {
+    double acc = 0.0;
+    for (int64_t k = 0; k < d; ++k) {
+      const double diff = p[k] - q_soa[k * count + j];
+      acc += diff * diff;
+    }
+    out[j] = acc;
+  }
+}
 #endif
 
-/// Row half-step: x_j = (h_j - c_j) / eps + log_w_j - shift over one cost row c[0..m).
-template <typename T>
+/// Row half-step: x_j = (h_j - c_j) / eps + log_w_j - shift over one cost row c[0..m), exps to
+/// the accuracy of data of dtype ExpT (a cost row computed into doubles from float32 data: float).
+template <typename T, typename ExpT = T>
 ShiftedSum row_shifted_sum(const T* c, const double* h, const double* log_w, int64_t m, double inv_eps,
                            double shift) {
 #if defined(FF_SIMD_EXP_AVX2)
-  if (has_avx2_fma()) return row_shifted_sum_avx2<T>(c, h, log_w, m, inv_eps, shift);
+  if (has_avx2_fma()) return row_shifted_sum_avx2<T, ExpT>(c, h, log_w, m, inv_eps, shift);
 #endif
   ShiftedSum out;
   for (int64_t j = 0; j < m; ++j) {
@@ -321,6 +343,21 @@ int64_t gumbel_argmax(const T* c, const double* g, const double* log_b, const do
     }
   }
   return top_j;
+}
+
+/// out_j = ||p - q_j||^2 by differences (no cancellation), q features-major: q_soa[k * count + j].
+inline void sq_dist_row(const double* p, const double* q_soa, int64_t count, int64_t d, double* out) {
+#if defined(FF_SIMD_EXP_AVX2)
+  if (has_avx2_fma()) return sq_dist_row_avx2(p, q_soa, count, d, out);
+#endif
+  for (int64_t j = 0; j < count; ++j) {
+    double acc = 0.0;
+    for (int64_t k = 0; k < d; ++k) {
+      const double diff = p[k] - q_soa[k * count + j];
+      acc += diff * diff;
+    }
+    out[j] = acc;
+  }
 }
 
 }  // namespace cpu
