@@ -110,20 +110,29 @@ void cloud_lse(const CostView<T, false>& C, int64_t rows, int64_t cols, const do
 #pragma omp parallel if (rows * cols > 16384)
 #endif
   {
-    std::vector<double> costs(cols), point(d);
+    std::vector<double> costs(4 * cols), points(4 * d);
 #if defined(FLOWFAST_WITH_OPENMP)
-#pragma omp for schedule(dynamic, 8)
+#pragma omp for schedule(dynamic, 2)
 #endif
-    for (int64_t i = 0; i < rows; ++i) {
-      for (int64_t k = 0; k < d; ++k) point[k] = static_cast<double>(p_base[i * p_row + k]);
-      cpu::sq_dist_row(point.data(), q_soa.data(), cols, d, costs.data());
-      double shift = start_shift(lse[i]);
-      cpu::ShiftedSum s = cpu::row_shifted_sum<double, T>(costs.data(), h, log_w, cols, inv_eps, shift);
-      if (!(std::fabs(s.top) <= cpu::kShiftWindow)) {
-        shift += s.top;
-        s = cpu::row_shifted_sum<double, T>(costs.data(), h, log_w, cols, inv_eps, shift);
+    for (int64_t i0 = 0; i0 < rows; i0 += 4) {
+      // Four rows per pass over q (a short last group repeats its first point, results unused).
+      const int64_t group = std::min<int64_t>(4, rows - i0);
+      for (int64_t r = 0; r < 4; ++r) {
+        const T* point = p_base + (i0 + (r < group ? r : 0)) * p_row;
+        for (int64_t k = 0; k < d; ++k) points[r * d + k] = static_cast<double>(point[k]);
       }
-      lse[i] = shift + std::log(s.sum);
+      cpu::sq_dist_rows4(points.data(), q_soa.data(), cols, d, costs.data());
+      for (int64_t r = 0; r < group; ++r) {
+        const double* row = costs.data() + r * cols;
+        const int64_t i = i0 + r;
+        double shift = start_shift(lse[i]);
+        cpu::ShiftedSum s = cpu::row_shifted_sum<double, T>(row, h, log_w, cols, inv_eps, shift);
+        if (!(std::fabs(s.top) <= cpu::kShiftWindow)) {
+          shift += s.top;
+          s = cpu::row_shifted_sum<double, T>(row, h, log_w, cols, inv_eps, shift);
+        }
+        lse[i] = shift + std::log(s.sum);
+      }
     }
   }
 }

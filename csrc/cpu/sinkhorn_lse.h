@@ -239,24 +239,38 @@ __attribute__((target("avx2,fma"))) int64_t gumbel_argmax_avx2(const T* c, const
   return top_j;
 }
 
-__attribute__((target("avx2,fma"))) inline void sq_dist_row_avx2(const double* p, const double* q_soa, int64_t count,
-                                                                int64_t d, double* out) {
+// Four rows at once: each feature row of q is loaded once for four points (the features-major
+// copy is the stream that bounds this loop at large d).
+__attribute__((target("avx2,fma"))) inline void sq_dist_rows4_avx2(const double* p, const double* q_soa,
+                                                                  int64_t count, int64_t d, double* out) {
   int64_t j = 0;
   for (; j + 4 <= count; j += 4) {
-    __m256d acc = _mm256_setzero_pd();
+    __m256d acc0 = _mm256_setzero_pd(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
     for (int64_t k = 0; k < d; ++k) {
-      const __m256d diff = _mm256_sub_pd(_mm256_set1_pd(p[k]), _mm256_loadu_pd(q_soa + k * count + j));
-      acc = _mm256_fmadd_pd(diff, diff, acc);
+      const __m256d qk = _mm256_loadu_pd(q_soa + k * count + j);
+      const __m256d d0 = _mm256_sub_pd(_mm256_set1_pd(p[k]), qk);
+      const __m256d d1 = _mm256_sub_pd(_mm256_set1_pd(p[d + k]), qk);
+      const __m256d d2 = _mm256_sub_pd(_mm256_set1_pd(p[2 * d + k]), qk);
+      const __m256d d3 = _mm256_sub_pd(_mm256_set1_pd(p[3 * d + k]), qk);
+      acc0 = _mm256_fmadd_pd(d0, d0, acc0);
+      acc1 = _mm256_fmadd_pd(d1, d1, acc1);
+      acc2 = _mm256_fmadd_pd(d2, d2, acc2);
+      acc3 = _mm256_fmadd_pd(d3, d3, acc3);
     }
-    _mm256_storeu_pd(out + j, acc);
+    _mm256_storeu_pd(out + j, acc0);
+    _mm256_storeu_pd(out + count + j, acc1);
+    _mm256_storeu_pd(out + 2 * count + j, acc2);
+    _mm256_storeu_pd(out + 3 * count + j, acc3);
   }
   for (; j < count; ++j) {
-    double acc = 0.0;
-    for (int64_t k = 0; k < d; ++k) {
-      const double diff = p[k] - q_soa[k * count + j];
-      acc += diff * diff;
+    for (int r = 0; r < 4; ++r) {
+      double acc = 0.0;
+      for (int64_t k = 0; k < d; ++k) {
+        const double diff = p[r * d + k] - q_soa[k * count + j];
+        acc = std::fma(diff, diff, acc);
+      }
+      out[r * count + j] = acc;
     }
-    out[j] = acc;
   }
 }
 #endif
@@ -345,18 +359,21 @@ int64_t gumbel_argmax(const T* c, const double* g, const double* log_b, const do
   return top_j;
 }
 
-/// out_j = ||p - q_j||^2 by differences (no cancellation), q features-major: q_soa[k * count + j].
-inline void sq_dist_row(const double* p, const double* q_soa, int64_t count, int64_t d, double* out) {
+/// out[r * count + j] = ||p_r - q_j||^2 for four points p (p[r * d + k]), by differences (no
+/// cancellation), q features-major: q_soa[k * count + j]. Summed over k in order with FMAs.
+inline void sq_dist_rows4(const double* p, const double* q_soa, int64_t count, int64_t d, double* out) {
 #if defined(FF_SIMD_EXP_AVX2)
-  if (has_avx2_fma()) return sq_dist_row_avx2(p, q_soa, count, d, out);
+  if (has_avx2_fma()) return sq_dist_rows4_avx2(p, q_soa, count, d, out);
 #endif
-  for (int64_t j = 0; j < count; ++j) {
-    double acc = 0.0;
-    for (int64_t k = 0; k < d; ++k) {
-      const double diff = p[k] - q_soa[k * count + j];
-      acc += diff * diff;
+  for (int r = 0; r < 4; ++r) {
+    for (int64_t j = 0; j < count; ++j) {
+      double acc = 0.0;
+      for (int64_t k = 0; k < d; ++k) {
+        const double diff = p[r * d + k] - q_soa[k * count + j];
+        acc = std::fma(diff, diff, acc);
+      }
+      out[r * count + j] = acc;
     }
-    out[j] = acc;
   }
 }
 
