@@ -239,6 +239,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
         got = make(True, out_dir=os.path.join(out, "resume")).train(5, resume=True)
         result["resume"] = {"expected": expected[2:], "got": got}
         torch.save(result, os.path.join(out, f"rank{rank}.pt"))
+        dist.barrier()  # neither rank tears the group down while the other is still in a collective
     finally:
         dist.destroy_process_group()
 
@@ -442,3 +443,31 @@ def test_checkpoint_keeps_the_coupling_state(tmp_path):
     stateless = _trainer(str(tmp_path), path="icfm")
     with pytest.raises(ValueError, match="(?i)coupling"):
         stateless.resume()
+
+
+def _aborts_once_worker(rank: int, world: int, port: int, out: str) -> None:
+    """Dies by SIGABRT on the first run (as gloo's transport does when a peer vanishes), then works."""
+    marker = os.path.join(out, f"aborted{rank}")
+    if rank == 0 and not os.path.exists(marker):
+        open(marker, "w").close()
+        os.abort()
+    open(os.path.join(out, f"done{rank}"), "w").close()
+
+
+def _raises_worker(rank: int, world: int, port: int, out: str) -> None:
+    open(os.path.join(out, f"ran{rank}-{len(os.listdir(out))}"), "w").close()
+    raise RuntimeError("a real error in the worker")
+
+
+def test_spawn_gloo_retries_a_worker_killed_by_a_signal_but_not_one_that_raised(tmp_path):
+    import torch.multiprocessing as mp
+
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("torch.distributed gloo backend unavailable")
+    assert spawn_gloo(_aborts_once_worker, tmp_path, timeout=120)
+    assert (tmp_path / "aborted0").exists() and (tmp_path / "done0").exists() and (tmp_path / "done1").exists()
+    raised = tmp_path / "raised"
+    raised.mkdir()
+    with pytest.raises(mp.ProcessRaisedException, match="a real error"):
+        spawn_gloo(_raises_worker, raised, timeout=120)
+    assert len([p for p in os.listdir(raised) if p.startswith("ran0")]) == 1  # one attempt, no retry

@@ -201,6 +201,7 @@ def _jvp_worker(rank: int, world: int, port: int, out: str) -> None:
         result.update(global_seen=path.seen, global_batches=batches,
                       global_params=[p.detach().clone() for p in net.parameters()])
         torch.save(result, os.path.join(out, f"rank{rank}.pt"))
+        dist.barrier()  # neither rank tears the group down while the other is still in a collective
     finally:
         dist.destroy_process_group()
 
