@@ -86,13 +86,11 @@ void store_row(const TensorView& t, int64_t b, const std::vector<double>& in) {
   for (int64_t k = 0; k < t.shape[1]; ++k) p[k * t.strides[1]] = static_cast<T>(in[k]);
 }
 
-inline double start_shift(double guess) { return std::isfinite(guess) ? guess : 0.0; }
-
 // Point clouds: lse_i = LSE_j((h_j - C_ij)/eps + log_w_j) for the `rows` rows of the (possibly
 // transposed: the roles of x and y swap) problem against its `cols` columns. The columns' points
 // are copied features-major in double once per call, so a cost row is d vector FMAs per four
 // columns (by differences); its exp-sum is shifted by the entry value of lse_i like the dense
-// passes (dense_row_lse), with a second pass where the row's max strays from it.
+// passes (cpu::shifted_row_lse).
 template <typename T, bool kTransposed>
 void cloud_lse(const CostView<T, false>& C, int64_t rows, int64_t cols, const double* h, const double* log_w,
                double eps, double* lse) {
@@ -123,15 +121,7 @@ void cloud_lse(const CostView<T, false>& C, int64_t rows, int64_t cols, const do
       }
       cpu::sq_dist_rows4(points.data(), q_soa.data(), cols, d, costs.data());
       for (int64_t r = 0; r < group; ++r) {
-        const double* row = costs.data() + r * cols;
-        const int64_t i = i0 + r;
-        double shift = start_shift(lse[i]);
-        cpu::ShiftedSum s = cpu::row_shifted_sum<double, T>(row, h, log_w, cols, inv_eps, shift);
-        if (!(std::fabs(s.top) <= cpu::kShiftWindow)) {
-          shift += s.top;
-          s = cpu::row_shifted_sum<double, T>(row, h, log_w, cols, inv_eps, shift);
-        }
-        lse[i] = shift + std::log(s.sum);
+        lse[i0 + r] = cpu::shifted_row_lse<double, T>(costs.data() + r * cols, h, log_w, cols, inv_eps, lse[i0 + r]);
       }
     }
   }
@@ -148,16 +138,7 @@ void dense_row_lse(const CostView<T, true>& C, int64_t n, int64_t m, const doubl
 #if defined(FLOWFAST_WITH_OPENMP)
 #pragma omp parallel for schedule(dynamic, 16) if (n * m > 16384)
 #endif
-  for (int64_t i = 0; i < n; ++i) {
-    const T* row = C.cost + i * C.cost_row;
-    double shift = start_shift(lse[i]);
-    cpu::ShiftedSum s = cpu::row_shifted_sum(row, h, log_w, m, inv_eps, shift);
-    if (!(std::fabs(s.top) <= cpu::kShiftWindow)) {
-      shift += s.top;
-      s = cpu::row_shifted_sum(row, h, log_w, m, inv_eps, shift);
-    }
-    lse[i] = shift + std::log(s.sum);
-  }
+  for (int64_t i = 0; i < n; ++i) lse[i] = cpu::shifted_row_lse(C.cost + i * C.cost_row, h, log_w, m, inv_eps, lse[i]);
 }
 
 // Dense g-side: lse_j = LSE_i((f_i - C_ij)/eps + log_a_i), streaming the rows through column
@@ -173,7 +154,7 @@ void dense_column_lse(const CostView<T, true>& C, int64_t n, int64_t m, const do
   for (int64_t j0 = 0; j0 < m; j0 += kDenseColumnBlock) {
     const int64_t width = std::min(m, j0 + kDenseColumnBlock) - j0;
     double shift[kDenseColumnBlock], top[kDenseColumnBlock], sum[kDenseColumnBlock];
-    for (int64_t k = 0; k < width; ++k) shift[k] = start_shift(lse[j0 + k]);
+    for (int64_t k = 0; k < width; ++k) shift[k] = cpu::start_shift(lse[j0 + k]);
     // The second pass shifts by the max itself; a third only where rounding of scores past ~1e16
     // (beyond what double resolves anyway) left a column's max off by more than the window.
     for (int pass = 0, again = 1; again && pass < 3; ++pass) {

@@ -292,6 +292,22 @@ ShiftedSum row_shifted_sum(const T* c, const double* h, const double* log_w, int
   return out;
 }
 
+/// The shift a log-sum-exp starts from: its guess, or 0 where there is none (not finite).
+inline double start_shift(double guess) { return std::isfinite(guess) ? guess : 0.0; }
+
+/// LSE_j((h_j - c_j) / eps + log_w_j) over one cost row: one pass shifted by `guess`, a second
+/// with the row's max as the shift where that max is not within kShiftWindow of the guess.
+template <typename T, typename ExpT = T>
+double shifted_row_lse(const T* c, const double* h, const double* log_w, int64_t m, double inv_eps, double guess) {
+  double shift = start_shift(guess);
+  ShiftedSum s = row_shifted_sum<T, ExpT>(c, h, log_w, m, inv_eps, shift);
+  if (!(std::fabs(s.top) <= kShiftWindow)) {
+    shift += s.top;
+    s = row_shifted_sum<T, ExpT>(c, h, log_w, m, inv_eps, shift);
+  }
+  return shift + std::log(s.sum);
+}
+
 /// Column half-step, one cost row c[0..width) of a column block: x_k = (f - c_k) / eps + log_a -
 /// shift_k; top_k = max(top_k, x_k), sum_k += exp(x_k).
 template <typename T>
